@@ -1,0 +1,49 @@
+# anycore's entry points. `make run` and `make test` do all set-up themselves:
+# they create .venv and install the project (with its test extras) when needed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRAS := test,lint,bench
+SOURCES := $(shell find framework -name '*.py' -o -name 'py.typed') pyproject.toml README.md
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: run test bench lint docs install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Dependencies change only with pyproject.toml; the package itself is
+# reinstalled (not editable: tests import the installed package) whenever a
+# source file changes.
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet hatchling ".[$(EXTRAS)]"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	exec $(BIN)/python examples/runtime_demo.py
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+lint: install
+	$(BIN)/ruff check framework tests examples benchmarks
+	$(BIN)/ruff format --check framework tests examples benchmarks
+	$(BIN)/mypy
+
+docs: install
+	$(BIN)/python -m benchmarks.docs_check
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .hypothesis

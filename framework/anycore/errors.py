@@ -1,0 +1,313 @@
+"""anycore's error hierarchy.
+
+Every error anycore raises on purpose derives from :class:`AnycoreError`.
+Where anyio already names the state a resource is in (closed, broken, busy),
+anycore's error derives from anyio's class too, so code written against anyio
+catches anycore's errors unchanged::
+
+    try:
+        await queue.put(item)
+    except anyio.ClosedResourceError:   # or anycore.QueueClosed
+        ...
+
+Protocol violations follow h11's split: a :class:`LocalProtocolError` is our
+own side misbehaving (a frame too large to send), a :class:`RemoteProtocolError`
+is the peer's fault (a frame too large received, malformed input).  Both are
+:class:`ProtocolError`.
+
+This module is public (``anycore.errors``); every name is also exported from
+``anycore`` itself.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+__all__ = [
+    "AnycoreError",
+    "ClosedError",
+    "BrokenError",
+    "BusyError",
+    "LoopUnavailable",
+    "RuntimeStateError",
+    "ShutdownTimeout",
+    "SignalError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "FrameTooLarge",
+    "IncompleteFrame",
+    "EndpointError",
+    "ConnectError",
+    "ConnectionLimitReached",
+    "ProcessError",
+    "ExecutableNotFound",
+    "CalledProcessError",
+    "TimeoutExpired",
+    "OutputLimitExceeded",
+    "ChildProcessFailed",
+    "RemoteError",
+    "QueueClosed",
+    "QueueEmpty",
+    "QueueFull",
+    "WorkerCrashed",
+    "PoolClosed",
+]
+
+
+class AnycoreError(Exception):
+    """Base class of every error anycore raises on purpose."""
+
+
+# -- resource states (anyio names them; anycore's errors are anyio's too) ----
+
+
+class ClosedError(AnycoreError, anyio.ClosedResourceError):
+    """The resource was closed by this side and can no longer be used."""
+
+
+class BrokenError(AnycoreError, anyio.BrokenResourceError):
+    """The resource broke (the peer reset, the process died) and is unusable."""
+
+
+class BusyError(AnycoreError, anyio.BusyResourceError):
+    """Another task is already doing this with the resource."""
+
+    def __init__(self, action: str = "use") -> None:
+        AnycoreError.__init__(self, f"another task is already {action}ing this resource")
+        self.action = action
+
+
+# -- runtime ------------------------------------------------------------------
+
+
+class LoopUnavailable(AnycoreError):
+    """The requested event loop implementation cannot be used here."""
+
+
+class RuntimeStateError(AnycoreError, RuntimeError):
+    """An operation does not fit the runtime's state (no loop, shut down, ...)."""
+
+
+class ShutdownTimeout(AnycoreError):
+    """Shutdown steps that did not finish before their deadline.
+
+    Attributes:
+        unfinished: the names of the steps that were cancelled.
+    """
+
+    def __init__(self, unfinished: list[str]) -> None:
+        super().__init__("shutdown steps did not finish in time: " + ", ".join(unfinished))
+        self.unfinished = unfinished
+
+
+class SignalError(AnycoreError, RuntimeError):
+    """A signal handler cannot be installed the way it was asked for."""
+
+
+# -- protocols and framing ----------------------------------------------------
+
+
+class ProtocolError(AnycoreError):
+    """The byte stream does not follow the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to do something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame grew past the framer's ``max_frame_size``.
+
+    Attributes:
+        size: how many bytes the frame had reached (or announced) when refused.
+        limit: the limit in force.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class IncompleteFrame(RemoteProtocolError):
+    """The stream ended in the middle of a frame.
+
+    Attributes:
+        data: the bytes of the unfinished frame.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(f"stream ended inside a frame ({len(data)} bytes pending)")
+        self.data = data
+
+
+class EndpointError(AnycoreError, ValueError):
+    """An endpoint string or its options cannot be understood."""
+
+
+class ConnectError(AnycoreError, OSError):
+    """Connecting failed (after every address and retry was tried)."""
+
+
+class ConnectionLimitReached(AnycoreError):
+    """A server refused a connection because ``max_connections`` was reached."""
+
+
+# -- processes ----------------------------------------------------------------
+
+
+class ProcessError(AnycoreError):
+    """Base class of errors about child processes."""
+
+
+class ExecutableNotFound(ProcessError, FileNotFoundError):
+    """The program to start does not exist or is not executable."""
+
+    def __init__(self, executable: str) -> None:
+        ProcessError.__init__(self, f"executable not found: {executable!r}")
+        self.executable = executable
+        self.filename = executable
+
+
+class CalledProcessError(ProcessError):
+    """A process checked with ``check=True`` exited unsuccessfully.
+
+    Mirrors :class:`subprocess.CalledProcessError`.
+    """
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: object,
+        output: bytes | str | None = None,
+        stderr: bytes | str | None = None,
+    ) -> None:
+        super().__init__(returncode, cmd, output, stderr)
+        self.returncode = returncode
+        self.cmd = cmd
+        self.output = output
+        self.stderr = stderr
+
+    @property
+    def stdout(self) -> bytes | str | None:
+        """Alias of :attr:`output`, as in :mod:`subprocess`."""
+        return self.output
+
+    def __str__(self) -> str:
+        if self.returncode < 0:
+            import signal
+
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = f"unknown signal {-self.returncode}"
+            return f"Command {self.cmd!r} died with {name}."
+        return f"Command {self.cmd!r} returned non-zero exit status {self.returncode}."
+
+
+class TimeoutExpired(ProcessError, TimeoutError):
+    """A process did not finish within its timeout.
+
+    Mirrors :class:`subprocess.TimeoutExpired`, and is a :class:`TimeoutError`.
+    """
+
+    def __init__(
+        self,
+        cmd: object,
+        timeout: float,
+        output: bytes | str | None = None,
+        stderr: bytes | str | None = None,
+    ) -> None:
+        super().__init__(cmd, timeout, output, stderr)
+        self.cmd = cmd
+        self.timeout = timeout
+        self.output = output
+        self.stderr = stderr
+
+    @property
+    def stdout(self) -> bytes | str | None:
+        """Alias of :attr:`output`, as in :mod:`subprocess`."""
+        return self.output
+
+    def __str__(self) -> str:
+        return f"Command {self.cmd!r} timed out after {self.timeout} seconds"
+
+
+class OutputLimitExceeded(ProcessError):
+    """Captured output grew past its limit."""
+
+    def __init__(self, stream: str, limit: int) -> None:
+        super().__init__(f"captured {stream} exceeds the limit of {limit} bytes")
+        self.stream = stream
+        self.limit = limit
+
+
+class ChildProcessFailed(ProcessError):
+    """A Python callable run in a child process failed to start or report."""
+
+
+class RemoteError(AnycoreError):
+    """An exception raised in a worker (thread or process), re-raised here.
+
+    The original exception is chained as ``__cause__`` when it could be
+    transferred; ``remote_traceback`` always holds the formatted traceback
+    from the worker.
+    """
+
+    def __init__(self, message: str, remote_traceback: str) -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}\n\nRemote traceback:\n{self.remote_traceback}"
+
+
+# -- queues and pools ---------------------------------------------------------
+
+
+class QueueClosed(ClosedError):
+    """The queue was closed: no more puts, and gets once it is empty."""
+
+
+class QueueEmpty(AnycoreError):
+    """``get_nowait`` found nothing to get (:class:`queue.Empty`'s role)."""
+
+
+class QueueFull(AnycoreError):
+    """``put_nowait`` found no room (:class:`queue.Full`'s role)."""
+
+
+class WorkerCrashed(BrokenError):
+    """A worker process died while running a task.
+
+    Attributes:
+        pid: the worker's process id.
+        exitcode: its exit status as :attr:`multiprocessing.Process.exitcode`
+            reports it (negative: killed by that signal).
+    """
+
+    def __init__(self, pid: int | None, exitcode: int | None) -> None:
+        how = "unknown status" if exitcode is None else _describe_exit(exitcode)
+        BrokenError.__init__(self, f"worker process {pid} died ({how})")
+        self.pid = pid
+        self.exitcode = exitcode
+
+
+class PoolClosed(ClosedError):
+    """Work was submitted to a pool that is closed or terminated."""
+
+
+def _describe_exit(exitcode: int) -> str:
+    if exitcode < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"

@@ -58,8 +58,6 @@ _LAZY: dict[str, str] = {
     "live_tasks": "._tasks",
     "active_count": "._tasks",
     "TaskLocal": "._tasks",
-    "run_sync_in_thread": "._tasks",
-    "from_thread": "._tasks",
     "open_signals": "._signals",
     "on_signal": "._signals",
     "next_signal": "._signals",
@@ -70,7 +68,6 @@ _LAZY: dict[str, str] = {
     "Tick": "._timers",
     "fail_after": "._timers",
     "move_on_after": "._timers",
-    "alarm": "._timers",
     # -- framing (sans-IO) --
     # -- protocol handlers, servers, clients, datagrams --
     # -- subprocesses, pipelines, pty --
@@ -116,15 +113,12 @@ if TYPE_CHECKING:
     from ._tasks import (
         TaskLocal as TaskLocal,
         active_count as active_count,
-        from_thread as from_thread,
         live_tasks as live_tasks,
-        run_sync_in_thread as run_sync_in_thread,
         spawn as spawn,
     )
     from ._timers import (
         Tick as Tick,
         Timer as Timer,
-        alarm as alarm,
         every as every,
         fail_after as fail_after,
         move_on_after as move_on_after,

@@ -1,0 +1,387 @@
+"""Signals as scoped, fan-out subscriptions on the event loop.
+
+The OS allows one handler per signal per process, and Python runs it in the
+main thread only.  anycore therefore keeps a single process-wide registry (the
+*hub*): the first subscription to a signal installs one loop handler, on the
+loop of the main thread (the *owner* loop), and every delivery fans out to all
+subscribers -- callbacks registered with :func:`on_signal` and receivers
+opened with :func:`open_signals` -- on whichever loop each one lives, through
+``call_soon_threadsafe`` for loops in other threads.  When the last subscriber
+of a signal goes, the loop handler is removed and the Python-level handler that
+was there before is put back (``loop.remove_signal_handler`` alone would reset
+it to the default).
+
+A loop in another thread can subscribe only while the main thread's loop is an
+owner (it has subscriptions of its own, as every runtime does); otherwise there
+is nobody to route through and :class:`~anycore.errors.SignalError` says so.
+
+Rejected: one ``loop.add_signal_handler`` per subscriber (the second replaces
+the first) and ``signal.signal`` handlers of our own (they run between
+bytecodes, in the main thread only, and cannot touch the loop safely).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from .errors import ClosedError, SignalError
+
+__all__ = ["SignalHandle", "SignalReceiver", "next_signal", "on_signal", "open_signals"]
+
+logger = logging.getLogger("anycore.signals")
+
+SignalCallback = Callable[[int], object]
+
+
+class _Subscription:
+    __slots__ = ("callback", "loop", "signals")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, signals: frozenset[int], callback: SignalCallback
+    ) -> None:
+        self.loop = loop
+        self.signals = signals
+        self.callback = callback
+
+
+class _Hub:
+    """The process-wide registry of signal subscriptions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: dict[int, list[_Subscription]] = collections.defaultdict(list)
+        self._owner: asyncio.AbstractEventLoop | None = None
+        self._installed: dict[int, Any] = {}  # signal -> previous Python handler
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # Called on the subscriber's loop thread.
+    def subscribe(self, sub: _Subscription) -> None:
+        in_main = threading.current_thread() is threading.main_thread()
+        with self._lock:
+            owner = self._owner
+            if in_main:
+                if owner is not sub.loop:
+                    self._adopt(sub.loop)
+                    owner = sub.loop
+            elif owner is None or owner.is_closed() or not owner.is_running():
+                raise SignalError(
+                    "signal handlers can only be installed from the main thread. "
+                    "Run anycore in the main thread (anycore.run() or "
+                    "open_runtime()) so it can route signals to loops in other "
+                    "threads, or subscribe from the main thread's loop."
+                )
+            for sig in sub.signals:
+                self._subs[sig].append(sub)
+            missing = [sig for sig in sub.signals if sig not in self._installed]
+        if not missing:
+            return
+        if in_main:
+            for sig in missing:
+                self._install(sig)
+        else:
+            assert owner is not None
+            owner.call_soon_threadsafe(self._install_all, missing)
+
+    def unsubscribe(self, sub: _Subscription) -> None:
+        with self._lock:
+            unused = []
+            for sig in sub.signals:
+                subs = self._subs.get(sig)
+                if subs and sub in subs:
+                    subs.remove(sub)
+                if not self._subs.get(sig):
+                    self._subs.pop(sig, None)
+                    unused.append(sig)
+            owner = self._owner
+        if not unused or owner is None or owner.is_closed():
+            return
+        if threading.current_thread() is threading.main_thread():
+            self._uninstall_all(unused)
+        else:
+            owner.call_soon_threadsafe(self._uninstall_all, unused)
+
+    # Main thread only from here on.
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make ``loop`` the owner (the previous owner loop is gone)."""
+        old = self._owner
+        if old is not None and not old.is_closed() and old.is_running():
+            # Two loops in the main thread cannot both be running; the old
+            # one is merely nested or stopped: move the handlers over.
+            for sig in list(self._installed):
+                try:
+                    old.remove_signal_handler(sig)
+                except Exception:  # pragma: no cover - defensive
+                    pass
+        # Subscriptions of loops that are closed can never be delivered again.
+        for sig in list(self._subs):
+            alive = [s for s in self._subs[sig] if not s.loop.is_closed()]
+            if alive:
+                self._subs[sig] = alive
+            else:
+                del self._subs[sig]
+        previous = self._installed
+        self._installed = {}
+        self._owner = loop
+        for sig, handler in previous.items():
+            # Handlers from the old owner's time: restore, then reinstall below.
+            try:
+                signal.signal(sig, handler)
+            except (OSError, ValueError, TypeError):  # pragma: no cover
+                pass
+        for sig in list(self._subs):
+            self._install(sig)
+
+    def _install_all(self, sigs: Iterable[int]) -> None:
+        for sig in sigs:
+            self._install(sig)
+
+    def _install(self, sig: int) -> None:
+        if sig in self._installed or self._owner is None:
+            return
+        previous = signal.getsignal(sig)
+        try:
+            self._owner.add_signal_handler(sig, self._dispatch, sig)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise SignalError(f"cannot handle {_name(sig)}: {exc}") from exc
+        self._installed[sig] = previous
+
+    def _uninstall_all(self, sigs: Iterable[int]) -> None:
+        with self._lock:
+            for sig in sigs:
+                if sig in self._subs or sig not in self._installed:
+                    continue
+                previous = self._installed.pop(sig)
+                owner = self._owner
+                if owner is not None and not owner.is_closed():
+                    owner.remove_signal_handler(sig)
+                try:
+                    signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+                except (OSError, ValueError, TypeError):  # pragma: no cover
+                    pass
+
+    def _dispatch(self, sig: int) -> None:
+        with self._lock:
+            subs = list(self._subs.get(sig, ()))
+        owner = self._owner
+        for sub in subs:
+            if sub.loop is owner:
+                self._deliver(sub, sig)
+            elif not sub.loop.is_closed():
+                try:
+                    sub.loop.call_soon_threadsafe(self._deliver, sub, sig)
+                except RuntimeError:  # the loop closed in between
+                    pass
+
+    def _deliver(self, sub: _Subscription, sig: int) -> None:
+        try:
+            result = sub.callback(sig)
+        except Exception:
+            logger.exception("signal callback %r failed", sub.callback)
+            return
+        if isinstance(result, Awaitable):
+            task = asyncio.ensure_future(result)
+            self._background.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("async signal callback failed", exc_info=task.exception())
+
+
+_hub = _Hub()
+
+
+def _name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _check(signals: Iterable[int]) -> frozenset[int]:
+    result = frozenset(int(s) for s in signals)
+    if not result:
+        raise ValueError("give at least one signal")
+    for sig in result:
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            raise SignalError(f"{_name(sig)} cannot be caught")
+        if not 0 < sig < signal.NSIG:
+            raise ValueError(f"not a signal number: {sig}")
+    return result
+
+
+class SignalHandle:
+    """A callback subscription made by :func:`on_signal`.
+
+    ``remove()`` ends it (idempotent); the handle is also a context manager
+    that removes it on exit.
+    """
+
+    __slots__ = ("_removed", "_sub")
+
+    def __init__(self, sub: _Subscription) -> None:
+        self._sub = sub
+        self._removed = False
+
+    @property
+    def signals(self) -> frozenset[int]:
+        """The signals this subscription receives."""
+        return self._sub.signals
+
+    def remove(self) -> None:
+        """Stop calling the callback; restore the previous handler when last."""
+        if not self._removed:
+            self._removed = True
+            _hub.unsubscribe(self._sub)
+
+    def __enter__(self) -> SignalHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+
+def on_signal(sig: int, callback: SignalCallback, *more: int) -> SignalHandle:
+    """Call ``callback(signum)`` on the running loop whenever ``sig`` arrives.
+
+    Several callbacks for one signal all run (in subscription order); an async
+    callback is scheduled as a task.  Must be called with a running loop.
+
+    Args:
+        sig: the signal (``more`` adds further signals for the same callback).
+        callback: called with the signal number; sync or async.
+
+    Returns:
+        A :class:`SignalHandle`; ``remove()`` it (or use it in ``with``) to stop.
+
+    Raises:
+        SignalError: the signal cannot be caught, or this is not the main
+            thread and no main-thread loop routes signals.
+    """
+    loop = asyncio.get_running_loop()
+    sub = _Subscription(loop, _check((sig, *more)), callback)
+    _hub.subscribe(sub)
+    return SignalHandle(sub)
+
+
+class SignalReceiver:
+    """An async iterator over the signals received while it is open.
+
+    Repeats of a signal that is already pending are coalesced (as trio does):
+    the receiver tells *that* a signal came, not how often.
+    """
+
+    def __init__(self, signals: Iterable[int]) -> None:
+        self._signals = _check(signals)
+        self._pending: dict[int, None] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self._handle: SignalHandle | None = None
+        self._closed = False
+
+    @property
+    def signals(self) -> frozenset[int]:
+        """The signals this receiver listens to."""
+        return self._signals
+
+    def _on_signal(self, sig: int) -> None:
+        self._pending[sig] = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> int:
+        """Wait for the next signal and return its number.
+
+        Raises:
+            ClosedError: the receiver is closed.
+        """
+        while not self._pending:
+            if self._closed:
+                raise ClosedError("signal receiver is closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        sig = next(iter(self._pending))
+        del self._pending[sig]
+        return sig
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        return self
+
+    async def __anext__(self) -> int:
+        if self._closed and not self._pending:
+            raise StopAsyncIteration
+        try:
+            return await self.receive()
+        except ClosedError:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> SignalReceiver:
+        self._handle = on_signal(next(iter(self._signals)), self._on_signal, *self._signals)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop receiving and restore the previous handlers (idempotent)."""
+        self._closed = True
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def open_signals(*signals: int) -> SignalReceiver:
+    """Receive ``signals`` for the body of an ``async with`` block.
+
+    Example::
+
+        async with open_signals(signal.SIGTERM, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                if sig == signal.SIGHUP:
+                    reload_config()
+                else:
+                    break
+
+    The runtime's own SIGINT/SIGTERM policy keeps working alongside; when the
+    block ends the previous handlers are restored.
+    """
+    return SignalReceiver(signals)
+
+
+async def next_signal(*signals: int, timeout: float | None = None) -> int | None:
+    """Wait for one of ``signals`` (``signal.pause()`` on the loop).
+
+    Returns:
+        The signal number, or ``None`` when ``timeout`` seconds passed first.
+    """
+    async with open_signals(*signals) as receiver:
+        if timeout is None:
+            return await receiver.receive()
+        try:
+            return await asyncio.wait_for(receiver.receive(), timeout)
+        except TimeoutError:
+            return None

@@ -1,0 +1,131 @@
+"""Background tasks, task listing and task-local state.
+
+The threading module's vocabulary, re-expressed for tasks:
+
+* a daemon thread       -> :func:`spawn`: a named background task that the
+  runtime owns, keeps referenced (cpython#117379: unreferenced tasks can be
+  garbage-collected mid-flight) and cancels at shutdown; its failure is logged,
+  never silently lost;
+* ``threading.enumerate`` / ``active_count`` -> :func:`live_tasks` /
+  :func:`active_count`;
+* ``threading.local``   -> :class:`TaskLocal`, built on contextvars.
+
+Structured concurrency (anyio task groups) remains the first choice for work
+whose lifetime a caller owns; ``spawn`` is for work that belongs to the
+application as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from ._runtime import current_runtime
+
+__all__ = ["TaskLocal", "active_count", "live_tasks", "spawn"]
+
+T = TypeVar("T")
+logger = logging.getLogger("anycore.tasks")
+
+# Tasks spawned without a runtime: referenced here until they finish.
+_unowned: set[asyncio.Task[Any]] = set()
+
+
+def _report(task: asyncio.Task[Any]) -> None:
+    _unowned.discard(task)
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        logger.error("background task %r failed", task.get_name(), exc_info=exc)
+
+
+def spawn(
+    fn: Callable[..., Awaitable[T]], *args: Any, name: str | None = None
+) -> asyncio.Task[T]:
+    """Start ``fn(*args)`` as a named background task (a "daemon task").
+
+    With a runtime the task is owned by it and cancelled in the ``TASKS`` phase
+    of shutdown; without one it is kept referenced until it ends.  Either way
+    an exception it raises is logged on the ``anycore.tasks`` logger.
+
+    Returns:
+        The :class:`asyncio.Task`; await or cancel it as usual.
+    """
+
+    async def runner() -> T:
+        return await fn(*args)
+
+    task_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+    task = asyncio.get_running_loop().create_task(runner(), name=task_name)
+    runtime = current_runtime()
+    if runtime is not None:
+        runtime.track_task(task)
+    else:
+        _unowned.add(task)
+    task.add_done_callback(_report)
+    return task
+
+
+def live_tasks() -> list[asyncio.Task[Any]]:
+    """The running loop's unfinished tasks, by name (``threading.enumerate``)."""
+    return sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
+
+
+def active_count() -> int:
+    """How many tasks are alive on the running loop (``threading.active_count``)."""
+    return len(asyncio.all_tasks())
+
+
+class TaskLocal:
+    """Attributes local to a task and the tasks it starts (``threading.local``).
+
+    Each task runs in a copy of its creator's context, so a task sees the
+    values set before it was started, and what it sets stays its own::
+
+        request = TaskLocal(user=None)
+
+        async def handle(user):
+            request.user = user      # visible in this task and its children
+            await process()
+
+    Args:
+        **defaults: initial values, seen where nothing was set.
+    """
+
+    __slots__ = ("_defaults", "_var")
+
+    def __init__(self, **defaults: Any) -> None:
+        var: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+            f"TaskLocal@{id(self):x}"
+        )
+        object.__setattr__(self, "_var", var)
+        object.__setattr__(self, "_defaults", MappingProxyType(dict(defaults)))
+
+    def _values(self) -> Mapping[str, Any]:
+        var: contextvars.ContextVar[Mapping[str, Any]] = object.__getattribute__(self, "_var")
+        return var.get(object.__getattribute__(self, "_defaults"))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values()[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Copy-on-write: the mapping in a parent's context is never mutated.
+        values = dict(self._values())
+        values[name] = value
+        object.__getattribute__(self, "_var").set(MappingProxyType(values))
+
+    def __delattr__(self, name: str) -> None:
+        values = dict(self._values())
+        try:
+            del values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        object.__getattribute__(self, "_var").set(MappingProxyType(values))

@@ -239,10 +239,13 @@ async def test_main_error_still_runs_shutdown() -> None:
     async def flush() -> None:
         ran.append("flushed")
 
-    with pytest.raises(ZeroDivisionError):
+    async def main() -> None:
         async with anycore.open_runtime(handle_signals=False) as runtime:
             runtime.add_shutdown_step(Phase.LOGS, "logs", flush)
-            1 / 0  # noqa: B018
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        await main()
     assert ran == ["flushed"]
 
 

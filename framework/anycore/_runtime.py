@@ -338,7 +338,7 @@ class Runtime:
             task.cancel()
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             logger.warning("background task %r did not stop in %.1fs", task.get_name(), timeout)
             self.report.steps.append(StepResult(Phase.TASKS, task.get_name(), "timed out"))
@@ -438,7 +438,8 @@ def run(
     uvloop is used when installed (``loop="auto"``); ``loop="asyncio"`` forces
     the default loop.  SIGINT and SIGTERM start the graceful shutdown; once it
     is complete, :class:`GracefulExit` (a ``SystemExit`` with status 0) is
-    raised; likewise when :meth:`Runtime.shutdown` cancelled main.  A second SIGINT exits at once with status 130.
+    raised; likewise when :meth:`Runtime.shutdown` cancelled main.  A second
+    SIGINT exits at once with status 130.
 
     Returns:
         What ``main`` returned.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import signal
 import threading
@@ -61,8 +62,9 @@ class _Hub:
         self._installed: dict[int, Any] = {}  # signal -> previous Python handler
         self._background: set[asyncio.Task[Any]] = set()
 
-    # Called on the subscriber's loop thread.
-    def subscribe(self, sub: _Subscription) -> None:
+    # Called on the subscriber's loop thread.  From another thread the loop
+    # handlers are installed by the owner loop; the returned future tells when.
+    def subscribe(self, sub: _Subscription) -> concurrent.futures.Future[None] | None:
         in_main = threading.current_thread() is threading.main_thread()
         with self._lock:
             owner = self._owner
@@ -81,13 +83,24 @@ class _Hub:
                 self._subs[sig].append(sub)
             missing = [sig for sig in sub.signals if sig not in self._installed]
         if not missing:
-            return
+            return None
         if in_main:
             for sig in missing:
                 self._install(sig)
-        else:
-            assert owner is not None
-            owner.call_soon_threadsafe(self._install_all, missing)
+            return None
+        assert owner is not None
+        installed: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def install() -> None:
+            try:
+                self._install_all(missing)
+            except BaseException as exc:
+                installed.set_exception(exc)
+            else:
+                installed.set_result(None)
+
+        owner.call_soon_threadsafe(install)
+        return installed
 
     def unsubscribe(self, sub: _Subscription) -> None:
         with self._lock:
@@ -191,7 +204,7 @@ class _Hub:
             task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Future[Any]) -> None:
-        self._background.discard(task)  # type: ignore[arg-type]
+        self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("async signal callback failed", exc_info=task.exception())
 
@@ -225,11 +238,23 @@ class SignalHandle:
     that removes it on exit.
     """
 
-    __slots__ = ("_removed", "_sub")
+    __slots__ = ("_installed", "_removed", "_sub")
 
-    def __init__(self, sub: _Subscription) -> None:
+    def __init__(
+        self, sub: _Subscription, installed: concurrent.futures.Future[None] | None
+    ) -> None:
         self._sub = sub
+        self._installed = installed
         self._removed = False
+
+    async def wait_installed(self) -> None:
+        """Wait until signals are really caught.
+
+        Immediate in the main thread; from another thread the main thread's
+        loop installs the handler, and this waits for it (or raises its error).
+        """
+        if self._installed is not None:
+            await asyncio.wrap_future(self._installed)
 
     @property
     def signals(self) -> frozenset[int]:
@@ -258,7 +283,9 @@ def on_signal(sig: int, callback: SignalCallback, *more: int) -> SignalHandle:
     """Call ``callback(signum)`` on the running loop whenever ``sig`` arrives.
 
     Several callbacks for one signal all run (in subscription order); an async
-    callback is scheduled as a task.  Must be called with a running loop.
+    callback is scheduled as a task.  Must be called with a running loop.  From
+    a thread other than the main one, the handler is installed by the main
+    thread's loop: ``await handle.wait_installed()`` to know it is in place.
 
     Args:
         sig: the signal (``more`` adds further signals for the same callback).
@@ -273,8 +300,7 @@ def on_signal(sig: int, callback: SignalCallback, *more: int) -> SignalHandle:
     """
     loop = asyncio.get_running_loop()
     sub = _Subscription(loop, _check((sig, *more)), callback)
-    _hub.subscribe(sub)
-    return SignalHandle(sub)
+    return SignalHandle(sub, _hub.subscribe(sub))
 
 
 class SignalReceiver:
@@ -333,6 +359,11 @@ class SignalReceiver:
 
     async def __aenter__(self) -> SignalReceiver:
         self._handle = on_signal(next(iter(self._signals)), self._on_signal, *self._signals)
+        try:
+            await self._handle.wait_installed()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     async def __aexit__(

@@ -44,9 +44,7 @@ def _report(task: asyncio.Task[Any]) -> None:
         logger.error("background task %r failed", task.get_name(), exc_info=exc)
 
 
-def spawn(
-    fn: Callable[..., Awaitable[T]], *args: Any, name: str | None = None
-) -> asyncio.Task[T]:
+def spawn(fn: Callable[..., Awaitable[T]], *args: Any, name: str | None = None) -> asyncio.Task[T]:
     """Start ``fn(*args)`` as a named background task (a "daemon task").
 
     With a runtime the task is owned by it and cancelled in the ``TASKS`` phase

@@ -139,7 +139,7 @@ class Tick:
         return self.now - self.scheduled
 
 
-class every:  # noqa: N801 - used like a function: `async for tick in every(1.0)`
+class every:
     """Periodic ticks without drift: ``async for tick in every(interval): ...``.
 
     Tick ``n`` is due at ``start + n * interval`` (``start`` is when iteration

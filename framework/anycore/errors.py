@@ -50,6 +50,7 @@ __all__ = [
     "QueueClosed",
     "QueueEmpty",
     "QueueFull",
+    "TooManyReleases",
     "WorkerCrashed",
     "PoolClosed",
 ]
@@ -280,6 +281,15 @@ class QueueEmpty(AnycoreError):
 
 class QueueFull(AnycoreError):
     """``put_nowait`` found no room (:class:`queue.Full`'s role)."""
+
+
+class TooManyReleases(AnycoreError, ValueError):
+    """Released more often than acquired.
+
+    A :class:`anycore.BoundedSemaphore` released past its initial value, or
+    ``task_done()`` called more times than items were put.  A
+    :class:`ValueError`, as :mod:`threading` and :mod:`queue` raise there.
+    """
 
 
 class WorkerCrashed(BrokenError):

@@ -70,6 +70,12 @@ _LAZY: dict[str, str] = {
     "move_on_after": "._timers",
     # -- framing (sans-IO) --
     # -- protocol handlers, servers, clients, datagrams --
+    "DatagramHandler": "._datagram",
+    "DatagramServer": "._datagram",
+    "DatagramEndpoint": "._datagram",
+    "DatagramStatistics": "._datagram",
+    "serve_datagram": "._datagram",
+    "open_datagram_endpoint": "._datagram",
     # -- subprocesses, pipelines, pty --
     # -- child processes running Python callables --
     # -- queues, synchronisation, pools --
@@ -125,6 +131,14 @@ if TYPE_CHECKING:
     )
     # -- framing (sans-IO) --
     # -- protocol handlers, servers, clients, datagrams --
+    from ._datagram import (
+        DatagramEndpoint as DatagramEndpoint,
+        DatagramHandler as DatagramHandler,
+        DatagramServer as DatagramServer,
+        DatagramStatistics as DatagramStatistics,
+        open_datagram_endpoint as open_datagram_endpoint,
+        serve_datagram as serve_datagram,
+    )
     # -- subprocesses, pipelines, pty --
     # -- child processes running Python callables --
     # -- queues, synchronisation, pools --

@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := test,lint,bench
+EXTRAS := test,lint,bench,docs
 SOURCES := $(shell find framework -name '*.py' -o -name 'py.typed') pyproject.toml README.md
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -43,7 +43,7 @@ lint: install
 	$(BIN)/mypy
 
 docs: install
-	$(BIN)/python -m benchmarks.docs_check
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .hypothesis

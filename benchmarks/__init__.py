@@ -1,0 +1,1 @@
+"""anycore's benchmarks: each bench_*.py module has ``main(quick: bool)``."""

@@ -1,0 +1,78 @@
+"""The public surface: flat, importable, documented, cheap to import."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import anycore
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_public_name_resolves() -> None:
+    assert len(set(anycore.__all__)) == len(anycore.__all__), "duplicate names in __all__"
+    for name in anycore.__all__:
+        assert getattr(anycore, name) is not None, name
+
+
+def test_unknown_name_is_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = anycore.nope  # type: ignore[attr-defined]
+
+
+def test_private_modules_start_with_underscore() -> None:
+    package = Path(anycore.__file__).parent
+    public = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")}
+    public |= {p.name for p in package.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    assert public <= {"errors", "logging", "testing"}, public
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    missing = []
+    for name in anycore.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(anycore, name)
+        if (inspect.isclass(obj) or callable(obj)) and not inspect.getdoc(obj):
+            missing.append(name)
+    assert not missing, f"no docstring: {missing}"
+
+
+def test_every_public_name_is_documented() -> None:
+    text = "\n".join(p.read_text() for p in DOCS.glob("*.md"))
+    missing = [n for n in anycore.__all__ if n != "__version__" and n not in text]
+    assert not missing, f"not mentioned anywhere in docs/: {missing}"
+
+
+def test_errors_are_anycore_errors_and_anyio_resource_errors() -> None:
+    import anyio
+
+    assert issubclass(anycore.QueueClosed, anycore.AnycoreError)
+    assert issubclass(anycore.QueueClosed, anyio.ClosedResourceError)
+    assert issubclass(anycore.WorkerCrashed, anyio.BrokenResourceError)
+    assert issubclass(anycore.BusyError, anyio.BusyResourceError)
+    assert issubclass(anycore.TimeoutExpired, TimeoutError)
+    for name in anycore.errors.__all__:
+        assert issubclass(getattr(anycore.errors, name), anycore.AnycoreError), name
+
+
+def test_import_is_cheap_and_lazy() -> None:
+    code = (
+        "import sys, anycore; "
+        "heavy = [m for m in ('structlog', 'trio', 'multiprocessing', 'ssl', 'cloudpickle', "
+        "'distributed', 'anycore._handler', 'anycore._subprocess') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_version() -> None:
+    assert anycore.__version__.count(".") >= 2

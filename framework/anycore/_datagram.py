@@ -54,8 +54,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
-from urllib.parse import parse_qs, urlsplit
 
+from ._endpoints import Endpoint, parse_endpoint
 from ._runtime import Phase, current_runtime
 from .errors import ClosedError, EndpointError, LocalProtocolError, RuntimeStateError
 
@@ -568,51 +568,22 @@ class _Awaited:
 
 # -- endpoint strings -------------------------------------------------------------
 
-_BOOL_TRUE = {"1", "true", "yes", "on"}
-_OPTIONS = {"reuse_port", "broadcast"}
 
-
-def _parse_udp(
-    endpoint: str, *, default_host: str | None
-) -> tuple[str | None, int, dict[str, str]]:
-    """Split ``udp://host:port?opt=v`` into (host, port, options)."""
-    if not isinstance(endpoint, str):
-        raise EndpointError(f"endpoint must be a string like 'udp://127.0.0.1:0', not {endpoint!r}")
-    parts = urlsplit(endpoint)
-    if parts.scheme != "udp":
+def _parse_udp(endpoint: str | Endpoint) -> tuple[Endpoint, str, int]:
+    """Parse with the shared endpoint parser and insist on ``udp://``."""
+    ep = parse_endpoint(endpoint)
+    if ep.scheme != "udp":
         raise EndpointError(
-            f"{endpoint!r}: datagram endpoints use the udp:// scheme (e.g. udp://127.0.0.1:0)"
+            f"{str(ep)!r}: datagram endpoints use the udp:// scheme (e.g. udp://127.0.0.1:0); "
+            "stream endpoints go to serve() / connect()"
         )
-    if parts.path not in ("", "/") or parts.fragment or parts.username or parts.password:
-        raise EndpointError(f"{endpoint!r}: expected udp://host:port")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise EndpointError(f"{endpoint!r}: bad port ({exc})") from None
-    if port is None:
-        raise EndpointError(f"{endpoint!r}: a port is required (0 picks a free one)")
-    host = parts.hostname or default_host
-    options: dict[str, str] = {}
-    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if key not in _OPTIONS:
-            raise EndpointError(
-                f"{endpoint!r}: unknown option {key!r} (known: {', '.join(sorted(_OPTIONS))})"
-            )
-        options[key] = values[-1]
-    return host, port, options
+    assert ep.host is not None
+    assert ep.port is not None
+    return ep, ep.host, ep.port
 
 
-def _flag(options: dict[str, str], name: str, default: bool) -> bool:
-    if name not in options:
-        return default
-    return options[name].lower() in _BOOL_TRUE
-
-
-def _format_endpoint(addr: Address) -> str:
-    host = addr[0]
-    if ":" in str(host):
-        return f"udp://[{host}]:{addr[1]}"
-    return f"udp://{host}:{addr[1]}"
+def _endpoint_of(addr: Address) -> Endpoint:
+    return Endpoint("udp", host=str(addr[0]), port=int(addr[1]))
 
 
 def _is_ip(host: str) -> bool:
@@ -724,7 +695,7 @@ class DatagramServer:
     def __init__(
         self,
         handler_factory: Callable[[], DatagramHandler],
-        endpoints: tuple[str, ...],
+        endpoints: tuple[str | Endpoint, ...],
         *,
         reuse_port: bool = False,
         allow_broadcast: bool = False,
@@ -758,12 +729,10 @@ class DatagramServer:
             raise RuntimeStateError("this datagram server was already started")
         self._started = True
         self._closed = asyncio.Event()
-        parsed = [_parse_udp(e, default_host="127.0.0.1") for e in self._endpoints]
+        parsed = [_parse_udp(e) for e in self._endpoints]
         try:
-            for host, port, options in parsed:
-                assert host is not None
-                reuse = _flag(options, "reuse_port", self._reuse_port)
-                broadcast = _flag(options, "broadcast", self._broadcast)
+            for _ep, host, port in parsed:
+                reuse, broadcast = self._reuse_port, self._broadcast
                 first_port = port
                 for family, addr in await _bind_addresses(host, port):
                     # With port 0 and a name resolving to several addresses,
@@ -789,9 +758,11 @@ class DatagramServer:
         runtime = current_runtime()
         if runtime is not None:
             self._runtime_handle = runtime.add_shutdown_step(
-                Phase.STOP_ACCEPTING, f"datagram server {' '.join(self.endpoints)}", self.aclose
+                Phase.STOP_ACCEPTING,
+                f"datagram server {' '.join(map(str, self.endpoints))}",
+                self.aclose,
             )
-        log.debug("datagram server serving %s", " ".join(self.endpoints))
+        log.debug("datagram server serving %s", " ".join(map(str, self.endpoints)))
 
     @property
     def addresses(self) -> list[Address]:
@@ -802,9 +773,9 @@ class DatagramServer:
         return [g.sockname for g in self._glues if g.sockname is not None and not g.closed]
 
     @property
-    def endpoints(self) -> list[str]:
-        """The bound addresses as ``udp://host:port`` strings."""
-        return [_format_endpoint(a) for a in self.addresses]
+    def endpoints(self) -> list[Endpoint]:
+        """The open sockets as endpoints (``str()`` gives ``udp://host:port``)."""
+        return [_endpoint_of(a) for a in self.addresses]
 
     @property
     def port(self) -> int:
@@ -818,7 +789,6 @@ class DatagramServer:
             raise RuntimeStateError("the datagram server has no bound socket")
         return int(addresses[0][1])
 
-    @property
     def is_serving(self) -> bool:
         """True between :meth:`start` and the beginning of :meth:`aclose`."""
         return self._started and bool(self._glues) and not any(g.closing for g in self._glues)
@@ -888,13 +858,13 @@ class DatagramServer:
         await self.aclose()
 
     def __repr__(self) -> str:
-        where = " ".join(self.endpoints) or " ".join(self._endpoints)
+        where = " ".join(map(str, self.endpoints or self._endpoints))
         return f"<DatagramServer {where}>"
 
 
 def serve_datagram(
     handler_factory: Callable[[], DatagramHandler],
-    *endpoints: str,
+    *endpoints: str | Endpoint,
     reuse_port: bool = False,
     allow_broadcast: bool = False,
     drain_timeout: float | None = 5.0,
@@ -909,11 +879,11 @@ def serve_datagram(
 
     Args:
         handler_factory: called once per bound socket (a class works).
-        *endpoints: ``udp://host:port`` strings; ``udp://[::1]:port`` for IPv6;
-            a host name binds every address it resolves to; an empty host
-            (``udp://:7000``) means 127.0.0.1, so serving beyond loopback is
-            always explicit (``udp://0.0.0.0:7000``).  Query options
-            ``?reuse_port=1`` and ``?broadcast=1`` override the keywords.
+        *endpoints: ``udp://host:port`` strings (or parsed ``Endpoint``
+            objects); ``udp://[::1]:port`` for IPv6; a host name binds every
+            address it resolves to (on one port); ``udp://0.0.0.0:port``
+            serves every IPv4 interface.  The host is always explicit, so
+            nothing is exposed beyond loopback by accident.
         reuse_port: set ``SO_REUSEPORT`` (several processes share a port).
         allow_broadcast: set ``SO_BROADCAST``.
         drain_timeout: how long a graceful close waits for queued async work
@@ -997,10 +967,10 @@ class DatagramEndpoint:
 
     def __init__(
         self,
-        remote: str | None,
+        remote: str | Endpoint | None,
         handler_factory: Callable[[], DatagramHandler] | None,
         *,
-        local: str | None,
+        local: str | Endpoint | None,
         max_queued: int,
         reuse_port: bool,
         allow_broadcast: bool,
@@ -1033,17 +1003,12 @@ class DatagramEndpoint:
         family = 0
         reuse, broadcast = self._reuse_port, self._broadcast
         if self._remote is not None:
-            host, port, options = _parse_udp(self._remote, default_host="127.0.0.1")
-            assert host is not None
-            reuse = _flag(options, "reuse_port", reuse)
-            broadcast = _flag(options, "broadcast", broadcast)
+            _ep, host, port = _parse_udp(self._remote)
             if port == 0:
                 raise EndpointError(f"{self._remote!r}: a remote endpoint needs a real port")
             remote_addr = (host, port)
         if self._local is not None:
-            lhost, lport, loptions = _parse_udp(self._local, default_host="127.0.0.1")
-            assert lhost is not None
-            reuse = _flag(loptions, "reuse_port", reuse)
+            _lep, lhost, lport = _parse_udp(self._local)
             local_addr = (lhost, lport)
             if _is_ip(lhost):
                 family = socket.AF_INET6 if ":" in lhost else socket.AF_INET
@@ -1182,10 +1147,10 @@ class DatagramEndpoint:
 
 
 def open_datagram_endpoint(
-    remote: str | None = None,
+    remote: str | Endpoint | None = None,
     handler_factory: Callable[[], DatagramHandler] | None = None,
     *,
-    local: str | None = None,
+    local: str | Endpoint | None = None,
     max_queued: int = 1024,
     reuse_port: bool = False,
     allow_broadcast: bool = False,

@@ -37,3 +37,49 @@ def pytest_asyncio_loop_factories(
     if uvloop is not None:
         factories["uvloop"] = uvloop.new_event_loop
     return factories
+
+
+# -- leak checks ------------------------------------------------------------------
+
+_INFRASTRUCTURE = ("forkserver", "resource_tracker", "semaphore_tracker")
+
+
+def _children() -> dict[int, str]:
+    """This process's children: pid -> state letter and command line."""
+    me = str(os.getpid())
+    found: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # pragma: no cover - not Linux
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[1] == me and not any(word in cmdline for word in _INFRASTRUCTURE):
+            found[int(entry)] = f"{fields[0]} {cmdline.strip()}"
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_child_processes() -> object:
+    """Fail a test that leaves a child process (alive or zombie) behind."""
+    before = set(_children())
+    yield
+    import time
+
+    deadline = time.monotonic() + 5.0
+    leaked = {pid: desc for pid, desc in _children().items() if pid not in before}
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.02)  # children being reaped right now: poll a bounded time
+        leaked = {pid: desc for pid, desc in _children().items() if pid not in before}
+    if leaked:
+        pytest.fail(f"test left child processes behind: {leaked}")

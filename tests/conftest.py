@@ -28,15 +28,55 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+# What the loops' exception handlers were called with during the current test.
+_loop_errors: list[dict[str, object]] = []
+
+
+def _record_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    _loop_errors.append(context)
+    loop.default_exception_handler(context)
+
+
+def _watched(factory: Callable[[], asyncio.AbstractEventLoop]) -> asyncio.AbstractEventLoop:
+    loop = factory()
+    loop.set_exception_handler(_record_loop_error)
+    return loop
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop:
+    return _watched(asyncio.new_event_loop)
+
+
+def _uvloop_loop() -> asyncio.AbstractEventLoop:
+    assert uvloop is not None
+    return _watched(uvloop.new_event_loop)
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-        "asyncio": asyncio.new_event_loop
-    }
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": _asyncio_loop}
     if uvloop is not None:
-        factories["uvloop"] = uvloop.new_event_loop
+        factories["uvloop"] = _uvloop_loop
     return factories
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_loop_errors: the test expects the loop's exception handler to run"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_unhandled_loop_errors(request: pytest.FixtureRequest) -> object:
+    """Fail a test during which the event loop's exception handler was called
+    (a task's exception never retrieved, a callback that raised, ...)."""
+    _loop_errors.clear()
+    yield
+    if _loop_errors and request.node.get_closest_marker("allow_loop_errors") is None:
+        messages = [str(c.get("message")) + ": " + repr(c.get("exception")) for c in _loop_errors]
+        _loop_errors.clear()
+        pytest.fail(f"the loop's exception handler was called: {messages}")
 
 
 # -- leak checks ------------------------------------------------------------------

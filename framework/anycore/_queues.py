@@ -292,7 +292,12 @@ class Queue(Generic[T]):
             if self._threaded:
                 return
             loop = self._loop
-            if loop is None or loop.is_closed() or _get_running_loop() is loop:
+            if (
+                loop is None
+                or loop.is_closed()
+                or not loop.is_running()
+                or _get_running_loop() is loop
+            ):
                 # No loop can be inside an unlocked operation right now.
                 self._threaded = True
                 self._fast = False

@@ -77,6 +77,26 @@ _LAZY: dict[str, str] = {
     "serve_datagram": "._datagram",
     "open_datagram_endpoint": "._datagram",
     # -- subprocesses, pipelines, pty --
+    "Process": "._subprocess",
+    "ProcessStatus": "._subprocess",
+    "CompletedProcess": "._subprocess",
+    "open_process": "._subprocess",
+    "run_process": "._subprocess",
+    "call": "._subprocess",
+    "check_call": "._subprocess",
+    "check_output": "._subprocess",
+    "PIPE": "._subprocess",
+    "DEVNULL": "._subprocess",
+    "STDOUT": "._subprocess",
+    "ProcessReader": "._subprocess",
+    "TextProcessReader": "._subprocess",
+    "ProcessWriter": "._subprocess",
+    "Command": "._pipeline",
+    "cmd": "._pipeline",
+    "Pipeline": "._pipeline",
+    "pipeline": "._pipeline",
+    "PtyProcess": "._pty",
+    "open_pty": "._pty",
     # -- child processes running Python callables --
     # -- queues, synchronisation, pools --
 }
@@ -140,5 +160,28 @@ if TYPE_CHECKING:
         serve_datagram as serve_datagram,
     )
     # -- subprocesses, pipelines, pty --
+    from ._pipeline import (
+        Command as Command,
+        Pipeline as Pipeline,
+        cmd as cmd,
+        pipeline as pipeline,
+    )
+    from ._pty import PtyProcess as PtyProcess, open_pty as open_pty
+    from ._subprocess import (
+        DEVNULL as DEVNULL,
+        PIPE as PIPE,
+        STDOUT as STDOUT,
+        CompletedProcess as CompletedProcess,
+        Process as Process,
+        ProcessReader as ProcessReader,
+        ProcessStatus as ProcessStatus,
+        ProcessWriter as ProcessWriter,
+        TextProcessReader as TextProcessReader,
+        call as call,
+        check_call as check_call,
+        check_output as check_output,
+        open_process as open_process,
+        run_process as run_process,
+    )
     # -- child processes running Python callables --
     # -- queues, synchronisation, pools --

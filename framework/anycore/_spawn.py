@@ -302,7 +302,7 @@ def _fork_exec(
                 (os.fsencode(executable),),
                 close_fds,
                 fds_to_keep,
-                None if cwd is None else os.fsencode(cwd),
+                None if cwd is None else os.fsdecode(cwd),  # type: ignore[arg-type]
                 env_list,
                 stdin, -1, -1, stdout, -1, errwrite,
                 errpipe_read, errpipe_write,
@@ -313,7 +313,7 @@ def _fork_exec(
                 None if extra_groups is None else list(extra_groups),
                 -1 if uid is None else uid,
                 umask,
-                None,  # preexec_fn: never (not thread-safe)
+                None,  # type: ignore[arg-type]  # preexec_fn: never (not thread-safe)
                 True,  # allow vfork
             )  # fmt: skip
         finally:

@@ -90,6 +90,7 @@ Args: TypeAlias = "StrOrBytesPath | Sequence[StrOrBytesPath]"
 
 # -- the runtime registry ---------------------------------------------------------------
 
+
 def _current_runtime() -> Runtime | None:
     return current_runtime()
 
@@ -604,9 +605,9 @@ class Process(_Killable):
         if timeout is None:
             return (await asyncio.shield(self._exit)).returncode
         await asyncio.wait({self._exit}, timeout=timeout)
-        if self._status is None:
+        if not self._exit.done():
             raise TimeoutExpired(self.args, timeout)
-        return self._status.returncode
+        return self._exit.result().returncode
 
     def send_signal(self, sig: int, group: bool = False) -> None:
         """Send ``sig`` to the child, or with ``group=True`` to its process group.

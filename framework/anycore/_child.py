@@ -1,0 +1,1217 @@
+"""Python callables in child processes: ChildProcess and the machinery under it.
+
+This module owns everything that runs a Python callable in another process:
+
+* the start method (forkserver on Linux: the server is single-threaded, so
+  forking it is safe however many threads the parent runs; spawn elsewhere);
+* serialisation: pickle by default, cloudpickle when it is installed and pickle
+  cannot carry the object (lambdas, closures, functions of ``__main__``);
+* a duplex *channel*: a socketpair carrying length-prefixed pickle frames.  The
+  loop side (:class:`Channel`) is wired to the loop with ``add_reader`` /
+  ``add_writer`` so sends and receives never block it; the child side
+  (:class:`FrameSocket`) is plain blocking code;
+* :class:`ProcessHandle`, a started :class:`multiprocessing.Process` watched
+  through its sentinel (``add_reader`` on the fd: the loop never blocks and
+  nothing calls ``waitpid(-1)``), with SIGTERM-grace-SIGKILL stopping of its
+  process group;
+* the exit-flush registry (:func:`register_exit_flush`): hooks a child runs
+  before it exits, because ``os._exit`` (how multiprocessing ends a child) runs
+  none;
+* the contextvars carried into other processes (:func:`carry_context_var`,
+  structlog's contextvars) and the worker id (:func:`current_worker_id`);
+* :class:`ChildProcess`, multiprocessing.Process re-expressed async.
+
+The worker pools (``_pool_processes``) and the supervisor reuse the channel,
+the handle and the helpers; they add their own protocol over the frames.
+
+Rejected: asyncio's subprocess API (it runs commands, not callables, and
+uvloop's is slow); ``multiprocessing.connection.Connection`` on the loop side
+(its reads and writes block); ``loop.connect_accepted_socket`` transports (a
+protocol object per frame path and no synchronous drain of what a dead child
+left in the socket, which crash handling needs); the ``fork`` start method by
+default (it deadlocks when the parent has threads, cpython#100229).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import importlib
+import inspect
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from .errors import ChildProcessFailed, FrameTooLarge, RemoteError, RuntimeStateError
+
+__all__ = [
+    "ChildProcess",
+    "current_worker_id",
+    "carry_context_var",
+    "register_exit_flush",
+    "default_context",
+]
+
+T = TypeVar("T")
+log = logging.getLogger("anycore.child")
+
+_HEADER = struct.Struct("!I")
+_HIGHEST = pickle.HIGHEST_PROTOCOL
+#: The largest frame either side accepts unless told otherwise.
+DEFAULT_MAX_FRAME = 1 << 30
+
+
+# -- start method -------------------------------------------------------------
+
+
+def default_context(method: str | None = None) -> Any:
+    """Return the multiprocessing context anycore starts children with.
+
+    Args:
+        method: ``"forkserver"``, ``"spawn"`` or ``"fork"``; None picks
+            forkserver on Linux and spawn elsewhere.
+
+    Returns:
+        A :class:`multiprocessing.context.BaseContext`.
+    """
+    import multiprocessing
+
+    if method is None:
+        method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        _preload_forkserver()
+    return ctx
+
+
+def _preload_forkserver() -> None:
+    # Modules imported once by the fork server are inherited by every child
+    # it forks, so a new worker starts in about a millisecond instead of
+    # importing anycore again.  Only effective before the server starts;
+    # '__main__' (multiprocessing's default) is kept.
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    wanted = ["anycore._child", "anycore._pool_processes"]
+    try:
+        import cloudpickle  # noqa: F401
+
+        wanted.append("cloudpickle")
+    except ImportError:
+        pass
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    for mod in wanted:
+        if mod not in current:
+            current.append(mod)
+    forkserver.set_forkserver_preload(current)
+
+
+# -- serialisation ------------------------------------------------------------
+
+_cloudpickle: Any = None
+_cloudpickle_checked = False
+
+
+def _get_cloudpickle() -> Any:
+    global _cloudpickle, _cloudpickle_checked
+    if not _cloudpickle_checked:
+        try:
+            import cloudpickle
+
+            _cloudpickle = cloudpickle
+        except ImportError:  # pragma: no cover - cloudpickle is in the test extras
+            _cloudpickle = None
+        _cloudpickle_checked = True
+    return _cloudpickle
+
+
+def dumps(obj: object) -> bytes:
+    """Pickle *obj*; fall back to cloudpickle when pickle cannot carry it."""
+    try:
+        return pickle.dumps(obj, _HIGHEST)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        cp = _get_cloudpickle()
+        if cp is None:
+            raise
+        return cp.dumps(obj, _HIGHEST)  # type: ignore[no-any-return]
+
+
+def dumps_callable(fn: object) -> bytes:
+    """Pickle a callable, by value (cloudpickle) when it cannot go by reference.
+
+    Functions defined in ``__main__``, in another function or as lambdas do
+    not exist under that name in the child; cloudpickle, when installed,
+    carries their code instead.
+    """
+    cp = _get_cloudpickle()
+    if cp is not None:
+        module = getattr(fn, "__module__", None)
+        qualname = getattr(fn, "__qualname__", "")
+        if module == "__main__" or "<" in qualname:
+            return cp.dumps(fn, _HIGHEST)  # type: ignore[no-any-return]
+    return dumps(fn)
+
+
+def exception_payload(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    """Describe an exception for the other process.
+
+    Returns:
+        ``(pickled exception or None, type name, message, formatted traceback)``.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        data: bytes | None = dumps(exc)
+    except Exception:
+        data = None
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable>"
+    return data, kind, message[:10_000], tb
+
+
+def rebuild_exception(
+    payload: tuple[bytes | None, str, str, str], where: str
+) -> tuple[BaseException | None, RemoteError]:
+    """Turn :func:`exception_payload`'s tuple back into exceptions.
+
+    Returns:
+        ``(original exception or None when it could not be rebuilt, RemoteError)``.
+    """
+    data, kind, message, tb = payload
+    original: BaseException | None = None
+    if data is not None:
+        try:
+            loaded = pickle.loads(data)
+        except Exception:
+            loaded = None
+        if isinstance(loaded, BaseException):
+            original = loaded
+    remote = RemoteError(f"{kind}: {message} (raised in {where})", tb)
+    return original, remote
+
+
+# -- exit flush hooks ---------------------------------------------------------
+
+_EXIT_FLUSH: list[Callable[[], None]] = []
+
+
+def register_exit_flush(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run *fn* in this process before an anycore child or pool worker exits.
+
+    multiprocessing ends children with ``os._exit``, which skips ``atexit``
+    and every other hook, so a log handler with buffered records would lose
+    them.  anycore's children call these hooks (newest first) on every exit
+    they control: return, exception, ``sys.exit``, SIGTERM, and a pool worker
+    retiring or shutting down.  Nothing runs on SIGKILL or a segfault.
+
+    Args:
+        fn: a callable taking no arguments; its exceptions are printed, not raised.
+
+    Returns:
+        A function that unregisters *fn*.
+    """
+    _EXIT_FLUSH.append(fn)
+
+    def unregister() -> None:
+        try:
+            _EXIT_FLUSH.remove(fn)
+        except ValueError:
+            pass
+
+    return unregister
+
+
+def run_exit_flush() -> None:
+    """Run the registered exit-flush hooks, newest first, then flush stdio."""
+    for fn in reversed(list(_EXIT_FLUSH)):
+        try:
+            fn()
+        except Exception:
+            traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+class _Terminated(SystemExit):
+    """Raised in a child by SIGTERM so that ``finally`` blocks and hooks run."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated(-signal.SIGTERM)
+
+
+def child_prologue(new_process_group: bool) -> None:
+    """Set a freshly started child up: own process group, SIGTERM handling."""
+    if new_process_group:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def die_of_sigterm() -> None:
+    """Flush, then end this process as SIGTERM would have (exitcode -15)."""
+    run_exit_flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os._exit(128 + signal.SIGTERM)  # pragma: no cover - the signal ends us first
+
+
+# -- context carried across processes -----------------------------------------
+
+WORKER_ID: ContextVar[str | None] = ContextVar("anycore.worker_id", default=None)
+_CARRIED: dict[str, tuple[str, ContextVar[Any]]] = {}
+
+
+def current_worker_id() -> str | None:
+    """Return the id of the pool worker running this code, or None outside one.
+
+    Pool workers (tasks, threads and processes) set it; anycore's logging binds
+    it as ``worker_id``.
+    """
+    return WORKER_ID.get()
+
+
+def carry_context_var(var: ContextVar[T], module: str | None = None) -> ContextVar[T]:
+    """Carry *var*'s value into pool processes and child tasks.
+
+    Threads and tasks see every contextvar of their caller.  Processes get a
+    snapshot: structlog's contextvars (what ``bind_contextvars`` set) and the
+    variables registered here, when their values pickle.  The worker imports
+    *module* (default: the caller's module) to find the variable again, so
+    register module-level variables only.
+
+    Args:
+        var: the variable; its ``name`` must be unique among carried variables.
+        module: the module defining it, if not the caller's.
+
+    Returns:
+        *var*, so the call can wrap the definition.
+    """
+    if module is None:
+        module = sys._getframe(1).f_globals.get("__name__", "__main__")
+    _CARRIED[var.name] = (module, var)
+    return var
+
+
+carry_context_var(WORKER_ID, __name__)
+
+Snapshot = tuple[tuple[str, str, str, Any], ...]
+
+
+def context_snapshot() -> Snapshot | None:
+    """Return the carried contextvars of the current context (None if none)."""
+    items: list[tuple[str, str, str, Any]] = []
+    for var, value in contextvars.copy_context().items():
+        name = var.name
+        if name.startswith("structlog_"):
+            if value is not Ellipsis:
+                items.append(("s", "", name[10:], value))
+        elif var is not WORKER_ID:
+            entry = _CARRIED.get(name)
+            if entry is not None and entry[1] is var:
+                items.append(("a", entry[0], name, value))
+    return tuple(items) if items else None
+
+
+def picklable_snapshot(snapshot: Snapshot | None) -> Snapshot | None:
+    """Drop the entries of *snapshot* whose values do not pickle."""
+    if not snapshot:
+        return None
+    kept = []
+    for item in snapshot:
+        try:
+            pickle.dumps(item[3], _HIGHEST)
+        except Exception:
+            log.debug("context variable %s not carried: its value does not pickle", item[2])
+            continue
+        kept.append(item)
+    return tuple(kept) or None
+
+
+def restore_snapshot(snapshot: Snapshot) -> None:
+    """Set the variables of *snapshot* in the current context (child side)."""
+    bind: dict[str, Any] = {}
+    for kind, module, name, value in snapshot:
+        if kind == "s":
+            bind[name] = value
+        else:
+            entry = _CARRIED.get(name)
+            if entry is None:
+                try:
+                    importlib.import_module(module)
+                except Exception:
+                    continue
+                entry = _CARRIED.get(name)
+            if entry is not None:
+                entry[1].set(value)
+    if bind:
+        try:
+            from structlog.contextvars import bind_contextvars
+        except ImportError:  # pragma: no cover - structlog is a dependency
+            return
+        bind_contextvars(**bind)
+
+
+# -- framing over a socket ----------------------------------------------------
+
+
+class FrameSocket:
+    """Blocking, child-side end of a channel: length-prefixed frames.
+
+    Args:
+        sock: a connected stream socket.
+        max_frame_size: frames announced larger than this raise FrameTooLarge.
+    """
+
+    def __init__(self, sock: socket.socket, max_frame_size: int = DEFAULT_MAX_FRAME) -> None:
+        sock.setblocking(True)
+        self.sock = sock
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._pos = 0
+        self.eof = False
+
+    def _take(self) -> bytes | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 4:
+            return None
+        (size,) = _HEADER.unpack_from(buf, pos)
+        if size > self.max_frame_size:
+            raise FrameTooLarge(size, self.max_frame_size)
+        end = pos + 4 + size
+        if end > len(buf):
+            return None
+        frame = bytes(buf[pos + 4 : end])
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return frame
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def recv_frame(self) -> bytes | None:
+        """Block until a whole frame arrived; None at EOF."""
+        while True:
+            frame = self._take()
+            if frame is not None:
+                return frame
+            if self.eof:
+                return None
+            self._compact()
+            data = self.sock.recv(262144)
+            if not data:
+                self.eof = True
+                continue
+            self._buf += data
+
+    def poll_frames(self) -> list[bytes]:
+        """Return the whole frames available now, without blocking."""
+        frames: list[bytes] = []
+        if not self.eof:
+            self._compact()
+            while True:
+                try:
+                    data = self.sock.recv(262144, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not data:
+                    self.eof = True
+                    break
+                self._buf += data
+        while True:
+            frame = self._take()
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    def send_frame(self, payload: bytes) -> None:
+        """Send one frame (blocks while the peer's buffer is full)."""
+        if len(payload) > self.max_frame_size:
+            raise FrameTooLarge(len(payload), self.max_frame_size)
+        if len(payload) < 65536:
+            self.sock.sendall(_HEADER.pack(len(payload)) + payload)
+        else:
+            self.sock.sendall(_HEADER.pack(len(payload)))
+            self.sock.sendall(payload)
+
+
+class Channel:
+    """Loop-side end of a channel: frames in through a callback, out unblocking.
+
+    Reads run in an ``add_reader`` callback that hands every complete frame to
+    *on_frame* (a memoryview or bytes, valid during the call only if it is a
+    memoryview).  Writes are queued and flushed once per loop iteration with
+    non-blocking sends, the rest when the socket is writable again.
+
+    Args:
+        sock: a connected stream socket (made non-blocking).
+        on_frame: called with each received frame.
+        on_eof: called once when the peer closed its end or the socket failed.
+        max_frame_size: a larger announced frame ends the channel with
+            FrameTooLarge passed to *on_eof*.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_frame: Callable[[bytes | memoryview], None],
+        on_eof: Callable[[BaseException | None], None],
+        max_frame_size: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._on_frame = on_frame
+        self._on_eof = on_eof
+        self.max_frame_size = max_frame_size
+        self._rbuf = bytearray()
+        self._out: list[bytes] = []
+        self._pending = b""
+        self._flush_scheduled = False
+        self._writer_added = False
+        self.closed = False
+        self.eof = False
+        self._loop.add_reader(self._fd, self._on_readable)
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued for sending and not yet accepted by the socket."""
+        return len(self._pending) + sum(len(b) for b in self._out)
+
+    # reading
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(exc)
+            return
+        if not data:
+            self._finish(None)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        limit = self.max_frame_size
+        on_frame = self._on_frame
+        if not self._rbuf:
+            # Fast path: frames straight out of the received bytes.
+            view = memoryview(data)
+            n = len(data)
+            pos = 0
+            while n - pos >= 4:
+                (size,) = _HEADER.unpack_from(data, pos)
+                if size > limit:
+                    self._finish(FrameTooLarge(size, limit))
+                    return
+                end = pos + 4 + size
+                if end > n:
+                    break
+                on_frame(view[pos + 4 : end])
+                pos = end
+                if self.closed:
+                    return
+            if pos < n:
+                self._rbuf += view[pos:]
+            return
+        buf = self._rbuf
+        buf += data
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if size > limit:
+                self._finish(FrameTooLarge(size, limit))
+                return
+            end = pos + 4 + size
+            if end > n:
+                break
+            frame = bytes(buf[pos + 4 : end])
+            pos = end
+            on_frame(frame)
+            if self.closed:
+                return
+        del buf[:pos]
+
+    def drain_now(self) -> None:
+        """Read and dispatch everything the peer left in the socket, now.
+
+        Used when the peer process is known to have exited: what it wrote
+        before dying is in the socket buffer.
+        """
+        for _ in range(100_000):  # bounded: 25 GiB at 256 KiB per read
+            if self.closed or self.eof:
+                return
+            try:
+                data = self._sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._finish(exc)
+                return
+            if not data:
+                self._finish(None)
+                return
+            self._feed(data)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self.eof:
+            return
+        self.eof = True
+        self._loop.remove_reader(self._fd)
+        self._on_eof(exc)
+
+    # writing
+    def send_frame(self, payload: bytes) -> None:
+        """Queue one frame; it leaves at the end of this loop iteration.
+
+        Raises:
+            FrameTooLarge: *payload* is larger than ``max_frame_size``.
+        """
+        if self.closed:
+            return
+        size = len(payload)
+        if size > self.max_frame_size:
+            raise FrameTooLarge(size, self.max_frame_size)
+        self._out.append(_HEADER.pack(size))
+        self._out.append(payload)
+        if not self._flush_scheduled and not self._writer_added:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed:
+            return
+        data = self._pending + b"".join(self._out) if self._pending else b"".join(self._out)
+        self._out.clear()
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # The peer is gone; the reader side reports it.
+            self._pending = b""
+            return
+        self._pending = data[sent:]
+        if self._pending and not self._writer_added:
+            self._writer_added = True
+            self._loop.add_writer(self._fd, self._on_writable)
+        elif not self._pending and self._writer_added:
+            self._writer_added = False
+            self._loop.remove_writer(self._fd)
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    def shutdown_write(self) -> None:
+        """Send EOF after the queued frames (the peer's recv returns b'')."""
+        self._flush()
+        if not self._pending:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Stop reading and writing and close the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.eof:
+            self.eof = True
+            self._loop.remove_reader(self._fd)
+        if self._writer_added:
+            self._loop.remove_writer(self._fd)
+            self._writer_added = False
+        self._out.clear()
+        self._pending = b""
+        self._sock.close()
+
+
+# -- a started process, watched from the loop ---------------------------------
+
+
+def _signal_group(pid: int, sig: int, group: bool) -> None:
+    if group:
+        try:
+            os.killpg(pid, sig)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass  # the child has not made its group yet: signal it alone
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class ProcessHandle:
+    """A started :class:`multiprocessing.Process`, watched through its sentinel.
+
+    Create with :meth:`start`.  :attr:`exited` resolves with the exit code as
+    soon as the sentinel fd is readable (``add_reader``); nothing blocks the
+    loop and nothing reaps other processes' children.
+    """
+
+    def __init__(self, process: Any, group: bool) -> None:
+        self.process = process
+        self.pid: int = process.pid
+        self.group = group
+        self.exitcode: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = self._loop.create_future()
+        self._sentinel: int = process.sentinel
+        self._watching = True
+        self._retries = 0
+        self._exit_callbacks: list[Callable[[ProcessHandle], None]] = []
+        self._loop.add_reader(self._sentinel, self._on_sentinel)
+
+    @classmethod
+    async def start(
+        cls,
+        context: Any,
+        target: Callable[..., object],
+        args: tuple[Any, ...],
+        *,
+        name: str | None,
+        daemon: bool,
+        group: bool,
+    ) -> ProcessHandle:
+        """Start ``target(*args)`` in a child process.
+
+        ``Process.start()`` talks to the fork server (or execs a new
+        interpreter), which can take a while the first time: it runs in a
+        worker thread and is shielded from cancellation so that a started
+        child is never lost; a cancelled caller's child is killed.
+        """
+        import anyio
+
+        process = context.Process(target=target, args=args, name=name, daemon=daemon)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(process.start)
+        handle = cls(process, group)
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            handle.kill()
+            handle.close_when_exited()
+            raise
+        return handle
+
+    def add_exit_callback(self, fn: Callable[[ProcessHandle], None]) -> None:
+        """Call *fn(handle)* on the loop when the process has exited."""
+        if self.exited.done():
+            self._loop.call_soon(fn, self)
+        else:
+            self._exit_callbacks.append(fn)
+
+    def _on_sentinel(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self._sentinel)
+            self._watching = False
+        code = self.process._popen.poll()
+        if code is None:
+            # spawn/fork: the sentinel pipe closes a moment before the child
+            # becomes reapable.  Retry shortly, bounded.
+            self._retries += 1
+            if self._retries > 2000:
+                log.warning("child %d: exit status unavailable; assuming 255", self.pid)
+                code = 255
+            else:
+                self._loop.call_later(min(0.0005 * self._retries, 0.05), self._on_sentinel)
+                return
+        self._set_exit(code)
+
+    def _set_exit(self, code: int) -> None:
+        if self.exited.done():
+            return
+        self.exitcode = code
+        self.exited.set_result(code)
+        callbacks, self._exit_callbacks = self._exit_callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:
+                log.exception("exit callback of child %d failed", self.pid)
+
+    def is_alive(self) -> bool:
+        """True until the exit has been observed."""
+        return self.exitcode is None
+
+    def send_signal(self, sig: int) -> None:
+        """Send *sig* to the child (and its process group) if it still runs."""
+        if self.exitcode is None:
+            _signal_group(self.pid, sig, self.group)
+
+    def terminate(self) -> None:
+        """Send SIGTERM (the child flushes its hooks and exits with -15)."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Send SIGKILL."""
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the exit; return the exit code, or None on timeout."""
+        if self.exitcode is not None:
+            return self.exitcode
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except TimeoutError:
+            return None
+
+    async def stop(self, grace: float) -> int:
+        """SIGTERM, wait up to *grace* seconds, SIGKILL, wait; shielded.
+
+        Returns:
+            The exit code.
+        """
+        import anyio
+
+        with anyio.CancelScope(shield=True):
+            if self.exitcode is None:
+                self.terminate()
+                code = await self.wait(grace)
+                if code is not None:
+                    return code
+                self.kill()
+                code = await self.wait(30.0)
+                if code is None:  # pragma: no cover - SIGKILL of a D-state process
+                    log.error("child %d ignored SIGKILL for 30 s", self.pid)
+                    return -signal.SIGKILL
+        assert self.exitcode is not None
+        return self.exitcode
+
+    def close_when_exited(self) -> None:
+        """Release the process object's fds once it has exited."""
+        if self.exited.done():
+            self._release()
+        else:
+            self.add_exit_callback(lambda _h: self._release())
+
+    def _release(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self._sentinel)
+            self._watching = False
+        try:
+            self.process.close()
+        except ValueError:
+            pass
+
+
+# -- runtime integration ------------------------------------------------------
+
+
+def current_runtime() -> Any:
+    """The runtime of the running loop, or None (also while it is not importable)."""
+    try:
+        mod: Any = importlib.import_module("anycore._runtime")
+    except ModuleNotFoundError as exc:  # pragma: no cover - until the runtime lands
+        if exc.name != "anycore._runtime":
+            raise
+        return None
+    return mod.current_runtime()
+
+
+def runtime_phase(name: str) -> Any:
+    """Return ``Phase.<name>`` from the runtime module."""
+    mod: Any = importlib.import_module("anycore._runtime")
+    return getattr(mod.Phase, name)
+
+
+# -- ChildProcess -------------------------------------------------------------
+
+_OK, _ERR, _EXIT = 0, 1, 2
+
+
+def _run_awaitable(value: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await value
+
+    return asyncio.run(main())
+
+
+def _child_entry(sock: socket.socket, payload: bytes, new_group: bool) -> None:
+    """Body of a ChildProcess (runs in the child)."""
+    child_prologue(new_group)
+    channel = FrameSocket(sock)
+    exit_code: int | None = None
+    terminated = False
+    try:
+        try:
+            fn, args, kwargs = pickle.loads(payload)
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = _run_awaitable(value)
+            try:
+                message = dumps((_OK, value))
+            except Exception as exc:
+                message = dumps((_ERR, exception_payload(exc)))
+                exit_code = 1
+        except _Terminated:
+            terminated = True
+            message = b""
+        except SystemExit as exc:
+            code = exc.code
+            exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+            message = dumps((_EXIT, exit_code))
+        except BaseException as exc:
+            message = dumps((_ERR, exception_payload(exc)))
+            exit_code = 1
+        if message:
+            try:
+                channel.send_frame(message)
+            except OSError:
+                pass
+    except _Terminated:
+        terminated = True
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+    if terminated:
+        die_of_sigterm()
+    run_exit_flush()
+    if exit_code:
+        sys.exit(exit_code)
+
+
+class ChildProcess(Generic[T]):
+    """Run ``target(*args, **kwargs)`` in a child process (multiprocessing.Process).
+
+    The return value, or the exception with its traceback, comes back to the
+    parent (:meth:`result`).  A coroutine function runs under ``asyncio.run``
+    in the child.  The child starts in its own process group;
+    :meth:`terminate` and :meth:`kill` signal the group.
+
+    Use it as an async context manager: on exit a daemon child is stopped
+    (SIGTERM, *grace* seconds, SIGKILL) and reaped; a non-daemon child is
+    waited for, unless the block raised or was cancelled, in which case it
+    is stopped too.  Nothing is left behind either way.  Under a runtime the
+    child is also stopped in ``Phase.PROCESSES`` and SIGKILLed on a forced
+    exit.
+
+    Args:
+        target: the callable; pickled, or cloudpickled (lambdas, closures).
+        *args: its positional arguments.
+        kwargs: its keyword arguments.
+        name: the process name (multiprocessing's ``Process.name``).
+        daemon: stop the child when the scope ends instead of waiting for it.
+        context: a start method name or a multiprocessing context; default
+            forkserver on Linux, spawn elsewhere.
+        new_process_group: start the child in its own process group (so a
+            terminal's Ctrl-C does not reach it and signals reach its children).
+        grace: seconds between SIGTERM and SIGKILL when stopping.
+        max_result_size: the largest pickled result accepted.
+    """
+
+    def __init__(
+        self,
+        target: Callable[..., T] | Callable[..., Awaitable[T]],
+        *args: Any,
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        daemon: bool = True,
+        context: str | Any | None = None,
+        new_process_group: bool = True,
+        grace: float = 2.0,
+        max_result_size: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self._target = target
+        self._args = args
+        self._kwargs = dict(kwargs or {})
+        self._name = name
+        self.daemon = daemon
+        self._context = context
+        self._group = new_process_group
+        self.grace = grace
+        self._max_result = max_result_size
+        self._handle: ProcessHandle | None = None
+        self._channel: Channel | None = None
+        self._outcome: tuple[int, Any] | None = None
+        self._outcome_error: BaseException | None = None
+        self._hooks: list[Any] = []
+        self._closed = False
+
+    # introspection
+    @property
+    def name(self) -> str:
+        """The process name."""
+        if self._handle is not None:
+            return str(self._handle.process.name)
+        return self._name or f"ChildProcess-{getattr(self._target, '__name__', 'target')}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, None before :meth:`start`."""
+        return None if self._handle is None else self._handle.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while running; the exit code, or -N when killed by signal N."""
+        return None if self._handle is None else self._handle.exitcode
+
+    def is_alive(self) -> bool:
+        """True between start and the observed exit."""
+        return self._handle is not None and self._handle.is_alive()
+
+    # lifecycle
+    async def start(self) -> None:
+        """Start the child.
+
+        Raises:
+            RuntimeStateError: it was started already.
+            pickle.PicklingError: the target or its arguments do not pickle.
+        """
+        if self._handle is not None or self._closed:
+            raise RuntimeStateError("a ChildProcess can be started only once")
+        payload = self._payload()
+        ctx = (
+            default_context(self._context)
+            if self._context is None or isinstance(self._context, str)
+            else self._context
+        )
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            self._handle = await ProcessHandle.start(
+                ctx,
+                _child_entry,
+                (child_sock, payload, self._group),
+                name=self._name,
+                daemon=self.daemon,
+                group=self._group,
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        self._channel = Channel(parent_sock, self._on_frame, self._on_eof, self._max_result)
+        self._handle.add_exit_callback(self._on_exit)
+        self._register_runtime()
+
+    def _payload(self) -> bytes:
+        cp = _get_cloudpickle()
+        triple = (self._target, self._args, self._kwargs)
+        module = getattr(self._target, "__module__", None)
+        qualname = getattr(self._target, "__qualname__", "")
+        if cp is not None and (module == "__main__" or "<" in qualname):
+            return cp.dumps(triple, _HIGHEST)  # type: ignore[no-any-return]
+        return dumps(triple)
+
+    def _register_runtime(self) -> None:
+        rt = current_runtime()
+        if rt is None:
+            return
+        handle = self._handle
+        assert handle is not None
+        self._hooks.append(
+            rt.add_shutdown_step(
+                runtime_phase("PROCESSES"), f"child process {self.name}", self._runtime_stop
+            )
+        )
+        self._hooks.append(rt.add_force_exit_hook(handle.kill))
+
+    async def _runtime_stop(self) -> None:
+        if self.daemon:
+            await self.aclose()
+        else:
+            try:
+                await self.join()
+            finally:
+                await self.aclose()
+
+    def _on_frame(self, frame: bytes | memoryview) -> None:
+        if self._outcome is None:
+            try:
+                self._outcome = pickle.loads(frame)
+            except Exception as exc:
+                self._outcome_error = exc
+
+    def _on_eof(self, exc: BaseException | None) -> None:
+        if exc is not None and self._outcome is None:
+            self._outcome_error = exc
+        if self._channel is not None:
+            self._channel.close()
+
+    def _on_exit(self, handle: ProcessHandle) -> None:
+        if self._channel is not None:
+            self._channel.drain_now()
+            self._channel.close()
+        handle.close_when_exited()
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        hooks, self._hooks = self._hooks, []
+        for h in hooks:
+            try:
+                h.remove()
+            except Exception:  # pragma: no cover - defensive
+                pass
+
+    async def join(self, timeout: float | None = None) -> int | None:
+        """Wait until the child has exited.
+
+        Args:
+            timeout: seconds to wait at most (None: no limit).
+
+        Returns:
+            The exit code, or None when *timeout* passed first (as
+            :meth:`multiprocessing.Process.join` leaves ``exitcode`` None).
+
+        Raises:
+            RuntimeStateError: the child was not started.
+        """
+        if self._handle is None:
+            raise RuntimeStateError("join() before start()")
+        return await self._handle.wait(timeout)
+
+    async def result(self, timeout: float | None = None) -> T:
+        """Wait for the child and return what the target returned.
+
+        Raises:
+            RemoteError: the target raised; the original exception is chained
+                as ``__cause__`` when it could be unpickled, and
+                ``remote_traceback`` holds the child's traceback.
+            ChildProcessFailed: the child died without reporting (killed,
+                ``os._exit``, a crash) or ``sys.exit`` with a non-zero code.
+            TimeoutError: *timeout* passed first.
+        """
+        code = await self.join(timeout)
+        if code is None:
+            raise TimeoutError(f"child {self.pid} still running after {timeout} s")
+        outcome = self._outcome
+        if outcome is None:
+            err = ChildProcessFailed(
+                f"child process {self.name} (pid {self.pid}) ended without a result: "
+                + _describe(code)
+            )
+            if self._outcome_error is not None:
+                raise err from self._outcome_error
+            raise err
+        kind, value = outcome
+        if kind == _OK:
+            return value  # type: ignore[no-any-return]
+        if kind == _EXIT:
+            if value:
+                raise ChildProcessFailed(
+                    f"child process {self.name} (pid {self.pid}) called sys.exit({value})"
+                )
+            return None  # type: ignore[return-value]
+        original, remote = rebuild_exception(value, f"child process {self.pid}")
+        if original is not None:
+            raise remote from original
+        raise remote
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the child's process group."""
+        if self._handle is not None:
+            self._handle.terminate()
+
+    def kill(self) -> None:
+        """Send SIGKILL to the child's process group."""
+        if self._handle is not None:
+            self._handle.kill()
+
+    def send_signal(self, sig: int) -> None:
+        """Send *sig* to the child's process group."""
+        if self._handle is not None:
+            self._handle.send_signal(sig)
+
+    async def aclose(self) -> None:
+        """Stop the child if it runs (SIGTERM, grace, SIGKILL) and reap it."""
+        self._closed = True
+        if self._handle is not None:
+            await self._handle.stop(self.grace)
+        self._remove_hooks()
+
+    async def __aenter__(self) -> ChildProcess[T]:
+        if self._handle is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and not self.daemon and self._handle is not None:
+            try:
+                await self._handle.wait()
+            finally:
+                await self.aclose()
+        else:
+            await self.aclose()
+
+    def __repr__(self) -> str:
+        state = (
+            "initial"
+            if self._handle is None
+            else ("started" if self.exitcode is None else _describe(self.exitcode))
+        )
+        return f"<ChildProcess name={self.name!r} pid={self.pid} {state}>"
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def iter_descendants(root: int | None = None) -> Iterable[int]:
+    """Yield the pids of every live descendant of *root* (default: this process).
+
+    Linux only (reads /proc); used by tests and leak checks.
+    """
+    root = os.getpid() if root is None else root
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(b")") + 2 :].split()
+        parents.setdefault(int(rest[1]), []).append(int(entry))
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        for child in parents.get(stack.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return sorted(seen)

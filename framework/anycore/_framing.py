@@ -33,7 +33,9 @@ as the partial frame proves it (the announced length of a length prefix, or
 more bytes than the limit without a terminator); malformed input raises
 :class:`RemoteProtocolError`; end of stream inside a frame raises
 :class:`IncompleteFrame`.  A framer that raised a protocol error is broken: it
-drops its buffer and raises the same error again on every later call.
+drops its buffer and raises the same error again on every later call, until
+``take_buffer()`` resets it (the driver does that when a ``frame_too_large``
+hook chooses to keep the connection).
 """
 
 from __future__ import annotations
@@ -172,8 +174,10 @@ class Framer:
     def take_buffer(self) -> bytes:
         """Remove and return the bytes not yet consumed as frames.
 
-        Used when switching framers mid-stream: ``new.feed(old.take_buffer())``.
-        The framer is empty (and reusable) afterwards.
+        Used when switching framers mid-stream: ``new.feed(old.take_buffer())``,
+        and to discard a refused frame.  The framer is empty afterwards and
+        usable again, even after a protocol error (parsing then resumes at
+        whatever bytes come next).
 
         Returns:
             The unconsumed bytes, possibly empty.
@@ -184,6 +188,7 @@ class Framer:
         self._buf = b""
         self._pos = self._scan = self._origin = 0
         self._acc = None
+        self._failed = None
         self._reset_state()
         return data
 
@@ -330,8 +335,22 @@ class TerminatorFramer(Framer):
             return self._buf[pos : i + self._keep]
         end = len(data)
         self._scanned += end - scan
-        resume = end - tlen + 1
-        self._scan = self._origin = resume if resume > pos else pos
+        # Resume at the first tail position that could start a terminator (a
+        # partial match), so small feeds do not rescan len(terminator) bytes.
+        resume = max(scan, end - tlen + 1, pos)
+        first = term[:1]
+        while resume < end:
+            q = data.find(first, resume)
+            if q < 0:
+                self._scanned += end - resume
+                resume = end
+                break
+            self._scanned += q + 1 - resume
+            if term.startswith(data[q:end]):
+                resume = q
+                break
+            resume = q + 1
+        self._scan = self._origin = resume
         size = end - pos
         if size - tlen + 1 > limit:
             raise self._fail(FrameTooLarge(size, limit))
@@ -347,10 +366,15 @@ class TerminatorFramer(Framer):
     def encode(self, payload: bytes) -> bytes:
         """Return ``payload`` followed by the terminator.
 
+        With ``keepends=True`` a payload that already ends with the terminator
+        is returned unchanged, so ``encode`` stays the inverse of parsing.
+
         Raises:
             LocalProtocolError: the payload contains the terminator or is
                 larger than :attr:`max_frame_size`.
         """
+        if self._keep and payload.endswith(self._term):
+            payload = payload[: -self._tlen]
         if self._term in payload:
             raise LocalProtocolError("the payload contains the terminator")
         if len(payload) > self.max_frame_size:
@@ -466,17 +490,24 @@ class UniversalNewlineFramer(Framer):
     def encode(self, payload: bytes) -> bytes:
         """Return ``payload`` followed by :attr:`newline`.
 
+        With ``keepends=True`` a payload that already ends with a line ending
+        is returned unchanged, so ``encode`` stays the inverse of parsing.
+
         Raises:
             LocalProtocolError: the payload contains ``\\r`` or ``\\n``, or is
                 larger than :attr:`max_frame_size`.
         """
+        ending = self.newline
+        if self._keepends and payload[-1:] in (b"\n", b"\r"):
+            ending = b"\r\n" if payload.endswith(b"\r\n") else payload[-1:]
+            payload = payload[: -len(ending)]
         if b"\n" in payload or b"\r" in payload:
             raise LocalProtocolError("the payload contains a line ending")
         if len(payload) > self.max_frame_size:
             raise LocalProtocolError(
                 f"payload of {len(payload)} bytes exceeds max_frame_size {self.max_frame_size}"
             )
-        return payload + self.newline
+        return payload + ending
 
 
 class FixedSizeFramer(Framer):

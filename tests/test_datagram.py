@@ -270,6 +270,8 @@ async def test_client_refuses_oversized_send() -> None:
     ):
         with pytest.raises(LocalProtocolError):
             client.send(b"x" * 70000)
+        with pytest.raises(LocalProtocolError, match="empty"):
+            client.send(b"")
 
 
 async def test_handler_error_is_logged_and_socket_keeps_serving(

@@ -214,7 +214,8 @@ class DatagramHandler:
             addr: the destination; ``None`` on a connected (client) socket.
 
         Raises:
-            LocalProtocolError: ``data`` is longer than ``max_datagram_size``.
+            LocalProtocolError: ``data`` is longer than ``max_datagram_size``,
+                or empty (the loops' transports cannot send empty datagrams).
             ClosedError: the socket is closed or closing.
         """
         glue = self._glue
@@ -225,6 +226,9 @@ class DatagramHandler:
             raise LocalProtocolError(
                 f"datagram of {size} bytes exceeds max_datagram_size={self.max_datagram_size}"
             )
+        if not size:
+            # asyncio's and uvloop's transports silently skip empty datagrams.
+            raise LocalProtocolError("cannot send an empty datagram on this event loop")
         transport = glue.transport
         if glue.paused_writing and _buffered(transport) > self.write_buffer_limit:
             glue.dropped_write_buffer += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 from hypothesis import given, strategies as st
@@ -324,9 +325,9 @@ def test_raw_framer_splits_large_chunks() -> None:
 def test_feed_accepts_bytes_like_objects() -> None:
     f = TerminatorFramer(b"\n")
     buf = bytearray(b"ab\ncd")
-    f.feed(buf)
+    f.feed(cast(bytes, buf))
     buf[:] = b"XXXXX"  # the caller may reuse its buffer
-    f.feed(memoryview(b"\n"))
+    f.feed(cast(bytes, memoryview(b"\n")))
     assert drain(f) == [b"ab", b"cd"]
 
 
@@ -386,7 +387,7 @@ def test_one_megabyte_one_byte_at_a_time_is_linear(make: Callable[[], Framer]) -
     view = memoryview(stream)
     frames: list[bytes] = []
     for i in range(n):
-        framer.feed(view[i : i + 1])
+        framer.feed(cast(bytes, view[i : i + 1]))
         while (frame := framer.next_frame()) is not None:
             frames.append(frame)
     assert frames == [payload, *tail]

@@ -98,7 +98,14 @@ _LAZY: dict[str, str] = {
     "PtyProcess": "._pty",
     "open_pty": "._pty",
     # -- child processes running Python callables --
+    "ChildProcess": "._child",
+    "current_worker_id": "._child",
+    "carry_context_var": "._child",
+    "register_exit_flush": "._child",
     # -- queues, synchronisation, pools --
+    "WorkerPool": "._pools",
+    "AsyncResult": "._pools",
+    "PoolStatistics": "._pools",
 }
 
 __all__ = ["__version__", *_errors.__all__, *_LAZY]
@@ -184,4 +191,15 @@ if TYPE_CHECKING:
         run_process as run_process,
     )
     # -- child processes running Python callables --
+    from ._child import (
+        ChildProcess as ChildProcess,
+        carry_context_var as carry_context_var,
+        current_worker_id as current_worker_id,
+        register_exit_flush as register_exit_flush,
+    )
     # -- queues, synchronisation, pools --
+    from ._pools import (
+        AsyncResult as AsyncResult,
+        PoolStatistics as PoolStatistics,
+        WorkerPool as WorkerPool,
+    )

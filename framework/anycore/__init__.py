@@ -69,7 +69,30 @@ _LAZY: dict[str, str] = {
     "fail_after": "._timers",
     "move_on_after": "._timers",
     # -- framing (sans-IO) --
+    "Framer": "._framing",
+    "TerminatorFramer": "._framing",
+    "UniversalNewlineFramer": "._framing",
+    "FixedSizeFramer": "._framing",
+    "LengthPrefixFramer": "._framing",
+    "NetstringFramer": "._framing",
+    "RawFramer": "._framing",
+    "TextCodec": "._text",
+    "TextLineHandler": "._text",
     # -- protocol handlers, servers, clients, datagrams --
+    "Handler": "._handler",
+    "LineHandler": "._handler",
+    "LengthPrefixedHandler": "._handler",
+    "NetstringHandler": "._handler",
+    "FixedSizeHandler": "._handler",
+    "RawHandler": "._handler",
+    "ConnectionStatistics": "._handler",
+    "serve": "._server",
+    "Server": "._server",
+    "ServerStatistics": "._server",
+    "connect": "._client",
+    "Endpoint": "._endpoints",
+    "parse_endpoint": "._endpoints",
+    "run_handler": "._portable",
     "DatagramHandler": "._datagram",
     "DatagramServer": "._datagram",
     "DatagramEndpoint": "._datagram",
@@ -106,6 +129,23 @@ _LAZY: dict[str, str] = {
     "WorkerPool": "._pools",
     "AsyncResult": "._pools",
     "PoolStatistics": "._pools",
+    "Queue": "._queues",
+    "LifoQueue": "._queues",
+    "PriorityQueue": "._queues",
+    "QueueStatistics": "._queues",
+    "SyncQueueView": "._queues",
+    "Lock": "._sync",
+    "RLock": "._sync",
+    "Semaphore": "._sync",
+    "BoundedSemaphore": "._sync",
+    "Event": "._sync",
+    "Condition": "._sync",
+    "CapacityLimiter": "._sync",
+    "ThreadSafeEvent": "._sync",
+    "ThreadSafeLock": "._sync",
+    "ThreadSafeSemaphore": "._sync",
+    "ThreadSafeStatistics": "._sync",
+    "TooManyReleases": ".errors",  # new error; lead: move into the errors import block
 }
 
 __all__ = ["__version__", *_errors.__all__, *_LAZY]
@@ -127,6 +167,39 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     # -- runtime, tasks, signals, timers (foundation) --
+    # -- framing (sans-IO) --
+    from ._framing import (
+        FixedSizeFramer as FixedSizeFramer,
+        Framer as Framer,
+        LengthPrefixFramer as LengthPrefixFramer,
+        NetstringFramer as NetstringFramer,
+        RawFramer as RawFramer,
+        TerminatorFramer as TerminatorFramer,
+        UniversalNewlineFramer as UniversalNewlineFramer,
+    )
+    from ._text import TextCodec as TextCodec, TextLineHandler as TextLineHandler
+    # -- protocol handlers, servers, clients, datagrams --
+    from ._client import connect as connect
+    from ._endpoints import Endpoint as Endpoint, parse_endpoint as parse_endpoint
+    from ._handler import (
+        ConnectionStatistics as ConnectionStatistics,
+        FixedSizeHandler as FixedSizeHandler,
+        Handler as Handler,
+        LengthPrefixedHandler as LengthPrefixedHandler,
+        LineHandler as LineHandler,
+        NetstringHandler as NetstringHandler,
+        RawHandler as RawHandler,
+    )
+    from ._portable import run_handler as run_handler
+    from ._server import Server as Server, ServerStatistics as ServerStatistics, serve as serve
+    from ._datagram import (
+        DatagramEndpoint as DatagramEndpoint,
+        DatagramHandler as DatagramHandler,
+        DatagramServer as DatagramServer,
+        DatagramStatistics as DatagramStatistics,
+        open_datagram_endpoint as open_datagram_endpoint,
+        serve_datagram as serve_datagram,
+    )
     from ._runtime import (
         GracefulExit as GracefulExit,
         Phase as Phase,
@@ -155,16 +228,6 @@ if TYPE_CHECKING:
         every as every,
         fail_after as fail_after,
         move_on_after as move_on_after,
-    )
-    # -- framing (sans-IO) --
-    # -- protocol handlers, servers, clients, datagrams --
-    from ._datagram import (
-        DatagramEndpoint as DatagramEndpoint,
-        DatagramHandler as DatagramHandler,
-        DatagramServer as DatagramServer,
-        DatagramStatistics as DatagramStatistics,
-        open_datagram_endpoint as open_datagram_endpoint,
-        serve_datagram as serve_datagram,
     )
     # -- subprocesses, pipelines, pty --
     from ._pipeline import (
@@ -202,4 +265,24 @@ if TYPE_CHECKING:
         AsyncResult as AsyncResult,
         PoolStatistics as PoolStatistics,
         WorkerPool as WorkerPool,
+    )
+    from ._queues import (
+        LifoQueue as LifoQueue,
+        PriorityQueue as PriorityQueue,
+        Queue as Queue,
+        QueueStatistics as QueueStatistics,
+        SyncQueueView as SyncQueueView,
+    )
+    from ._sync import (
+        BoundedSemaphore as BoundedSemaphore,
+        CapacityLimiter as CapacityLimiter,
+        Condition as Condition,
+        Event as Event,
+        Lock as Lock,
+        RLock as RLock,
+        Semaphore as Semaphore,
+        ThreadSafeEvent as ThreadSafeEvent,
+        ThreadSafeLock as ThreadSafeLock,
+        ThreadSafeSemaphore as ThreadSafeSemaphore,
+        ThreadSafeStatistics as ThreadSafeStatistics,
     )

@@ -47,7 +47,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from .errors import BrokenError, ClosedError, FrameTooLarge, IncompleteFrame, LocalProtocolError
+from .errors import (
+    BrokenError,
+    ClosedError,
+    FrameTooLarge,
+    IncompleteFrame,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 
 if TYPE_CHECKING:
     from ._framing import Framer
@@ -263,8 +270,9 @@ class Handler:
         """Hook: the peer sent a frame larger than ``max_frame_size``.
 
         The default logs the error and closes this connection only.  An override
-        that does not close the connection gets the framer's buffer discarded
-        and reading continues.
+        that does not close the connection gets a fresh framer from
+        :meth:`make_framer` (the bytes buffered so far are dropped) and reading
+        continues.
 
         Args:
             exc: the :class:`~anycore.FrameTooLarge` error.
@@ -652,7 +660,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self._made = False
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._queue: collections.deque[bytes] = collections.deque()
-        self._pending_exc: FrameTooLarge | None = None
+        self._pending_exc: RemoteProtocolError | None = None
         self._task: asyncio.Task[None] | None = None
         self._task_mode = False
         self._waiter: asyncio.Future[None] | None = None
@@ -728,8 +736,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                     break
                 n += 1
                 cb(frame)
-        except FrameTooLarge as exc:
-            self._frame_too_large(exc)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
         except Exception as exc:
             self._handler_error("frame handler", exc)
         finally:
@@ -758,10 +766,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                     break
                 n += 1
                 self._cb(frame)
-        except IncompleteFrame as exc:
-            self._incomplete(exc)
-        except FrameTooLarge as exc:
-            self._frame_too_large(exc)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
         except Exception as exc:
             self._handler_error("frame handler", exc)
         finally:
@@ -819,7 +825,10 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if self._closing or self._transport is None:
+        transport = self._transport
+        if self._closing or transport is None or transport.is_closing():
+            # is_closing(): the transport failed and connection_lost is on its
+            # way; asyncio would log every write from now on.
             return
         self.bytes_out += len(data)
         self.writes += 1
@@ -1002,6 +1011,21 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self.owner.handler_failed()
         self.close()
 
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        if isinstance(exc, FrameTooLarge):
+            self._frame_too_large(exc)
+        elif isinstance(exc, IncompleteFrame):
+            self._incomplete(exc)
+        else:
+            logger.error(
+                "connection %s: malformed input from the peer: %s; closing it",
+                self.connection_id,
+                exc,
+                extra={"anycore_connection": self.log_context},
+            )
+            self.owner.handler_failed()
+            self.close()
+
     def _frame_too_large(self, exc: FrameTooLarge) -> None:
         self.owner.handler_failed()
         try:
@@ -1010,7 +1034,10 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self._handler_error("frame_too_large", hook_exc)
             return
         if not self._closing:
-            self.framer.take_buffer()
+            # The hook kept the connection: a failed framer stays failed, so
+            # continue with a fresh one (the oversized frame's bytes are gone).
+            self._queue.clear()
+            self.framer = self.handler.make_framer()
 
     def _incomplete(self, exc: IncompleteFrame) -> None:
         logger.warning(
@@ -1069,7 +1096,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                 if frame is None:
                     break
                 queue.append(frame)
-        except FrameTooLarge as exc:
+        except RemoteProtocolError as exc:
             self._pending_exc = exc
         if len(queue) > self._max_queued:
             self._queue_full = True
@@ -1121,7 +1148,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                 exc = self._pending_exc
                 if exc is not None:
                     self._pending_exc = None
-                    self._frame_too_large(exc)
+                    self._protocol_error(exc)
                     continue
                 if self._eof:
                     await self._finish_eof(cb, frame_async)
@@ -1140,8 +1167,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                     self._waiter = None
         except asyncio.CancelledError:
             raise
-        except FrameTooLarge as exc:
-            self._frame_too_large(exc)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
         except Exception as exc:
             self._handler_error(what, exc)
 
@@ -1155,7 +1182,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                     break
                 self._queue.append(frame)
                 found = True
-        except FrameTooLarge as exc:
+        except RemoteProtocolError as exc:
             self._pending_exc = exc
         return found
 
@@ -1173,8 +1200,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                     cb(frame)
                     if self._out:
                         self._flush()
-        except IncompleteFrame as exc:
-            self._incomplete(exc)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
             return
         self.close()
 

@@ -201,8 +201,7 @@ def main(quick: bool = False) -> None:
     per_task_ours = table["unchunked"]["anycore imap_unordered(1)"] / n_tiny * 1e6
     per_task_mp = table["unchunked"]["mp.imap_unordered(1)"] / n_tiny * 1e6
     print(
-        f"  cpu speed-up {speedup:.2f} of ideal {WORKERS} "
-        f"({speedup / WORKERS:.0%}; target >= 95%)"
+        f"  cpu speed-up {speedup:.2f} of ideal {WORKERS} ({speedup / WORKERS:.0%}; target >= 95%)"
     )
     print(
         f"  tiny map vs Pool.map: "

@@ -421,3 +421,20 @@ def test_bad_arguments() -> None:
         WorkerPool("threads", workers=0)
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         WorkerPool("processes", max_tasks_per_child=0)
+
+
+async def test_runtime_shutdown_joins_pools_and_stops_children(tmp_path: Path) -> None:
+    from anycore._child import ChildProcess
+    from anycore._runtime import open_runtime
+
+    ready = tmp_path / "ready"
+    async with open_runtime(handle_signals=False):
+        pool = WorkerPool("processes", workers=1)
+        await pool.start()
+        res = await pool.submit(square, 3)
+        child: ChildProcess[None] = ChildProcess(announce_and_sleep, str(ready))
+        await child.start()
+        await wait_for_file(ready)
+    assert await res == 9
+    assert pool.statistics().workers == 0
+    assert child.exitcode == -signal.SIGTERM

@@ -285,8 +285,8 @@ _CARRIED: dict[str, tuple[str, ContextVar[Any]]] = {}
 def current_worker_id() -> str | None:
     """Return the id of the pool worker running this code, or None outside one.
 
-    Pool workers (tasks, threads and processes) set it; anycore's logging binds
-    it as ``worker_id``.
+    Pool workers (tasks, threads and processes) set it, for log processors to
+    bind as ``worker_id``.
     """
     return WORKER_ID.get()
 

@@ -78,6 +78,8 @@ _LAZY: dict[str, str] = {
     "RawFramer": "._framing",
     "TextCodec": "._text",
     "TextLineHandler": "._text",
+    "AsyncChat": "._asynchat",
+    "simple_producer": "._asynchat",
     # -- protocol handlers, servers, clients, datagrams --
     "Handler": "._handler",
     "LineHandler": "._handler",
@@ -177,6 +179,7 @@ if TYPE_CHECKING:
         TerminatorFramer as TerminatorFramer,
         UniversalNewlineFramer as UniversalNewlineFramer,
     )
+    from ._asynchat import AsyncChat as AsyncChat, simple_producer as simple_producer
     from ._text import TextCodec as TextCodec, TextLineHandler as TextLineHandler
     # -- protocol handlers, servers, clients, datagrams --
     from ._client import connect as connect

@@ -297,7 +297,8 @@ async def test_frame_too_large_hook_can_keep_the_connection() -> None:
         # line), then "ok".
         assert await asyncio.wait_for(r.readline(), 5) == b"\r\n"
         assert await asyncio.wait_for(r.readline(), 5) == b"ok\r\n"
-        assert errors and errors[0].limit == 10
+        assert errors
+        assert errors[0].limit == 10
         await close_client(w)
 
 

@@ -45,8 +45,16 @@ import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar, cast
 
+from ._framing import (
+    FixedSizeFramer,
+    Framer,
+    LengthPrefixFramer,
+    NetstringFramer,
+    RawFramer,
+    TerminatorFramer,
+)
 from .errors import (
     BrokenError,
     ClosedError,
@@ -55,9 +63,6 @@ from .errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-
-if TYPE_CHECKING:
-    from ._framing import Framer
 
 __all__ = [
     "ConnectionStatistics",
@@ -290,8 +295,6 @@ class Handler:
 
         The base class delivers every received chunk as one frame.
         """
-        from ._framing import RawFramer
-
         return RawFramer(max_chunk=self.max_frame_size)
 
     # -- actions -------------------------------------------------------------
@@ -499,8 +502,6 @@ class LineHandler(Handler):
         self.send(line + self.delimiter)
 
     def make_framer(self) -> Framer:
-        from ._framing import TerminatorFramer
-
         return TerminatorFramer(self.delimiter, max_frame_size=self.max_line_length)
 
 
@@ -515,8 +516,6 @@ class LengthPrefixedHandler(Handler):
     max_frame_size: ClassVar[int] = 1024 * 1024
 
     def make_framer(self) -> Framer:
-        from ._framing import LengthPrefixFramer
-
         return LengthPrefixFramer(self.prefix_format, max_frame_size=self.max_frame_size)
 
 
@@ -526,8 +525,6 @@ class NetstringHandler(Handler):
     max_frame_size: ClassVar[int] = 1024 * 1024
 
     def make_framer(self) -> Framer:
-        from ._framing import NetstringFramer
-
         return NetstringFramer(max_frame_size=self.max_frame_size)
 
 
@@ -541,8 +538,6 @@ class FixedSizeHandler(Handler):
     record_size: ClassVar[int] = 512
 
     def make_framer(self) -> Framer:
-        from ._framing import FixedSizeFramer
-
         return FixedSizeFramer(self.record_size)
 
 
@@ -568,8 +563,6 @@ class RawHandler(Handler):
         return None
 
     def make_framer(self) -> Framer:
-        from ._framing import RawFramer
-
         return RawFramer(max_chunk=self.max_chunk)
 
 

@@ -225,6 +225,8 @@ class Server(_Owner):
                     self._endpoints.append(bound)
         except BaseException:
             self._close_listeners()
+            self._endpoints.clear()
+            self._started = False
             raise
         self._accepting = True
         for listener in self._listeners:
@@ -275,9 +277,18 @@ class Server(_Owner):
         if ep.scheme == "unix":
             return [self._bind_unix(ep.path or "")]
         assert self._loop is not None
-        infos = await self._loop.getaddrinfo(
-            ep.host, ep.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        try:
+            # Numeric hosts never block: skip the resolver thread.
+            infos = socket.getaddrinfo(
+                ep.host,
+                ep.port,
+                type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST,
+            )
+        except socket.gaierror:
+            infos = await self._loop.getaddrinfo(
+                ep.host, ep.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
         socks: list[socket.socket] = []
         seen: set[tuple[int, Any]] = set()
         port = ep.port or 0

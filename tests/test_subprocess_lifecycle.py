@@ -125,10 +125,14 @@ async def test_task_cancel_leaves_no_descendant() -> None:
 
 
 async def test_error_in_block_stops_the_group() -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        proc, grandchildren = await _start_family(FAMILY)
+    proc, grandchildren = await _start_family(FAMILY)
+
+    async def body() -> None:
         async with proc:
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await body()
     assert await _until_gone(grandchildren | {proc.pid}) == set()
 
 
@@ -232,7 +236,12 @@ async def test_aclose_is_idempotent_and_concurrent_safe() -> None:
 
 
 async def test_runtime_shutdown_stops_live_processes() -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('READY', flush=True); time.sleep(1000)"
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('READY', flush=True)\n"
+        "time.sleep(1000)"
+    )
     async with open_runtime(handle_signals=False):
         proc = Process([PY, "-c", code], stdout=PIPE, grace_period=0.2)
         await proc.start()  # deliberately not closed by the body

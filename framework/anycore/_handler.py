@@ -825,15 +825,11 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             return
         self.bytes_out += len(data)
         self.writes += 1
-        self._transport.write(data)
+        transport.write(data)
         if self.idle_timeout is not None:
             self._last_activity = self.loop.time()
         limit = self.write_buffer_limit
-        if (
-            limit is not None
-            and self._write_paused
-            and self._transport.get_write_buffer_size() > limit
-        ):
+        if limit is not None and self._write_paused and transport.get_write_buffer_size() > limit:
             logger.warning(
                 "connection %s: write buffer above its limit of %d bytes (the peer is "
                 "not reading); aborting the connection",

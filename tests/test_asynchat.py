@@ -356,3 +356,22 @@ def test_set_terminator_rules_and_discard() -> None:
 def test_simple_producer() -> None:
     p = simple_producer(b"abcdefg", 3)
     assert [p.more() for _ in range(4)] == [b"abc", b"def", b"g", b""]
+
+
+# -- the example runs ------------------------------------------------------------
+
+
+def test_asynchat_compat_example_self_demo() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "asynchat_compat.py"
+    proc = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "POST reply: dlrow olleh\n" in proc.stdout
+    assert "GET reply body bytes: 100000\n" in proc.stdout
+    assert proc.stdout.rstrip().endswith("done")

@@ -1,16 +1,97 @@
 """The ``anycore`` command line (argparse, with its conventions).
 
-Subcommands register themselves in :func:`build_parser`; usage errors exit
-with status 2 as argparse does.  Commands import what they need lazily so
-``anycore --help`` stays fast.
+Commands: ``run`` (serve a handler class on endpoints, or run an async main;
+``--workers N`` supervised processes sharing the port), ``supervise`` (run a
+stack file), ``ctl`` (talk to a running supervisor), ``examples`` (list the
+runnable examples).  Usage errors exit with status 2 as argparse does; expected
+failures (a port in use, an unknown module) print one line and exit 1 or 2,
+never a traceback.  Commands import what they need lazily so ``anycore --help``
+stays fast.
+
+Worker processes share a port through SO_REUSEPORT: the parent binds (without
+listening) to reserve the port, resolve port 0 and report a port in use before
+any worker starts; each worker binds the same address with SO_REUSEPORT and the
+kernel spreads connections over them by address hash.  Rejected as the default: one
+socket inherited by every worker (gunicorn's model), where whichever process
+wakes first accepts, which on a lightly loaded machine leaves one worker doing
+nearly everything; it is still what ``--fd`` and Unix-socket binds use.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import asyncio
+import contextlib
+import errno
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from ._version import __version__
+
+logger = logging.getLogger("anycore.cli")
+
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as ``anycore CMD: error: ...``, exit 2."""
+
+    status = 2
+
+
+class CommandFailed(Exception):
+    """An expected failure (port in use, no supervisor): one line, exit 1."""
+
+    status = 1
+
+
+# -- the parser ------------------------------------------------------------------------
+
+
+def _add_logging_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=_LEVELS,
+        help="the lowest level logged (default: INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="console",
+        choices=("console", "json"),
+        help="console lines or one JSON object per line (default: console)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _fd(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a file descriptor: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a file descriptor: {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +101,97 @@ def build_parser() -> argparse.ArgumentParser:
         description="anycore: asyncio networking and process orchestration.",
     )
     parser.add_argument("--version", action="version", version=f"anycore {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="serve a handler class or run an async main",
+        description=(
+            "Run TARGET (module:attribute). A Handler subclass is served on the --bind "
+            "endpoints (a DatagramHandler on udp:// ones); an async function is run as "
+            "the application's main."
+        ),
+        epilog=(
+            "example: anycore run examples.echo:EchoHandler --bind tcp://127.0.0.1:7001\n"
+            "Systemd socket activation (LISTEN_FDS) is honoured; with NOTIFY_SOCKET set, "
+            "READY=1 is sent once serving."
+        ),
+    )
+    run.add_argument("target", metavar="module:target", help="what to run")
+    run.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="tcp://host:port, unix:///path, udp://host:port or tls://... (repeatable)",
+    )
+    run.add_argument(
+        "--fd",
+        action="append",
+        default=[],
+        type=_fd,
+        metavar="N",
+        help="serve the listening socket inherited as descriptor N (repeatable)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="N supervised worker processes sharing the port (SIGHUP: rolling restart)",
+    )
+    run.add_argument(
+        "--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop"
+    )
+    run.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on binds")
+    run.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="directory put first on sys.path to import the target (default: .)",
+    )
+    _add_logging_options(run)
+    run.set_defaults(handler=_cmd_run)
+
+    sup = sub.add_parser(
+        "supervise",
+        help="run the programs of a stack file",
+        description=(
+            "Run every program of STACKFILE (a Procfile, or TOML when it ends in "
+            ".toml), restart them by policy, merge their output. SIGTERM/SIGINT stop "
+            "the stack in reverse dependency order, SIGHUP re-reads the file, SIGUSR1 "
+            "reopens the log file."
+        ),
+    )
+    sup.add_argument("stackfile", help="Procfile or stack .toml")
+    sup.add_argument(
+        "--socket", metavar="PATH", help="control socket (default: the stack's or a per-user one)"
+    )
+    sup.add_argument("--log-file", metavar="PATH", help="also write the merged log here")
+    sup.add_argument(
+        "--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop"
+    )
+    _add_logging_options(sup)
+    sup.set_defaults(handler=_cmd_supervise)
+
+    ctl = sub.add_parser(
+        "ctl",
+        help="control a running supervisor",
+        description="Ask a running 'anycore supervise' for status, or to start/stop/restart.",
+    )
+    ctl.add_argument("--socket", metavar="PATH", help="the supervisor's control socket")
+    ctl.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    ctl.add_argument("action", choices=("status", "start", "stop", "restart"))
+    ctl.add_argument("name", nargs="?", help="program, instance (name:N) or 'all'")
+    ctl.set_defaults(handler=_cmd_ctl)
+
+    ex = sub.add_parser(
+        "examples",
+        help="list the runnable examples",
+        description="List the examples in ./examples and how to start each.",
+    )
+    ex.add_argument("--dir", default=None, metavar="DIR", help="the examples directory")
+    ex.set_defaults(handler=_cmd_examples)
     return parser
 
 
@@ -30,7 +201,592 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    except (UsageError, CommandFailed) as exc:
+        print(f"anycore {args.command}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `anycore examples | head`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
+
+
+def default_control_socket() -> str:
+    """``$ANYCORE_CTL_SOCKET``, else ``anycore-UID.sock`` in the runtime directory."""
+    env = os.environ.get("ANYCORE_CTL_SOCKET")
+    if env:
+        return env
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"anycore-{os.getuid()}.sock")
+
+
+# -- logging -----------------------------------------------------------------------------
+
+
+class _PrefixFormatter(logging.Formatter):
+    """``program  | message``: one column per source, as foreman prints."""
+
+    def __init__(self, width: int = 10) -> None:
+        super().__init__()
+        self.width = width
+
+    def format(self, record: logging.LogRecord) -> str:
+        source = getattr(record, "program", None)
+        if source is None or not record.name.startswith("anycore.program."):
+            source = "supervisor"
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.name.startswith("anycore.program."):
+            return f"{source:<{self.width}} | {text}"
+        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
+        return f"{source:<{self.width}} | {level}{text}"
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    try:
+        from .logging import configure
+
+        configure(level=level, format=fmt)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - anycore.logging ships with anycore
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _flush_logs() -> None:
+    with contextlib.suppress(Exception):
+        from .logging import flush_all
+
+        flush_all()
+
+
+def _stream_handler(stream: Any) -> logging.Handler:
+    try:
+        from .logging import StreamHandler
+
+        return StreamHandler(stream)  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover
+        return logging.StreamHandler(stream)
+
+
+def _file_handler(path: str) -> logging.Handler:
+    try:
+        from .logging import FileHandler
+
+        return FileHandler(path)  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover
+        return logging.FileHandler(path)
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def _load_target(spec: str, app_dir: str) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"the target must be module:attribute, not {spec!r}")
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise UsageError(
+                f"cannot import {module_name!r}: no module named {missing!r} "
+                f"(searched {path} and the installed packages)"
+            ) from None
+        raise
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _kind(target: Any) -> str:
+    from ._datagram import DatagramHandler
+    from ._handler import Handler
+
+    if isinstance(target, type) and issubclass(target, Handler):
+        return "stream"
+    if isinstance(target, type) and issubclass(target, DatagramHandler):
+        return "datagram"
+    if inspect.iscoroutinefunction(target):
+        return "main"
+    raise UsageError(
+        "the target must be a Handler subclass, a DatagramHandler subclass or an "
+        f"async function, not {target!r}"
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    target = _load_target(args.target, args.app_dir)
+    kind = _kind(target)
+    from ._systemd import listen_fds
+
+    inherited = [socket.socket(fileno=fd) for fd in args.fd] if args.fd else []
+    inherited += listen_fds()
+    if kind == "main":
+        if args.bind or inherited or args.workers > 1:
+            raise UsageError("--bind, --fd and --workers apply to handler targets only")
+    elif not args.bind and not inherited:
+        raise UsageError("a handler target needs --bind ENDPOINT (or --fd N)")
+    from ._endpoints import parse_endpoint
+    from .errors import EndpointError
+
+    try:
+        endpoints = [parse_endpoint(b) for b in args.bind]
+    except EndpointError as exc:
+        raise UsageError(str(exc)) from None
+    for ep in endpoints:
+        if (ep.scheme == "udp") != (kind == "datagram"):
+            what = "a DatagramHandler" if kind == "datagram" else "a stream Handler"
+            raise UsageError(f"{ep}: {what} cannot be served on a {ep.scheme} endpoint")
+    if inherited and kind == "datagram":
+        raise UsageError("inherited sockets (--fd, LISTEN_FDS) must be stream sockets")
+    _configure_logging(args.log_level, args.log_format)
+    from ._runtime import GracefulExit, run
+    from .errors import LoopUnavailable
+
+    try:
+        if kind == "main":
+            run(_main_wrapper(target), loop=args.loop)
+        elif args.workers > 1:
+            args.app_dir_abs = os.path.abspath(args.app_dir)
+            run(_workers_main, args, endpoints, inherited, loop=args.loop, shutdown_timeout=30.0)
+        else:
+            run(_serve_main, target, kind, endpoints, inherited, args.reuse_port, loop=args.loop)
+    except GracefulExit:
+        return 0
+    except LoopUnavailable as exc:
+        raise CommandFailed(str(exc)) from None
+    except OSError as exc:
+        raise CommandFailed(_describe_oserror(exc, args.bind)) from None
+    finally:
+        _flush_logs()
+    return 0
+
+
+def _describe_oserror(exc: OSError, binds: Sequence[str]) -> str:
+    where = ", ".join(binds) or "the inherited socket"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: address already in use (is another server running?)"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: address not available on this machine"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _main_wrapper(target: Any) -> Any:
+    async def main() -> None:
+        from ._systemd import sd_notify
+
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+        await target()
+
+    return main
+
+
+def _serve_inherited(factory: Any, socks: list[socket.socket]) -> Any:
+    """A Server on already-bound sockets (``--fd``, socket activation)."""
+    from ._server import Server
+
+    if not hasattr(Server, "_bind"):  # pragma: no cover - guards a private hook
+        raise CommandFailed("this anycore cannot serve inherited sockets")
+    pending = list(socks)
+    endpoints: list[str] = []
+    for sock in socks:
+        if sock.type != socket.SOCK_STREAM:
+            raise UsageError(f"inherited descriptor {sock.fileno()} is not a stream socket")
+        if sock.family == socket.AF_UNIX:
+            endpoints.append(f"unix://{sock.getsockname()}")
+        elif sock.family == socket.AF_INET6:
+            host, port = sock.getsockname()[:2]
+            endpoints.append(f"tcp://[{host}]:{port}")
+        else:
+            host, port = sock.getsockname()[:2]
+            endpoints.append(f"tcp://{host}:{port}")
+
+    class InheritedServer(Server):
+        async def _bind(self, ep: Any) -> list[socket.socket]:
+            sock = pending.pop(0)
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+            return [sock]
+
+        async def start(self) -> None:
+            await super().start()
+            # The socket file belongs to whoever passed the socket: never unlink it.
+            for listener in getattr(self, "_listeners", []):
+                if hasattr(listener, "unix_inode"):
+                    listener.unix_inode = None
+
+    return InheritedServer(factory, endpoints)
+
+
+async def _serve_main(
+    target: Any,
+    kind: str,
+    endpoints: list[Any],
+    inherited: list[socket.socket],
+    reuse_port: bool,
+) -> None:
+    from ._systemd import sd_notify
+
+    async with contextlib.AsyncExitStack() as stack:
+        bound: list[str] = []
+        if endpoints and kind == "stream":
+            from ._server import serve
+
+            server = await stack.enter_async_context(
+                serve(target, *endpoints, reuse_port=reuse_port)
+            )
+            bound += [str(e) for e in server.endpoints]
+        elif endpoints:
+            from ._datagram import serve_datagram
+
+            dgram = await stack.enter_async_context(
+                serve_datagram(target, *endpoints, reuse_port=reuse_port)
+            )
+            bound += [str(e) for e in dgram.endpoints]
+        if inherited:
+            server = await stack.enter_async_context(_serve_inherited(target, inherited))
+            bound += [str(e) for e in server.endpoints]
+        print(f"anycore: pid {os.getpid()} serving on {', '.join(bound)}", flush=True)
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            sd_notify("STOPPING=1")
+
+
+def _reserve(ep: Any) -> tuple[socket.socket, str]:
+    """Bind (without listening) with SO_REUSEPORT: reserves the port for the workers."""
+    infos = socket.getaddrinfo(
+        ep.host,
+        ep.port,
+        type=socket.SOCK_DGRAM if ep.scheme == "udp" else socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE,
+    )
+    family, type_, proto, _, addr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    host_text = f"[{host}]" if family == socket.AF_INET6 else host
+    query = "?" + "&".join(f"{k}={v}" for k, v in ep.options) if ep.options else ""
+    return sock, f"{ep.scheme}://{host_text}:{port}{query}"
+
+
+async def _workers_main(
+    args: argparse.Namespace, endpoints: list[Any], inherited: list[socket.socket]
+) -> None:
+    from ._runtime import current_runtime
+    from ._supervisor import Program, ProgramState, Supervisor
+    from ._systemd import sd_notify
+
+    with contextlib.ExitStack() as keep:
+        binds: list[str] = []
+        fds: list[int] = []
+        for ep in endpoints:
+            if ep.scheme == "unix":
+                # One listening socket for all: bound here, inherited by the workers.
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                keep.callback(sock.close)
+                with contextlib.suppress(FileNotFoundError):
+                    if not _is_live_unix(ep.path):
+                        os.unlink(ep.path)
+                sock.bind(ep.path)
+                keep.callback(_unlink_quietly, ep.path)
+                sock.listen(1024)
+                fds.append(sock.fileno())
+            else:
+                sock, text = _reserve(ep)
+                keep.callback(sock.close)
+                binds.append(text)
+        for sock in inherited:
+            fds.append(sock.fileno())
+        argv = [sys.executable, "-m", "anycore", "run", args.target]
+        argv += ["--app-dir", args.app_dir_abs, "--loop", args.loop]
+        argv += ["--log-level", args.log_level, "--log-format", args.log_format]
+        for text in binds:
+            argv += ["--bind", text]
+        for fd in fds:
+            argv += ["--fd", str(fd)]
+        if binds:
+            argv.append("--reuse-port")
+        program = Program(
+            "worker",
+            command=tuple(argv),
+            numprocs=args.workers,
+            ready_notify=True,
+            restart="always",
+            grace_period=20.0,
+            pass_fds=tuple(fds),
+        )
+        async with Supervisor([program]) as sup:
+            rt = current_runtime()
+            if rt is not None:
+                rt.add_reload_hook(lambda: sup.rolling_restart("worker", timeout=60.0))
+            snapshot = await sup.wait_for(
+                "worker",
+                lambda s: all(x.ready or x.state is ProgramState.FATAL for x in s),
+            )
+            if all(x.state is ProgramState.FATAL for x in snapshot):
+                raise CommandFailed("every worker failed to start (see the log above)")
+            where = ", ".join(binds + [f"fd {fd}" for fd in fds])
+            print(
+                f"anycore: pid {os.getpid()} serving on {where} with {args.workers} workers",
+                flush=True,
+            )
+            sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+            await sup.wait_for("worker", lambda s: all(x.state is ProgramState.FATAL for x in s))
+            raise CommandFailed("every worker is FATAL: giving up")
+
+
+def _is_live_unix(path: str | None) -> bool:
+    if not path:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    raise CommandFailed(f"cannot listen on unix://{path}: another server is listening there")
+
+
+def _unlink_quietly(path: str | None) -> None:
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+# -- supervise ---------------------------------------------------------------------------------
+
+
+def _cmd_supervise(args: argparse.Namespace) -> int:
+    from ._stackfile import load_stack
+    from .errors import StackFileError
+
+    try:
+        stack = load_stack(args.stackfile)
+    except StackFileError as exc:
+        raise CommandFailed(str(exc)) from None
+    control = args.socket or stack.control_socket or default_control_socket()
+    width = max([10, *(len(n) for p in stack.programs for n in p.instance_names())])
+    handlers = _setup_supervise_logging(args, width)
+    from ._runtime import GracefulExit, run
+    from .errors import LoopUnavailable, RuntimeStateError
+
+    grace = sum(p.grace_period for p in stack.programs) + 10.0
+    try:
+        run(_supervise_main, args.stackfile, stack, control, handlers, loop=args.loop,
+            shutdown_timeout=grace)  # fmt: skip
+    except GracefulExit:
+        return 0
+    except (RuntimeStateError, LoopUnavailable) as exc:
+        raise CommandFailed(str(exc)) from None
+    except OSError as exc:
+        raise CommandFailed(f"control socket {control}: {exc.strerror or exc}") from None
+    finally:
+        _flush_logs()
+    return 0
+
+
+def _setup_supervise_logging(args: argparse.Namespace, width: int) -> list[logging.Handler]:
+    root = logging.getLogger()
+    if args.log_format == "json":
+        try:
+            from .logging import configure
+
+            return list(configure(level=args.log_level, format="json", file=args.log_file))
+        except ImportError:  # pragma: no cover
+            pass
+    root.setLevel(args.log_level)
+    handlers = [_stream_handler(sys.stdout)]
+    if args.log_file:
+        handlers.append(_file_handler(args.log_file))
+    for h in handlers:
+        h.setFormatter(_PrefixFormatter(width))
+        root.addHandler(h)
+    return handlers
+
+
+def _banner(stack: Any, control: str) -> str:
+    lines = [f"anycore supervise {stack.path}: {len(stack.programs)} programs"]
+    for p in stack.programs:
+        what = f"{p.server} on {', '.join(p.binds)}" if p.server else p.argv(0)
+        if isinstance(what, list):
+            what = " ".join(what)
+        lines.append(f"  {p.name:<12} {what}")
+        if p.hint:
+            lines.append(f"  {'':<12} try: {p.hint}")
+    lines.append(f"  control: anycore ctl --socket {control} status")
+    lines.append("  Ctrl-C stops the stack; SIGHUP reloads the file.")
+    return "\n".join(lines)
+
+
+async def _supervise_main(
+    path: str, stack: Any, control: str, handlers: list[logging.Handler]
+) -> None:
+    from ._runtime import current_runtime
+    from ._signals import on_signal
+    from ._stackfile import load_stack
+    from ._supervisor import Supervisor
+    from ._systemd import sd_notify
+    from .errors import StackFileError
+
+    print(_banner(stack, control), flush=True)
+    async with Supervisor(stack.programs, control_socket=control) as sup:
+
+        async def reload() -> None:
+            try:
+                new = load_stack(path)
+            except StackFileError as exc:
+                logger.error("reload refused: %s", exc)
+                return
+            try:
+                await sup.reload(new.programs)
+            except ValueError as exc:
+                logger.error("reload refused: %s", exc)
+
+        def reopen(_sig: int) -> None:
+            for h in handlers:
+                if isinstance(h, logging.FileHandler):
+                    h.acquire()
+                    try:
+                        if h.stream is not None:
+                            h.stream.close()
+                        h.stream = h._open()
+                    finally:
+                        h.release()
+            logger.info("log files reopened")
+
+        rt = current_runtime()
+        if rt is not None:
+            rt.add_reload_hook(reload)
+        with on_signal(signal.SIGUSR1, reopen):
+            sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+            await sup.wait_closed()
+
+
+# -- ctl ---------------------------------------------------------------------------------------
+
+
+def _cmd_ctl(args: argparse.Namespace) -> int:
+    if args.action != "status" and not args.name:
+        raise UsageError(f"{args.action} needs a program name (or 'all')")
+    path = args.socket or default_control_socket()
+    request = args.action + (f" {args.name}" if args.name else "")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(300.0)
+            sock.connect(path)
+            sock.sendall(request.encode() + b"\n")
+            data = bytearray()
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > 16 * 1024 * 1024:
+                    raise CommandFailed("the reply is too large")
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise CommandFailed(f"no supervisor is listening on {path}") from None
+    except OSError as exc:
+        raise CommandFailed(f"{path}: {exc.strerror or exc}") from None
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise CommandFailed("the supervisor sent an unreadable reply") from None
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    if not reply.get("ok"):
+        raise CommandFailed(str(reply.get("error")))
+    if not args.json:
+        print(_status_table(reply.get("result", [])))
+    return 0
+
+
+def _status_table(rows: list[dict[str, Any]]) -> str:
+    out = [f"{'NAME':<16} {'STATE':<9} {'PID':>7} {'UPTIME':>9} {'RESTARTS':>8}  DESCRIPTION"]
+    for r in rows:
+        uptime = "-" if r.get("uptime") is None else _duration(float(r["uptime"]))
+        pid = "-" if r.get("pid") is None else str(r["pid"])
+        out.append(
+            f"{r['name']:<16} {r['state'].upper():<9} {pid:>7} {uptime:>9} "
+            f"{r['restarts']:>8}  {r.get('description', '')}"
+        )
+    return "\n".join(out)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# -- examples ------------------------------------------------------------------------------------
+
+
+def _examples_dir(given: str | None) -> str | None:
+    candidates = [given] if given else [
+        os.path.join(os.getcwd(), "examples"),
+        os.path.join(os.path.dirname(__file__), "..", "..", "examples"),
+    ]  # fmt: skip
+    for c in candidates:
+        if c and os.path.isdir(c):
+            return os.path.normpath(c)
+    return None
+
+
+def _cmd_examples(args: argparse.Namespace) -> int:
+    where = _examples_dir(args.dir)
+    if where is None:
+        raise CommandFailed("no examples directory found (run from the anycore checkout)")
+    rel = os.path.relpath(where)
+    print(f"Examples in {rel} (run from the directory above it):\n")
+    for name in sorted(os.listdir(where)):
+        path = os.path.join(where, name)
+        if name.endswith(".py") and not name.startswith("_"):
+            _describe_example(path, rel, name)
+    stacks = sorted(n for n in os.listdir(where) if n.endswith(".toml") or n == "Procfile")
+    for name in stacks:
+        print(f"{name}\n    the example stack\n    anycore supervise {rel}/{name}\n")
+    return 0
+
+
+def _describe_example(path: str, rel: str, name: str) -> None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return
+    doc = (ast.get_docstring(tree) or "").strip().splitlines()
+    summary = doc[0] if doc else ""
+    print(f"{name}\n    {summary}")
+    print(f"    python {rel}/{name}")
+    module = f"{os.path.basename(rel)}.{name[:-3]}"
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            bases = [ast.unparse(b) for b in node.bases]
+            if any(b.endswith("Handler") for b in bases) and "Client" not in node.name:
+                scheme = "udp" if any("Datagram" in b for b in bases) else "tcp"
+                print(f"    anycore run {module}:{node.name} --bind {scheme}://127.0.0.1:PORT")
+    print()

@@ -53,6 +53,7 @@ __all__ = [
     "TooManyReleases",
     "WorkerCrashed",
     "PoolClosed",
+    "StackFileError",
 ]
 
 
@@ -310,6 +311,23 @@ class WorkerCrashed(BrokenError):
 
 class PoolClosed(ClosedError):
     """Work was submitted to a pool that is closed or terminated."""
+
+
+class StackFileError(AnycoreError, ValueError):
+    """A stack file (Procfile or TOML) cannot be understood.
+
+    Attributes:
+        path: the file.
+        line: the 1-based line number of the problem, or ``None``.
+        reason: what is wrong.
+    """
+
+    def __init__(self, path: str, line: int | None, reason: str) -> None:
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.line = line
+        self.reason = reason
 
 
 def _describe_exit(exitcode: int) -> str:

@@ -148,6 +148,15 @@ _LAZY: dict[str, str] = {
     "ThreadSafeSemaphore": "._sync",
     "ThreadSafeStatistics": "._sync",
     "TooManyReleases": ".errors",  # new error; lead: move into the errors import block
+    # -- supervision --
+    "Supervisor": "._supervisor",
+    "Program": "._supervisor",
+    "ProgramState": "._supervisor",
+    "ProgramStatus": "._supervisor",
+    "UnknownProgram": "._supervisor",
+    "Stack": "._stackfile",
+    "load_stack": "._stackfile",
+    "StackFileError": ".errors",  # new error; lead: move into the errors import block
 }
 
 __all__ = ["__version__", *_errors.__all__, *_LAZY]
@@ -288,4 +297,13 @@ if TYPE_CHECKING:
         ThreadSafeLock as ThreadSafeLock,
         ThreadSafeSemaphore as ThreadSafeSemaphore,
         ThreadSafeStatistics as ThreadSafeStatistics,
+    )
+    # -- supervision --
+    from ._stackfile import Stack as Stack, load_stack as load_stack
+    from ._supervisor import (
+        Program as Program,
+        ProgramState as ProgramState,
+        ProgramStatus as ProgramStatus,
+        Supervisor as Supervisor,
+        UnknownProgram as UnknownProgram,
     )

@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "configure": "._structured",
     "get_logger": "._structured",
     "JSONRenderer": "._structured",
+    "structured_formatter": "._structured",
     # configuration files
     "dict_config": "._config",
     "file_config": "._config",
@@ -74,6 +75,7 @@ _LAZY: dict[str, str] = {
     # loop lag
     "monitor_loop_lag": "._lag",
     "LoopLagMonitor": "._lag",
+    "LagStatistics": "._lag",
 }
 
 __all__ = list(_LAZY)
@@ -112,7 +114,11 @@ if TYPE_CHECKING:
         current_context as current_context,
         merge_context as merge_context,
     )
-    from ._lag import LoopLagMonitor as LoopLagMonitor, monitor_loop_lag as monitor_loop_lag
+    from ._lag import (
+        LagStatistics as LagStatistics,
+        LoopLagMonitor as LoopLagMonitor,
+        monitor_loop_lag as monitor_loop_lag,
+    )
     from ._lifecycle import (
         aflush_all as aflush_all,
         close_all as close_all,
@@ -146,4 +152,5 @@ if TYPE_CHECKING:
         JSONRenderer as JSONRenderer,
         configure as configure,
         get_logger as get_logger,
+        structured_formatter as structured_formatter,
     )

@@ -172,7 +172,7 @@ def _install_process_hooks() -> None:
         os.register_at_fork(before=_maybe_install_mp_hooks, after_in_child=_after_fork_child)
     _maybe_install_mp_hooks()
     try:
-        from .. import _child  # type: ignore[attr-defined]
+        from .. import _child  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         pass
     else:

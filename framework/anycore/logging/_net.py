@@ -30,6 +30,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import email.utils
 import errno
 import json
 import logging
@@ -134,7 +135,7 @@ class AsyncNetworkHandler(logging.Handler):
         with contextlib.suppress(Exception):
             self._disconnect()
 
-    def createLock(self) -> None:  # noqa: N802 - stdlib name
+    def createLock(self) -> None:
         self.lock = threading.RLock()
 
     # -- statistics -------------------------------------------------------------
@@ -161,7 +162,7 @@ class AsyncNetworkHandler(logging.Handler):
 
     # -- caller's side ----------------------------------------------------------
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         """Filter, then emit without the handler lock (emit is thread-safe)."""
         rv = self.filter(record)
         if rv:
@@ -217,7 +218,8 @@ class AsyncNetworkHandler(logging.Handler):
     # -- the sender task --------------------------------------------------------
 
     async def _sender(self) -> None:
-        assert self._wakeup is not None and self._drained is not None
+        assert self._wakeup is not None
+        assert self._drained is not None
         wakeup, drained = self._wakeup, self._drained
         backoff = self.backoff_initial
         try:
@@ -240,7 +242,7 @@ class AsyncNetworkHandler(logging.Handler):
                 if not self._connected:
                     try:
                         await asyncio.wait_for(self._connect(), self.connect_timeout)
-                    except (OSError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, OSError) as exc:
                         self._last_error = exc
                         with contextlib.suppress(Exception):
                             self._disconnect()
@@ -257,7 +259,7 @@ class AsyncNetworkHandler(logging.Handler):
                 batch = self._inflight
                 try:
                     await self._send(batch)
-                except (OSError, asyncio.TimeoutError, RemoteProtocolError) as exc:
+                except (TimeoutError, OSError, RemoteProtocolError) as exc:
                     self._last_error = exc
                     self._connected = False
                     with contextlib.suppress(Exception):
@@ -313,7 +315,7 @@ class AsyncNetworkHandler(logging.Handler):
             await asyncio.wait_for(
                 drained.wait(), self.close_timeout if timeout is None else timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -338,7 +340,7 @@ class AsyncNetworkHandler(logging.Handler):
             self._wake()
             try:
                 await asyncio.wait_for(asyncio.shield(task), self.close_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -673,7 +675,7 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
         self.hostname = _sd_name(hostname or socket.gethostname(), 255)
         self.msgid = _sd_name(msgid, 32)
 
-    def encodePriority(self, facility: int | str, priority: int | str) -> int:  # noqa: N802
+    def encodePriority(self, facility: int | str, priority: int | str) -> int:
         """The PRI value, as the stdlib computes it."""
         if isinstance(facility, str):
             facility = self.facility_names[facility]
@@ -681,7 +683,7 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
             priority = self.priority_names[priority]
         return (facility << 3) | priority
 
-    def mapPriority(self, levelName: str) -> str:  # noqa: N802, N803
+    def mapPriority(self, levelName: str) -> str:
         """Map a level name to a syslog priority name (stdlib semantics)."""
         return self.priority_map.get(levelName, "warning")
 
@@ -689,7 +691,7 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
         msg = self.format(record)
         pri = self.encodePriority(self.facility, self.mapPriority(record.levelname))
         if self.rfc == 5424:
-            stamp = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
             header = (
                 f"<{pri}>1 {stamp.isoformat(timespec='microseconds').replace('+00:00', 'Z')} "
                 f"{self.hostname} {self.app_name} {record.process or '-'} {self.msgid} - "
@@ -701,9 +703,13 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
             data = f"<{pri}>".encode() + msg.encode("utf-8")
         if self.framing == "octet-counting":
             return b"%d " % len(data) + data
-        if self.append_nul:
-            data += b"\x00"
+        if self.rfc == 3164 and self.append_nul or self.rfc == 5424 and self._stream:
+            data += b"\x00"  # the stdlib's habit for 3164; a frame end for 5424 streams
         return data
+
+    def _hostport(self) -> tuple[str, int]:
+        assert not isinstance(self.address, str)
+        return self.address[0], int(self.address[1])
 
     async def _connect(self) -> None:
         if self.unixsocket:
@@ -720,10 +726,10 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
             await self._open_stream(self.address, None)
             self._stream = True
         elif self._stream:
-            host, port = self.address
+            host, port = self._hostport()
             await self._open_stream(host, port)
         else:
-            host, port = self.address
+            host, port = self._hostport()
             info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
             self._open_datagram(info[0], info[4])
 
@@ -747,10 +753,10 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
                 for data in batch:
                     sock.sendall(data) if self._stream else sock.send(data)
         elif self._stream:
-            with socket.create_connection(self.address, self.connect_timeout) as sock:  # type: ignore[arg-type]
+            with socket.create_connection(self._hostport(), self.connect_timeout) as sock:
                 sock.sendall(b"".join(batch))
         else:
-            host, port = self.address
+            host, port = self._hostport()
             info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
             with socket.socket(info[0], socket.SOCK_DGRAM) as sock:
                 for data in batch:
@@ -818,7 +824,7 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
         self._port = parsed.port or (443 if secure else 80)
         self._reader: asyncio.StreamReader | None = None
 
-    def mapLogRecord(self, record: logging.LogRecord) -> dict[str, Any]:  # noqa: N802
+    def mapLogRecord(self, record: logging.LogRecord) -> dict[str, Any]:
         """The JSON object sent for ``record`` (stdlib name; override to reshape)."""
         d = record_to_dict(record, self.formatter)
         d["message"] = d["msg"]
@@ -836,7 +842,7 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
             "User-Agent: anycore-logging",
         ]
         if self.credentials:
-            token = base64.b64encode(("%s:%s" % self.credentials).encode()).decode()
+            token = base64.b64encode(":".join(self.credentials).encode()).decode()
             lines.append(f"Authorization: Basic {token}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -888,7 +894,7 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
             body = b"[" + b",".join(batch) + b"]"
             headers = {"Content-Type": "application/json"}
             if self.credentials:
-                token = base64.b64encode(("%s:%s" % self.credentials).encode()).decode()
+                token = base64.b64encode(":".join(self.credentials).encode()).decode()
                 headers["Authorization"] = f"Basic {token}"
             conn.request(self.method, self.url, body, headers)
             conn.getresponse().read()
@@ -979,7 +985,7 @@ class SMTPHandler(ThreadedHandler, logging.handlers.SMTPHandler):
         msg["From"] = self.fromaddr
         msg["To"] = ",".join(self.toaddrs)
         msg["Subject"] = self.getSubject(record)
-        msg["Date"] = logging.handlers.email.utils.localtime()  # type: ignore[attr-defined]
+        msg["Date"] = email.utils.localtime()
         msg.set_content(self.format(record))
         return msg
 
@@ -1024,15 +1030,16 @@ class MemoryHandler(logging.handlers.MemoryHandler):
     def __init__(
         self,
         capacity: int,
-        flushLevel: int = logging.ERROR,  # noqa: N803 - stdlib argument name
+        flushLevel: int = logging.ERROR,
         target: logging.Handler | None = None,
-        flushOnClose: bool = True,  # noqa: N803
+        flushOnClose: bool = True,
     ) -> None:
         super().__init__(capacity, flushLevel, target, flushOnClose)
         self.dropped = 0
 
     def flush(self) -> None:
         """Hand the buffer to the target; without one, trim it to ``capacity``."""
+        assert self.lock is not None
         with self.lock:
             if self.target is not None:
                 for record in self.buffer:

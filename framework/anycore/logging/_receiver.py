@@ -20,7 +20,7 @@ import logging
 import os
 import struct
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 from ..errors import RemoteProtocolError
 from ._records import MAX_RECORD_SIZE, dict_to_record, loads_record
@@ -136,7 +136,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         rcv = self.receiver
         if len(rcv._transports) >= rcv.max_connections:
             transport.abort()

@@ -37,7 +37,9 @@ MAX_RECORD_SIZE = 1 << 20
 _LENGTH = struct.Struct(">L")
 
 
-def record_to_dict(record: logging.LogRecord, formatter: logging.Formatter | None = None) -> dict[str, Any]:
+def record_to_dict(
+    record: logging.LogRecord, formatter: logging.Formatter | None = None
+) -> dict[str, Any]:
     """The dict the stdlib's ``SocketHandler`` pickles for ``record``.
 
     The message is merged with its arguments (``args`` becomes ``None``) and

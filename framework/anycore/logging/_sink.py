@@ -87,6 +87,8 @@ class _Signal:
 
     def wait(self) -> None:
         self._lock.acquire()
+
+
 _T = TypeVar("_T")
 
 DEFAULT_QUEUE_SIZE = 10_000
@@ -165,14 +167,14 @@ class ThreadedHandler(logging.Handler):
         self._sync_lock = threading.Lock()
         self._reset_queue()
 
-    def createLock(self) -> None:  # noqa: N802 - stdlib name
+    def createLock(self) -> None:
         # The stdlib lock serialises emit(); ours needs none.  Keep an RLock
         # for code that calls acquire()/release() (logging.shutdown does).
         self.lock = threading.RLock()
 
     # -- the caller's side ------------------------------------------------------
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         """Filter, then emit without taking the handler lock (emit is thread-safe)."""
         rv = self.filter(record)
         if rv:
@@ -227,7 +229,9 @@ class ThreadedHandler(logging.Handler):
                 return False
             if not self._closed:
                 self._thread = threading.Thread(
-                    target=self._run, name=f"anycore-log-writer:{self.name or id(self)}", daemon=True
+                    target=self._run,
+                    name=f"anycore-log-writer:{self.name or id(self)}",
+                    daemon=True,
                 )
                 self._thread.start()
                 return False
@@ -479,7 +483,7 @@ def _sink_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 class _FileSink(ThreadedHandler):
     """Shared by the file handlers: an unbuffered binary file owned by the writer."""
 
-    baseFilename: str  # noqa: N815 - stdlib attribute
+    baseFilename: str
     mode: str
     encoding: str | None
     errors: str | None
@@ -570,8 +574,8 @@ class RotatingFileHandler(_FileSink, logging.handlers.RotatingFileHandler):
         self,
         filename: str | os.PathLike[str],
         mode: str = "a",
-        maxBytes: int = 0,  # noqa: N803 - stdlib argument name
-        backupCount: int = 0,  # noqa: N803
+        maxBytes: int = 0,
+        backupCount: int = 0,
         encoding: str | None = None,
         delay: bool = False,
         errors: str | None = None,
@@ -623,11 +627,11 @@ class TimedRotatingFileHandler(_FileSink, logging.handlers.TimedRotatingFileHand
         filename: str | os.PathLike[str],
         when: str = "h",
         interval: int = 1,
-        backupCount: int = 0,  # noqa: N803 - stdlib argument name
+        backupCount: int = 0,
         encoding: str | None = None,
         delay: bool = False,
         utc: bool = False,
-        atTime: Any = None,  # noqa: N803
+        atTime: Any = None,
         errors: str | None = None,
         **options: Any,
     ) -> None:
@@ -719,10 +723,11 @@ class StreamHandler(ThreadedHandler, logging.StreamHandler):  # type: ignore[typ
         if flush is not None:
             flush()
 
-    def setStream(self, stream: IO[str]) -> IO[str] | None:  # type: ignore[override]  # noqa: N802
+    def setStream(self, stream: IO[str]) -> IO[str] | None:
         """Switch streams after the queue drained (stdlib semantics)."""
         if stream is self.stream:
             return None
         self.wait_flushed()
-        old, self.stream = self.stream, stream
+        old: IO[str] = self.stream
+        self.stream = stream
         return old

@@ -47,10 +47,11 @@ from ._sink import (
     TimedRotatingFileHandler,
 )
 
-__all__ = ["JSONRenderer", "configure", "get_logger"]
+__all__ = ["JSONRenderer", "configure", "get_logger", "structured_formatter"]
 
+_orjson: Any
 try:  # an optional C-accelerated serializer
-    import orjson as _orjson
+    import orjson as _orjson  # type: ignore[import-not-found, no-redef, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
 
@@ -71,7 +72,7 @@ class JSONRenderer:
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         if _orjson is not None and not self.sort_keys:
             try:
-                return _orjson.dumps(event_dict, default=repr).decode()
+                return str(_orjson.dumps(event_dict, default=repr).decode())
             except TypeError:
                 pass
         return self._dumps(event_dict)
@@ -320,11 +321,11 @@ _lock = threading.Lock()
 
 def configure(
     level: int | str = "INFO",
-    format: Literal["console", "json"] = "console",  # noqa: A002 - the natural name
+    format: Literal["console", "json"] = "console",
     *,
     file: str | os.PathLike[str] | None = None,
     rotate: Mapping[str, Any] | None = None,
-    stream: IO[str] | None | Literal[False] = None,
+    stream: IO[str] | Literal[False] | None = None,
     handlers: Iterable[logging.Handler] = (),
     loggers: Mapping[str, int | str] | None = None,
     processors: Sequence[Processor] = (),
@@ -367,25 +368,11 @@ def configure(
     Raises:
         ValueError: an unknown ``format`` or ``rotate`` specification.
     """
-    global _formatter, _state_version
-    if format not in ("console", "json"):
-        raise ValueError("format must be 'console' or 'json'")
+    global _state_version
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
         if not isinstance(level, int):
             raise ValueError(f"unknown level {level!r}")
-
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        merge_context,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-    ]
-    if timestamp is not None:
-        shared.append(structlog.processors.TimeStamper(fmt=timestamp, utc=utc))
-    shared.append(structlog.processors.StackInfoRenderer())
-    shared.extend(processors)
-
     out_stream: IO[str] | None
     if stream is False:
         out_stream = None
@@ -393,22 +380,11 @@ def configure(
         out_stream = sys.stderr if file is None else None
     else:
         out_stream = stream
-
-    renderer: Processor
-    if format == "json":
-        renderer = JSONRenderer()
-        tail: list[Processor] = [structlog.processors.format_exc_info]
-    else:
-        use_colors = colors
-        if use_colors is None:
-            isatty = getattr(out_stream, "isatty", None)
-            use_colors = bool(isatty and isatty()) and file is None
-        renderer = structlog.dev.ConsoleRenderer(colors=use_colors)
-        tail = []
-
-    formatter = ProcessorFormatter(
-        processors=[ProcessorFormatter.remove_processors_meta, *tail, renderer],
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+    if colors is None:
+        isatty = getattr(out_stream, "isatty", None)
+        colors = bool(isatty and isatty()) and file is None
+    formatter = structured_formatter(
+        format, processors=processors, timestamp=timestamp, utc=utc, colors=colors
     )
 
     new_handlers: list[logging.Handler] = []
@@ -434,6 +410,71 @@ def configure(
         for name, lvl in (loggers or {}).items():
             logging.getLogger(name).setLevel(lvl.upper() if isinstance(lvl, str) else lvl)
         _installed[:] = new_handlers
+        _state_version += 1
+    if capture_warnings:
+        logging.captureWarnings(True)
+    for handler in old:
+        if handler not in new_handlers:
+            handler.close()
+    return new_handlers
+
+
+def structured_formatter(
+    format: Literal["console", "json"] = "console",
+    *,
+    processors: Sequence[Processor] = (),
+    timestamp: str | None = "iso",
+    utc: bool = True,
+    colors: bool = False,
+) -> ProcessorFormatter:
+    """Build the shared formatter and point structlog at the same pipeline.
+
+    :func:`configure` calls this; dictConfig / fileConfig / TOML setups name
+    it as a formatter factory (``"()": "anycore.logging.structured_formatter"``)
+    to get the same rendering for stdlib and structlog records.
+
+    Args:
+        format: ``"console"`` or ``"json"``.
+        processors: extra processors, run before rendering.
+        timestamp: ``"iso"``, a strftime format, or None.
+        utc: timestamps in UTC.
+        colors: console colours.
+
+    Returns:
+        The :class:`structlog.stdlib.ProcessorFormatter` to set on handlers.
+
+    Raises:
+        ValueError: an unknown ``format``.
+    """
+    global _formatter, _state_version
+    if format not in ("console", "json"):
+        raise ValueError("format must be 'console' or 'json'")
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        merge_context,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+    ]
+    if timestamp is not None:
+        shared.append(structlog.processors.TimeStamper(fmt=timestamp, utc=utc))
+    shared.append(structlog.processors.StackInfoRenderer())
+    shared.extend(processors)
+
+    renderer: Processor
+    if format == "json":
+        renderer = JSONRenderer()
+        tail: list[Processor] = [structlog.processors.format_exc_info]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+        tail = []
+
+    formatter = ProcessorFormatter(
+        processors=[ProcessorFormatter.remove_processors_meta, *tail, renderer],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+    )
+
+    with _lock:
         _formatter = formatter
         _state_version += 1
         _processors[:] = [*shared, *tail, _finalize(renderer)]
@@ -444,12 +485,7 @@ def configure(
             context_class=dict,
             cache_logger_on_first_use=True,
         )
-    if capture_warnings:
-        logging.captureWarnings(True)
-    for handler in old:
-        if handler not in new_handlers:
-            handler.close()
-    return new_handlers
+    return formatter
 
 
 def _file_handler(

@@ -170,7 +170,7 @@ def test_timed_rotation(tmp_path: Path, logger: logging.Logger) -> None:
     handler.rolloverAt = int(time.time())  # due now
     logger.info("rec 1")
     handler.close()
-    rotated = [f for f in glob.glob(f"{path}.*")]
+    rotated = list(glob.glob(f"{path}.*"))
     assert len(rotated) == 1
     assert numbers(rotated[0]) == [0]
     assert numbers(path) == [1]

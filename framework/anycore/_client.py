@@ -273,9 +273,13 @@ async def happy_eyeballs(infos: Sequence[_AddrInfo], delay: float) -> socket.soc
         return winner
     first = errors[0] if errors else OSError("no address could be connected")
     if len(errors) > 1:
-        raise OSError(
+        message = (
             f"{first} (and {len(errors) - 1} other address(es) failed: "
             + "; ".join(str(e) for e in errors[1:])
             + ")"
-        ) from first
+        )
+        # Keep the first error's type (ConnectionRefusedError...) for callers.
+        if isinstance(first, OSError) and first.errno is not None:
+            raise type(first)(first.errno, message) from first
+        raise OSError(message) from first
     raise first

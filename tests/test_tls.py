@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ class Pki:
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Iterator[Pki]:
+def pki(tmp_path: Path) -> Pki:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -39,7 +38,7 @@ def pki(tmp_path: Path) -> Iterator[Pki]:
     ca.cert_pem.write_to_path(str(ca_file))
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    yield Pki(ca, server, client, ca_file, cert_file, key_file)
+    return Pki(ca, server, client, ca_file, cert_file, key_file)
 
 
 class Echo(LineHandler):

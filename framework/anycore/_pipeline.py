@@ -471,11 +471,17 @@ class Pipeline:
         timeout: float | None = None,
         check: bool = False,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        pipefail: bool | None = None,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
     ) -> CompletedProcess:
         """Run the pipeline to completion (it must not be started yet).
 
         ``capture_output`` makes the last stdout and the shared stderr PIPEs.
-        The result's ``statuses`` holds every stage's status.
+        The result's ``statuses`` holds every stage's status.  ``pipefail``,
+        ``text``, ``encoding`` and ``errors``, when given, override the
+        pipeline's own settings (handy for pipelines built with ``|``).
 
         Raises:
             TimeoutExpired, CalledProcessError (``check`` and a non-zero
@@ -487,6 +493,12 @@ class Pipeline:
             self._stdout = self._stderr = PIPE
         if input is not None:
             self._stdin = PIPE
+        if pipefail is not None:
+            self.pipefail = pipefail
+        if text or encoding or errors:
+            self._text = True
+            self._encoding = encoding or self._encoding or "utf-8"
+            self._errors = errors or self._errors
         async with self:
             if self.stdin is None and self.stdout is None and self.stderr is None:
                 await self.wait(timeout)

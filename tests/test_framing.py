@@ -445,3 +445,24 @@ def test_check_framer_catches_a_split_dependent_framer() -> None:
 
     with pytest.raises(AssertionError, match="split at"):
         check_framer(Broken, [b"abc", b"def"])
+
+
+def test_framing_example_self_demo() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "framing.py"
+    proc = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for expected in (
+        "parsed header: b'SIZE 5'\nparsed body: b'hello'\nparsed line: b'line one'\n",
+        "server replied: b'got 5 bytes\\r\\n'\nserver replied: b'echo bye\\r\\n'\n",
+        "server replied: b'line too long\\r\\n'\n",
+        "TLVFramer passed check_framer (3 records, every split point)\n",
+    ):
+        assert expected in proc.stdout
+    assert proc.stdout.rstrip().endswith("done")

@@ -60,10 +60,12 @@ async def wait_until(cond: Any, timeout: float = 10.0) -> None:
 async def test_fifo_order_and_sizes() -> None:
     q: Queue[int] = Queue(maxsize=3)
     assert q.maxsize == 3
-    assert q.empty() and not q.full()
+    assert q.empty()
+    assert not q.full()
     for i in range(3):
         await q.put(i)
-    assert q.full() and q.qsize() == 3
+    assert q.full()
+    assert q.qsize() == 3
     with pytest.raises(QueueFull):
         q.put_nowait(9)
     assert [await q.get() for _ in range(3)] == [0, 1, 2]
@@ -120,7 +122,8 @@ async def test_statistics() -> None:
     assert st1.max_size == 1
     assert st1.tasks_waiting_put == 1
     assert st1.unfinished_tasks == 1
-    assert not st1.closed and not st1.threaded
+    assert not st1.closed
+    assert not st1.threaded
     with pytest.raises(AttributeError):
         st1.current_size = 3  # type: ignore[misc]
     assert q.get_nowait() == 1
@@ -298,7 +301,8 @@ async def test_task_producer_to_thread_consumers() -> None:
         await anyio.to_thread.run_sync(th.join)
     assert sorted(outs[0] + outs[1]) == list(range(n))
     # Each consumer saw its items in FIFO order.
-    assert outs[0] == sorted(outs[0]) and outs[1] == sorted(outs[1])
+    assert outs[0] == sorted(outs[0])
+    assert outs[1] == sorted(outs[1])
 
 
 async def test_close_from_loop_wakes_thread_blocked_in_sync_put() -> None:
@@ -310,7 +314,8 @@ async def test_close_from_loop_wakes_thread_blocked_in_sync_put() -> None:
     q.close()
     await anyio.to_thread.run_sync(th.join, 10)
     assert not th.is_alive()
-    assert box[0][0] == "err" and isinstance(box[0][1], QueueClosed)
+    assert box[0][0] == "err"
+    assert isinstance(box[0][1], QueueClosed)
 
 
 async def test_close_from_loop_wakes_thread_blocked_in_sync_get() -> None:
@@ -319,7 +324,8 @@ async def test_close_from_loop_wakes_thread_blocked_in_sync_get() -> None:
     await wait_until(lambda: q.statistics().threads_waiting_get == 1)
     q.close()
     await anyio.to_thread.run_sync(th.join, 10)
-    assert box[0][0] == "err" and isinstance(box[0][1], QueueClosed)
+    assert box[0][0] == "err"
+    assert isinstance(box[0][1], QueueClosed)
 
 
 async def test_close_from_thread_wakes_blocked_tasks() -> None:
@@ -410,7 +416,9 @@ async def test_sync_view_is_queue_shaped_and_joins() -> None:
         for i in range(100):
             view.put(i)
         view.join()
-        assert view.qsize() == 0 and view.empty() and not view.full()
+        assert view.qsize() == 0
+        assert view.empty()
+        assert not view.full()
         view.close()
 
     await anyio.to_thread.run_sync(feed)
@@ -575,10 +583,12 @@ class QueueMachine(RuleBasedStateMachine):
         v = self._value()
         try:
             self.q.put_nowait(v)
-        except (QueueFull, QueueClosed) as exc:
-            assert isinstance(exc, QueueClosed) == self.closed
-            if isinstance(exc, QueueFull):
-                assert self.q.full()
+        except QueueFull:
+            assert not self.closed
+            assert self.q.full()
+            return
+        except QueueClosed:
+            assert self.closed
             return
         assert not self.closed
         self.put_order.append(v)
@@ -593,7 +603,8 @@ class QueueMachine(RuleBasedStateMachine):
         except QueueEmpty:
             assert not self.closed
         except QueueClosed:
-            assert self.closed and self.q.empty()
+            assert self.closed
+            assert self.q.empty()
 
     @precondition(lambda self: any(not t.done() for t in self.tasks))
     @rule(data=st.data())
@@ -621,7 +632,6 @@ class QueueMachine(RuleBasedStateMachine):
         getters = [self.loop.create_task(self._getter()) for _ in range(n)]
         self.tasks.extend(getters)
         self.settle()
-
 
         def put_and_cancel() -> None:
             # In one loop step, so the woken getter cannot run in between.

@@ -286,8 +286,6 @@ class Queue(Generic[T]):
 
     def _ensure_threaded(self) -> None:
         """Called by thread-side operations before they touch the state."""
-        if self._threaded:
-            return
         with self._lock:
             if self._threaded:
                 return
@@ -765,7 +763,8 @@ class PriorityQueue(Queue[T]):
         self._pop = self._heap_pop
 
     def _heap_push(self, item: T) -> None:
-        prio = item[0] if type(item) is tuple else item
+        entry: Any = item
+        prio = entry[0] if type(entry) is tuple else entry
         heapq.heappush(self._items, (prio, next(self._seq), item))
 
     def _heap_pop(self) -> T:

@@ -287,7 +287,7 @@ class ThreadSafeEvent:
         fut: asyncio.Future[None] = loop.create_future()
         entry: _Waiter = (loop, fut)
         with self._lock:
-            if self._flag:
+            if self.is_set():  # re-checked under the lock
                 return
             self._waiters.append(entry)
         try:

@@ -167,9 +167,7 @@ async def test_stop_signal_then_kill_after_grace() -> None:
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "print('READY', flush=True); time.sleep(120)"
     )
-    prog = Program(
-        "stubborn", command=(PY, "-c", stubborn), ready_line="READY", grace_period=0.3
-    )
+    prog = Program("stubborn", command=(PY, "-c", stubborn), ready_line="READY", grace_period=0.3)
     prog2 = Program(
         "polite",
         command=(PY, "-c", "import signal,sys,time\n"

@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -58,7 +57,8 @@ async def read_until(
     regex = re.compile(pattern)
     with anyio.fail_after(timeout):
         async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
+            text = raw if isinstance(raw, str) else raw.decode(errors="replace")
+            line = text.rstrip("\n")
             seen.append(line)
             m = regex.search(line)
             if m:
@@ -68,10 +68,12 @@ async def read_until(
 
 async def test_version_and_help() -> None:
     code, out, _ = await cli("--version")
-    assert code == 0 and out.strip() == f"anycore {__version__}"
+    assert code == 0
+    assert out.strip() == f"anycore {__version__}"
     for command in ("run", "supervise", "ctl", "examples"):
         code, out, _ = await cli(command, "--help")
-        assert code == 0 and out.startswith(f"usage: anycore {command}")
+        assert code == 0
+        assert out.startswith(f"usage: anycore {command}")
 
 
 @pytest.mark.parametrize(
@@ -99,10 +101,12 @@ async def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
 
 async def test_unknown_module_and_attribute() -> None:
     code, _, err = await cli("run", "no_such_module_xyz:App", "--bind", "tcp://127.0.0.1:0")
-    assert code == 2 and "Traceback" not in err
+    assert code == 2
+    assert "Traceback" not in err
     assert "cannot import 'no_such_module_xyz': no module named 'no_such_module_xyz'" in err
     code, _, err = await cli("run", "examples.echo:Nope", "--bind", "tcp://127.0.0.1:0")
-    assert code == 2 and "module 'examples.echo' has no attribute 'Nope'" in err
+    assert code == 2
+    assert "module 'examples.echo' has no attribute 'Nope'" in err
 
 
 async def test_port_in_use_message() -> None:
@@ -162,7 +166,8 @@ async def test_run_workers_share_the_port(tmp_path: Path) -> None:
                 pids.add(await ask_pid(port))
                 if len(pids) == 2:
                     break
-        assert len(pids) == 2 and proc.pid not in pids
+        assert len(pids) == 2
+        assert proc.pid not in pids
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait(30) == 0
     assert gone(sorted(pids))
@@ -226,7 +231,8 @@ async def test_supervise_sigterm_stops_in_reverse_order_and_exits_0(tmp_path: Pa
             m = await read_until(proc, rf"\| {name} running \(pid (\d+)\)", seen)
             pids.append(int(m.group(1)))
         code, out, _ = await cli("ctl", "--socket", sock, "status")
-        assert code == 0 and out.count("RUNNING") == 3
+        assert code == 0
+        assert out.count("RUNNING") == 3
         proc.send_signal(signal.SIGTERM)
         await read_until(proc, r"shutdown complete", seen)
         assert await proc.wait(30) == 0
@@ -241,4 +247,6 @@ async def test_supervise_reports_stack_errors(tmp_path: Path) -> None:
     bad = tmp_path / "Procfile"
     bad.write_text("web: true\nnot a line\n")
     code, _, err = await cli("supervise", str(bad))
-    assert code == 1 and f"{bad}:2: expected 'name: command'" in err and "Traceback" not in err
+    assert code == 1
+    assert f"{bad}:2: expected 'name: command'" in err
+    assert "Traceback" not in err

@@ -80,14 +80,20 @@ capture_output = false
     assert stack.control_socket == str(tmp_path / "run" / "ctl.sock")
     db, web, log = stack.programs
     assert db.command == ("redis-server", "--port", "7777")
-    assert db.stop_signal == signal.SIGINT and db.grace_period == 3.0 and db.ready_port == 7777
-    assert web.server == "examples.echo:EchoHandler" and web.binds == ("tcp://127.0.0.1:7001",)
-    assert web.depends_on == ("db",) and web.restart == "on-failure" and web.numprocs == 2
+    assert db.stop_signal == signal.SIGINT
+    assert db.grace_period == 3.0
+    assert db.ready_port == 7777
+    assert web.server == "examples.echo:EchoHandler"
+    assert web.binds == ("tcp://127.0.0.1:7001",)
+    assert web.depends_on == ("db",)
+    assert web.restart == "on-failure"
+    assert web.numprocs == 2
     assert dict(web.env) == {"MODE": "test", "N": "3"}
     assert web.cwd == str(tmp_path / "sub")
     assert web.hint == "nc 127.0.0.1 7001"
     assert web.instance_names() == ["web:0", "web:1"]
-    assert log.ready_line == "^started" and log.capture_output is False
+    assert log.ready_line == "^started"
+    assert log.capture_output is False
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,9 @@ async def test_kill_9_is_restarted_after_backoff() -> None:
     async with Supervisor([sleeper("app", backoff_initial=0.2)]) as sup:
         [st] = await sup.wait_state("app", S.RUNNING, timeout=20)
         first = st.pid
-        assert first is not None and st.ready and st.restarts == 0
+        assert first is not None
+        assert st.ready
+        assert st.restarts == 0
         os.kill(first, signal.SIGKILL)
         backoff = await sup.wait_state("app", S.BACKOFF, timeout=10)
         assert backoff[0].exit_code == -signal.SIGKILL
@@ -49,7 +51,8 @@ async def test_kill_9_is_restarted_after_backoff() -> None:
             "app", lambda s: s[0].state is S.RUNNING and s[0].pid not in (None, first), 20
         )
         assert again.restarts == 1
-        assert pid_alive(again.pid or 0) and not pid_alive(first)
+        assert pid_alive(again.pid or 0)
+        assert not pid_alive(first)
     assert not pid_alive(again.pid or 0)
 
 
@@ -68,7 +71,8 @@ async def test_crash_loop_ends_fatal_while_the_rest_runs() -> None:
         assert fatal.exit_code == 3
         assert "gave up after 2 restarts" in fatal.description
         [still] = sup.status("steady")
-        assert still.state is S.RUNNING and still.pid == steady.pid
+        assert still.state is S.RUNNING
+        assert still.pid == steady.pid
         # A FATAL program can be started again by hand.
         await sup.start("crash")
         await sup.wait_state("crash", S.FATAL, timeout=20)
@@ -91,7 +95,8 @@ async def test_restart_policies() -> None:
     async with Supervisor(progs) as sup:
         for name, code in (("once", 0), ("onfail", 0), ("failnever", 1)):
             [st] = await sup.wait_state(name, S.EXITED, timeout=20)
-            assert st.exit_code == code and st.restarts == 0
+            assert st.exit_code == code
+            assert st.restarts == 0
 
 
 async def test_dependants_start_only_once_dependencies_are_ready(tmp_path: Path) -> None:
@@ -107,12 +112,15 @@ async def test_dependants_start_only_once_dependencies_are_ready(tmp_path: Path)
     async with Supervisor([app, base]) as sup:
         await sup.wait_for("base", lambda s: s[0].pid is not None, 20)
         [a] = await sup.wait_for("app", lambda s: "waiting for base" in s[0].description, 20)
-        assert a.pid is None and a.state is S.STARTING
+        assert a.pid is None
+        assert a.state is S.STARTING
         gate.touch()
         [b] = await sup.wait_state("base", S.RUNNING, timeout=20)
         [a] = await sup.wait_state("app", S.RUNNING, timeout=20)
         assert a.pid is not None
-        assert b.uptime is not None and a.uptime is not None and b.uptime >= a.uptime
+        assert b.uptime is not None
+        assert a.uptime is not None
+        assert b.uptime >= a.uptime
 
 
 async def test_ready_port_check(tmp_path: Path) -> None:
@@ -215,7 +223,8 @@ async def test_control_commands(tmp_path: Path) -> None:
         assert [ln.split()[1] for ln in lines[1:]] == ["RUNNING", "RUNNING"]
 
         out = await run_process([*ctl, "stop", "b"], stdout=PIPE, stderr=PIPE, timeout=30)
-        assert out.returncode == 0 and "STOPPED" in out.stdout.decode()
+        assert out.returncode == 0
+        assert "STOPPED" in out.stdout.decode()
         assert sup.status("b")[0].state is S.STOPPED
 
         out = await run_process([*ctl, "start", "b"], stdout=PIPE, stderr=PIPE, timeout=30)
@@ -238,7 +247,8 @@ async def test_control_commands(tmp_path: Path) -> None:
                 pass
     assert not os.path.exists(path)
     out = await run_process([*ctl, "status"], stdout=PIPE, stderr=PIPE, timeout=30)
-    assert out.returncode == 1 and "no supervisor is listening" in out.stderr.decode()
+    assert out.returncode == 1
+    assert "no supervisor is listening" in out.stderr.decode()
 
 
 async def test_reload_restarts_changed_adds_and_removes() -> None:
@@ -268,6 +278,6 @@ def test_program_validation() -> None:
         Program("x", command="true", restart="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown program"):
         Supervisor([Program("x", command="true", depends_on=("y",))])
-    assert Program("x", command=["a", "b"]).command == ("a", "b")
+    assert Program("x", command=["a", "b"]).command == ("a", "b")  # type: ignore[arg-type]
     assert Program("x", command="a") == Program("x", command="a")
     assert Program("x", command="a", env={"A": "1"}) != Program("x", command="a")

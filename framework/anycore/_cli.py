@@ -269,7 +269,7 @@ def _stream_handler(stream: Any) -> logging.Handler:
     try:
         from .logging import StreamHandler
 
-        return StreamHandler(stream)  # type: ignore[no-any-return]
+        return StreamHandler(stream)
     except ImportError:  # pragma: no cover
         return logging.StreamHandler(stream)
 
@@ -278,7 +278,7 @@ def _file_handler(path: str) -> logging.Handler:
     try:
         from .logging import FileHandler
 
-        return FileHandler(path)  # type: ignore[no-any-return]
+        return FileHandler(path)
     except ImportError:  # pragma: no cover
         return logging.FileHandler(path)
 

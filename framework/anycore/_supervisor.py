@@ -161,8 +161,9 @@ class Program:
                 f"program {self.name!r}: give exactly one of command, target or server"
                 + (f" (got {', '.join(kinds)})" if kinds else "")
             )
-        if isinstance(self.command, list):
-            object.__setattr__(self, "command", tuple(self.command))
+        command: object = self.command
+        if isinstance(command, list):  # a list is accepted too (TOML, JSON)
+            object.__setattr__(self, "command", tuple(command))
         if isinstance(self.command, (str, tuple)) and not self.command:
             raise ValueError(f"program {self.name!r}: empty command")
         for name in ("binds", "depends_on", "pass_fds"):

@@ -490,6 +490,7 @@ class _StreamDriver(_Connection):
                         self.close()
                     return
                 if self._draining:
+                    self.close()  # the reader is parked in receive(); the writer ends it
                     return
                 self._wake_processor = anyio.Event()
                 await self._wake_processor.wait()
@@ -574,10 +575,11 @@ class PortableEngine:
         self._drivers: dict[_StreamDriver, None] = {}
         self._pending = 0
         self._tg: anyio.abc.TaskGroup | None = None
-        self._accept_scope = anyio.CancelScope()
+        self._accept_scopes: list[anyio.CancelScope] = []
         self._slot_freed = anyio.Event()
         self._closed = anyio.Event()
         self._idle = anyio.Event()
+        self._owner: int | None = None
 
     async def start(self) -> None:
         srv = self.server
@@ -608,6 +610,7 @@ class PortableEngine:
             raise
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._owner = anyio.get_current_task().id
         self.accepting = True
         for listener, ep, ctx in self._listeners:
             self._tg.start_soon(self._accept_loop, listener, ep, ctx)
@@ -617,7 +620,11 @@ class PortableEngine:
     ) -> None:
         srv = self.server
         backoff = 0.0
-        with self._accept_scope:
+        scope = anyio.CancelScope()
+        self._accept_scopes.append(scope)
+        if not self.accepting:
+            scope.cancel()
+        with scope:
             while True:
                 limit = srv.max_connections
                 while limit is not None and srv.on_limit == "hold" and self._live() >= limit:
@@ -625,6 +632,8 @@ class PortableEngine:
                     await self._slot_freed.wait()
                 try:
                     stream = await listener.accept()
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # the listener was closed: stop accepting
                 except OSError as exc:
                     srv.counters.accept_errors += 1
                     if exc.errno in _RESOURCE_ERRNOS:
@@ -700,7 +709,8 @@ class PortableEngine:
 
     def stop_accepting(self) -> None:
         self.accepting = False
-        self._accept_scope.cancel()
+        for scope in self._accept_scopes:
+            scope.cancel()
         self._closed.set()
 
     async def serve_forever(self) -> None:
@@ -714,7 +724,10 @@ class PortableEngine:
         if self._tg is None:
             return
         self.stop_accepting()
-        tg, self._tg = self._tg, None
+        # The task group belongs to the task that started the server: another
+        # task (a shutdown step) drains, and the owner's ``async with`` exits it.
+        owner = anyio.get_current_task().id == self._owner
+        aborted = False
         try:
             for listener, _ep, _ctx in self._listeners:
                 await listener.aclose()
@@ -731,8 +744,14 @@ class PortableEngine:
                     "aborting %d connection(s) still open after the drain deadline",
                     len(self._drivers),
                 )
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+                for driver in list(self._drivers):
+                    driver.abort()
+                aborted = True
+            if owner and self._tg is not None:
+                tg, self._tg = self._tg, None
+                if aborted:
+                    tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
 
     def handlers(self) -> list[Handler]:
         return [d.handler for d in self._drivers]

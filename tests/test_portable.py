@@ -93,11 +93,12 @@ def test_trio_framer_switch_mid_stream() -> None:
 
     async def main() -> None:
         async with serve(Switching, "tcp://127.0.0.1:0") as server:
-            async with await anyio.connect_tcp("127.0.0.1", server.port) as s:
-                await s.send(b"one\r\nBLOB 8\r\nab\r\ncd\r\ntwo\r\n")
-                buf = bytearray()
-                got = [await readline(s, buf) for _ in range(3)]
-                assert got == [b"line:one\r\n", b"blob:ab|cd|\r\n", b"line:two\r\n"]
+            s = await anyio.connect_tcp("127.0.0.1", server.port)
+            await s.send(b"one\r\nBLOB 8\r\nab\r\ncd\r\ntwo\r\n")
+            buf = bytearray()
+            got = [await readline(s, buf) for _ in range(3)]
+            assert got == [b"line:one\r\n", b"blob:ab|cd|\r\n", b"line:two\r\n"]
+            await s.aclose()
 
     on_trio(main)
 

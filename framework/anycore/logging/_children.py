@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -169,7 +170,15 @@ def child_logging_config(level: int | str | None = None) -> dict[str, Any]:
         level = logging.getLogger().getEffectiveLevel()
     elif isinstance(level, str):
         level = logging.getLevelName(level.upper())
-    return {"address": listener.path, "level": int(level), "parent_pid": os.getpid()}
+    cfg: dict[str, Any] = {
+        "address": listener.path,
+        "level": int(level),
+        "parent_pid": os.getpid(),
+    }
+    structured = sys.modules.get("anycore.logging._structured")
+    if structured is not None and structured._formatter is not None:
+        cfg["structlog"] = True  # the parent renders; the child only routes
+    return cfg
 
 
 def child_logging_env(level: int | str | None = None) -> dict[str, str]:
@@ -213,6 +222,12 @@ def install_child_forwarding(
     handler = ChildForwardingHandler(str(config["address"]))
     root.addHandler(handler)
     root.setLevel(int(config.get("level", logging.INFO)))
+    if config.get("structlog"):
+        from ._structured import structured_formatter
+
+        # Same chain as the parent; every event takes the stdlib route to
+        # the forwarding handler, the parent renders it.
+        structured_formatter("json")
     return handler
 
 
@@ -238,6 +253,8 @@ class ChildForwardingHandler(ThreadedHandler):
         self._sock: socket.socket | None = None
 
     def _prepare(self, record: logging.LogRecord) -> bytes:
+        if isinstance(record.msg, dict) and "_logger" in record.__dict__:
+            record = _flatten_structlog(record)
         ctx = current_context()
         if ctx:
             attrs = record.__dict__
@@ -283,6 +300,33 @@ class ChildForwardingHandler(ThreadedHandler):
         # Closing our copy of the parent's socket does not shut it down.
         with contextlib.suppress(OSError):
             self._close_sink()
+
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_DERIVED = frozenset({"level", "logger", "_record", "_from_structlog"})
+
+
+def _flatten_structlog(record: logging.LogRecord) -> logging.LogRecord:
+    # A structlog event on its way to a ProcessorFormatter carries its event
+    # dict as ``msg`` and the (unpicklable) bound logger as ``_logger``.  Send
+    # the event as the message and its keys as attributes; the parent's
+    # formatter (ExtraAdder) puts them back into the event dict.
+    event = dict(record.msg)  # type: ignore[call-overload]
+    attrs = {k: v for k, v in record.__dict__.items() if k not in ("_logger", "_name")}
+    flat = logging.makeLogRecord(attrs)
+    flat.msg = str(event.pop("event", ""))
+    flat.args = None
+    exc = event.pop("exc_info", None)
+    if exc is True:
+        exc = sys.exc_info()
+    if isinstance(exc, BaseException):
+        exc = (type(exc), exc, exc.__traceback__)
+    if isinstance(exc, tuple) and exc[0] is not None:
+        event["exception"] = logging.Formatter().formatException(exc)
+    for key, value in event.items():
+        if key not in _DERIVED and key not in _RESERVED:
+            flat.__dict__[key] = value
+    return flat
 
 
 import atexit  # noqa: E402 - registered after close_all so it runs before it (LIFO)

@@ -703,7 +703,7 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
             data = f"<{pri}>".encode() + msg.encode("utf-8")
         if self.framing == "octet-counting":
             return b"%d " % len(data) + data
-        if self.rfc == 3164 and self.append_nul or self.rfc == 5424 and self._stream:
+        if (self.rfc == 3164 and self.append_nul) or (self.rfc == 5424 and self._stream):
             data += b"\x00"  # the stdlib's habit for 3164; a frame end for 5424 streams
         return data
 

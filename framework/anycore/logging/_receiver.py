@@ -32,10 +32,12 @@ logger = logging.getLogger("anycore.logging.receiver")
 
 
 def dispatch_locally(record: logging.LogRecord) -> None:
-    """Hand ``record`` to the local logger of the same name (cookbook semantics)."""
-    target = logging.getLogger(record.name)
-    if target.isEnabledFor(record.levelno):
-        target.handle(record)
+    """Hand ``record`` to the local logger of the same name (cookbook semantics).
+
+    Levels were applied by the sender; the local logger's filters and
+    handlers apply here (``Logger.handle`` does not check levels again).
+    """
+    logging.getLogger(record.name).handle(record)
 
 
 class LogReceiver:

@@ -524,7 +524,7 @@ class ProcessBackend(Backend):
                 requeue.append(job)
         w.inflight.clear()
         self._pending.extendleft(reversed(requeue))
-        if not expected:
+        if not expected and self._broken is None:
             self.crashed += 1
             log.warning("pool worker %s (pid %s) died: exit code %s", w.wid, w.handle.pid, code)
             if not w.ready:

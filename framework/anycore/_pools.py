@@ -671,7 +671,11 @@ class WorkerPool:
         await self.join()
 
     def close(self) -> None:
-        """Accept no more work; what was submitted still runs (Pool.close)."""
+        """Accept no more work; what was submitted still runs (Pool.close).
+
+        Lazy maps (imap and friends) stop taking input too: their next
+        chunk raises PoolClosed.
+        """
         if self._state in (_NEW, _RUNNING):
             self._state = _CLOSED
             self._fail_admission_waiters()

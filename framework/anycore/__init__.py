@@ -147,6 +147,11 @@ _LAZY: dict[str, str] = {
     "ThreadSafeLock": "._sync",
     "ThreadSafeSemaphore": "._sync",
     "ThreadSafeStatistics": "._sync",
+    "ProcessQueue": "._mpqueue",
+    "JoinableProcessQueue": "._mpqueue",
+    "ChildQueue": "._mpqueue",
+    "Actor": "._actor",
+    "ActorStatistics": "._actor",
     "TooManyReleases": ".errors",  # new error; lead: move into the errors import block
     # -- supervision --
     "Supervisor": "._supervisor",
@@ -298,6 +303,12 @@ if TYPE_CHECKING:
         ThreadSafeSemaphore as ThreadSafeSemaphore,
         ThreadSafeStatistics as ThreadSafeStatistics,
     )
+    from ._mpqueue import (
+        ChildQueue as ChildQueue,
+        JoinableProcessQueue as JoinableProcessQueue,
+        ProcessQueue as ProcessQueue,
+    )
+    from ._actor import Actor as Actor, ActorStatistics as ActorStatistics
     # -- supervision --
     from ._stackfile import Stack as Stack, load_stack as load_stack
     from ._supervisor import (

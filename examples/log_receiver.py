@@ -48,7 +48,14 @@ async def serve(host: str, tcp_port: int, udp_port: int) -> None:
 async def demo(output: StreamHandler) -> None:
     # The senders below live in this process too: hand received records
     # straight to the output handler rather than to the (sending) loggers.
-    async with open_log_receiver(udp=("127.0.0.1", 0), on_record=output.handle) as receiver:
+    enough = asyncio.Event()
+
+    def on_record(record: logging.LogRecord) -> None:
+        output.handle(record)
+        if record.getMessage().startswith("hello from anycore"):
+            enough.set()
+
+    async with open_log_receiver(udp=("127.0.0.1", 0), on_record=on_record) as receiver:
         tcp_host, tcp_port = receiver.addresses["tcp"]
         udp_host, udp_port = receiver.addresses["udp"]
 
@@ -77,14 +84,16 @@ async def demo(output: StreamHandler) -> None:
         await sender.aclose()
 
         # A hostile client: a pickle that would call os.system when loaded.
-        _, writer = await asyncio.open_connection(tcp_host, tcp_port)
+        reader, writer = await asyncio.open_connection(tcp_host, tcp_port)
         evil = b"cos\nsystem\n(S'echo pwned'\ntR."
         writer.write(struct.pack(">L", len(evil)) + evil)
         await writer.drain()
 
-        async with asyncio.timeout(10):
-            while receiver.received < 3 or receiver.rejected < 1:
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(enough.wait(), 10)
+        # The receiver reads the frame before it sees our EOF and closes:
+        # once read() returns b"", the frame was refused.
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), 10)
         writer.close()
         await writer.wait_closed()
     await output.aflush()

@@ -54,7 +54,14 @@ async def main() -> None:
 
     # Records to a network sink, sent by a loop task (never a blocking send).
     received: list[logging.LogRecord] = []
-    async with open_log_receiver(on_record=received.append) as receiver:
+    got_three = asyncio.Event()
+
+    def on_record(record: logging.LogRecord) -> None:
+        received.append(record)
+        if len(received) == 3:
+            got_three.set()
+
+    async with open_log_receiver(on_record=on_record) as receiver:
         host, port = receiver.addresses["tcp"]
         sender = SocketHandler(host, port)
         remote = logging.getLogger("demo.remote")
@@ -62,9 +69,7 @@ async def main() -> None:
         remote.propagate = False
         for i in range(3):
             remote.warning("remote record %d", i)
-        async with asyncio.timeout(10):
-            while len(received) < 3:
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(got_three.wait(), 10)
         await sender.aclose()
     print("receiver got:", [r.getMessage() for r in received])
 
@@ -81,7 +86,8 @@ async def main() -> None:
         keys = {k: v for k, v in line.items() if k in ("conn_id", "peer", "items")}
         print(f"{line['level']:7} {line['logger']:10} {line['event'][:60]!r} {keys}")
     lag_lines = [x for x in lines if x["event"].startswith("event loop blocked")]
-    assert lag_lines and "blocking_call" in lag_lines[0]["event"]
+    assert lag_lines
+    assert "blocking_call" in lag_lines[0]["event"]
     print(f"{len(lines)} lines in {logfile}")
     print("done")
 

@@ -48,10 +48,12 @@ def test_log_receiver_demo() -> None:
     assert out.rstrip().endswith("done")
 
 
+SERVE_ARGS = ["serve", "--tcp-port", "0", "--udp-port", "0"]
+
+
 def test_log_receiver_serve_mode_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "log_receiver.py"), "serve"]
-        + ["--tcp-port", "0", "--udp-port", "0"],
+        [sys.executable, str(EXAMPLES / "log_receiver.py"), *SERVE_ARGS],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

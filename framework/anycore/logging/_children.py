@@ -311,7 +311,7 @@ def _flatten_structlog(record: logging.LogRecord) -> logging.LogRecord:
     # dict as ``msg`` and the (unpicklable) bound logger as ``_logger``.  Send
     # the event as the message and its keys as attributes; the parent's
     # formatter (ExtraAdder) puts them back into the event dict.
-    event = dict(record.msg)  # type: ignore[call-overload]
+    event: dict[str, Any] = dict(record.msg)  # type: ignore[arg-type]
     attrs = {k: v for k, v in record.__dict__.items() if k not in ("_logger", "_name")}
     flat = logging.makeLogRecord(attrs)
     flat.msg = str(event.pop("event", ""))

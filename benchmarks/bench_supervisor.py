@@ -75,10 +75,20 @@ def main(quick: bool) -> None:
     if shutil.which("redis-benchmark") is None:
         print("bench_supervisor: redis-benchmark not installed; skipped")
         return
-    requests = 5_000 if quick else 200_000
-    one = asyncio.run(_measure(1, requests))
-    two = asyncio.run(_measure(2, requests))
-    print(f"RESP example under redis-benchmark -c 50 -P 16 -n {requests} (requests/s)")
+    requests = 5_000 if quick else 100_000
+    repeats = 1 if quick else 3
+    one: dict[str, float] = {}
+    two: dict[str, float] = {}
+    # Interleaved repeats, best of each: the machine is shared, and the best run
+    # is the one least disturbed by other load.
+    for _ in range(repeats):
+        for workers, best in ((1, one), (2, two)):
+            for test, rps in asyncio.run(_measure(workers, requests)).items():
+                best[test] = max(best.get(test, 0.0), rps)
+    print(
+        f"RESP example under redis-benchmark -c 50 -P 16 -n {requests}, "
+        f"best of {repeats} (requests/s)"
+    )
     print(f"{'test':<14} {'1 worker':>12} {'2 workers':>12} {'scaling':>8}")
     for test, base in one.items():
         other = two.get(test)

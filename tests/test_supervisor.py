@@ -281,3 +281,14 @@ def test_program_validation() -> None:
     assert Program("x", command=["a", "b"]).command == ("a", "b")  # type: ignore[arg-type]
     assert Program("x", command="a") == Program("x", command="a")
     assert Program("x", command="a", env={"A": "1"}) != Program("x", command="a")
+
+
+async def test_the_supervise_example_runs() -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = await run_process(
+        [PY, str(root / "examples" / "supervise_demo.py")], stdout=PIPE, stderr=PIPE, timeout=50
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["db", "web:0", "web:1"]
+    assert "restarts=1" in lines[2]

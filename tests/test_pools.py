@@ -35,6 +35,7 @@ from test_pools_workers import (
     exit_now,
     fail,
     fail_unpicklable,
+    flush_to,
     init_fails,
     init_worker,
     pid_of,
@@ -336,6 +337,22 @@ async def test_failing_initializer_breaks_the_pool() -> None:
     async with WorkerPool("processes", workers=1, initializer=init_fails) as pool:
         with pytest.raises(ChildProcessFailed, match="initializer"):
             await pool.apply(square, (1,))
+
+
+@pytest.mark.parametrize("max_tasks", [None, 1])
+async def test_process_workers_run_exit_flush_hooks(tmp_path: Path, max_tasks: int | None) -> None:
+    flushed = tmp_path / "flushed"
+    async with WorkerPool(
+        "processes",
+        workers=1,
+        initializer=flush_to,
+        initargs=(str(flushed),),
+        max_tasks_per_child=max_tasks,
+    ) as pool:
+        assert await pool.apply(square, (2,)) == 4
+        if max_tasks == 1:  # the retired worker flushed before it exited
+            await wait_for_file(flushed)
+    assert flushed.read_text() == "flushed"
 
 
 async def test_max_tasks_per_child_replaces_workers() -> None:

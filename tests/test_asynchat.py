@@ -375,3 +375,46 @@ def test_asynchat_compat_example_self_demo() -> None:
     assert "POST reply: dlrow olleh\n" in proc.stdout
     assert "GET reply body bytes: 100000\n" in proc.stdout
     assert proc.stdout.rstrip().endswith("done")
+
+
+# -- the portable path: the same classes on the trio backend ----------------------
+
+
+async def _trio_read_all(stream: Any) -> bytes:
+    import anyio
+
+    data = b""
+    try:
+        while True:
+            data += await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return data
+
+
+def test_classic_handlers_on_trio() -> None:
+    import anyio
+    import trio
+
+    sessions: dict[str, int] = {}
+    log: list[str] = []
+    Streamer.producers = []
+    Streamer.calls_right_after_push = []
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            async with serve(
+                lambda: http_request_handler(None, None, sessions, log), "tcp://127.0.0.1:0"
+            ) as server:
+                async with await anyio.connect_tcp("127.0.0.1", server.port) as s:
+                    await s.send(b"POST /t HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc")
+                    reply = await _trio_read_all(s)
+                assert reply == b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\ncba"
+            async with (
+                serve(Streamer, "tcp://127.0.0.1:0") as server,
+                await anyio.connect_tcp("127.0.0.1", server.port) as s,
+            ):
+                assert len(await _trio_read_all(s)) == 8 * 1024 * 1024
+
+    trio.run(main)
+    assert log == ["POST /t"]
+    assert Streamer.producers[0].left == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 
+import anyio
 import pytest
 from hypothesis import given, strategies as st
 
@@ -157,7 +158,7 @@ class AsyncShout(TextLineHandler):
     errors = "replace"
 
     async def line_received(self, line: str) -> None:
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         self.send_line(f"<{line}>")
 
 
@@ -184,3 +185,21 @@ async def test_text_line_handler_universal_newlines() -> None:
 async def test_text_line_handler_async_and_crlf() -> None:
     got = await exchange(AsyncShout, b"a\rb\r\nbad\xff\r\n", 2)
     assert got == "<a\rb>\r\n<bad\ufffd>\r\n".encode()
+
+
+def test_text_line_handler_on_trio() -> None:
+    import trio
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            async with (
+                serve(AsyncShout, "tcp://127.0.0.1:0") as server,
+                await anyio.connect_tcp("127.0.0.1", server.port) as s,
+            ):
+                await s.send("é\r\nx\xff".encode("latin-1") + b"\r\n")
+                data = b""
+                while data.count(b"\r\n") < 2:
+                    data += await s.receive()
+                assert data == "<\ufffd>\r\n<x\ufffd>\r\n".encode()
+
+    trio.run(main)

@@ -36,7 +36,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
+
+import anyio
+import anyio.lowlevel
 
 from ._framing import Framer, RawFramer
 from ._handler import Handler
@@ -76,6 +80,27 @@ class simple_producer:
         result = self.data
         self.data = b""
         return result
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _start_background(fn: Callable[[], Awaitable[None]], name: str) -> None:
+    """Start ``fn()`` outside the caller's scope, on asyncio or trio."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: the portable driver on trio
+        import trio
+
+        trio.lowlevel.spawn_system_task(fn, name=name)
+        return
+
+    async def runner() -> None:
+        await fn()
+
+    task = loop.create_task(runner(), name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _prefix_at_end(data: bytes, term: bytes) -> int:
@@ -125,7 +150,8 @@ class AsyncChat(Handler):
         self.producer_fifo: deque[bytes | Producer | None] = deque()
         self.terminator: bytes | int | None = None
         self._closed_called = False
-        self._sender: asyncio.Task[None] | None = None
+        self._sending = False
+        self._sender_scope: anyio.CancelScope | None = None
 
     # -- asynchat's interface ----------------------------------------------------
 
@@ -215,18 +241,13 @@ class AsyncChat(Handler):
     def initiate_send(self) -> None:
         """Send queued data, pulling producers up to ``write_high_water`` bytes.
 
-        When more is queued, a task carries on once the transport's buffer
-        has drained below its low-water mark.
+        When more is queued, a background task carries on each time the
+        transport's buffer has drained below its low-water mark.
         """
         self._pull()
-        if self.producer_fifo and self._sender is None and not self.is_closing():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # pragma: no cover - not on an asyncio loop
-                return
-            self._sender = loop.create_task(
-                self._send_later(), name=f"anycore-asynchat-send-{self.connection_id}"
-            )
+        if self.producer_fifo and not self._sending and not self.is_closing():
+            self._sending = True
+            _start_background(self._send_later, f"anycore-asynchat-send-{self.connection_id}")
 
     def _pull(self) -> None:
         fifo = self.producer_fifo
@@ -252,17 +273,23 @@ class AsyncChat(Handler):
 
     async def _send_later(self) -> None:
         try:
-            while self.producer_fifo and not self.is_closing():
-                await self.drain()
-                # A turn for the loop even when the transport took everything.
-                await asyncio.sleep(0)
-                if self.is_closing():
-                    return
-                self._pull()
+            with anyio.CancelScope() as scope:
+                self._sender_scope = scope
+                while self.producer_fifo and not self.is_closing():
+                    await self.drain()
+                    # A turn for the loop even when the transport took everything.
+                    await anyio.lowlevel.checkpoint()
+                    if self.is_closing():
+                        return
+                    self._pull()
         except (ClosedError, BrokenError):
-            return  # the connection ended; connection_lost cleans up
+            pass  # the connection ended; connection_lost cleans up
+        except Exception:
+            logger.exception("connection %s: a producer failed; aborting", self.connection_id)
+            self.abort()
         finally:
-            self._sender = None
+            self._sending = False
+            self._sender_scope = None
 
     def handle_close(self) -> None:
         """Called once when the connection ends; the default closes it."""
@@ -305,9 +332,9 @@ class AsyncChat(Handler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Stop the sender task and call :meth:`handle_close` (once)."""
-        sender = self._sender
-        if sender is not None and not sender.done():
-            sender.cancel()
+        scope = self._sender_scope
+        if scope is not None:
+            scope.cancel()
         self._call_handle_close()
 
     def _call_handle_close(self) -> None:

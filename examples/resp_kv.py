@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from anycore import RawHandler, RemoteProtocolError
 __all__ = ["Commands", "RespError", "RespHandler", "RespParser", "Store", "encode_command"]
 
 CRLF = b"\r\n"
+log = logging.getLogger("examples.resp_kv")
 
 
 class RespError(RemoteProtocolError):
@@ -559,6 +561,7 @@ class RespHandler(RawHandler):
                     return
                 send(execute(args))
         except RespError as exc:
+            log.warning("connection %s from %s: %s; closing it", self.connection_id, self.peer, exc)
             send(error(f"ERR Protocol error: {exc}"))
             self.close()
 

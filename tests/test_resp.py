@@ -260,7 +260,9 @@ async def _expect_closed(reader: asyncio.StreamReader) -> None:
     [b"*2\r\n$3\r\nGET\r\n+what\r\n", b"*x\r\n", b"*1\r\n$99999999999\r\n"],
     ids=["not-a-bulk", "bad-count", "oversized-bulk"],
 )
-async def test_malformed_request_ends_only_that_connection(server: Any, garbage: bytes) -> None:
+async def test_malformed_request_ends_only_that_connection(
+    server: Any, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     other_r, other_w = await _open(server)
     other_w.write(resp.encode_command("PING"))
     assert await _reply(other_r) == "PONG"
@@ -273,6 +275,7 @@ async def test_malformed_request_ends_only_that_connection(server: Any, garbage:
     assert str(err).startswith("ERR Protocol error")
     await _expect_closed(reader)
     writer.close()
+    assert re.search(r"connection \d+ from \('127\.0\.0\.1', \d+\): .*; closing it", caplog.text)
 
     other_w.write(resp.encode_command("ECHO", "still here"))
     assert await _reply(other_r) == b"still here"

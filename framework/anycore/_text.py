@@ -86,10 +86,20 @@ class TextCodec:
         keepends: return lines with their (possibly translated) ending, as
             :meth:`io.TextIOBase.readline` does; by default it is removed.
 
+    Attributes:
+        decode_frame: ``decode_frame(frame) -> str | None`` decodes one frame
+            of :meth:`make_framer`'s framer (a line with its ending) into a
+            line, with the ending removed (or translated, with ``keepends``).
+            A frame without an ending is the last of the stream and is decoded
+            as final; it gives None when it decodes to no text at all (a lone
+            BOM).  Raises ``UnicodeDecodeError`` under ``errors="strict"``.
+
     Raises:
         LookupError: unknown encoding or error handler.
         ValueError: bad ``newline`` or an encoding that is not ASCII-compatible.
     """
+
+    decode_frame: Callable[[bytes], str | None]
 
     __slots__ = (
         "_decode",
@@ -98,6 +108,7 @@ class TextCodec:
         "_framer",
         "_mode",
         "_translate_out",
+        "decode_frame",
         "encoding",
         "errors",
         "keepends",
@@ -147,6 +158,7 @@ class TextCodec:
             self._decode = decoder.decode
             self._decode_final = lambda data: decoder.decode(data, True)
             self._encode = codecs.getincrementalencoder(encoding)(errors).encode
+        self.decode_frame = self._make_line_decoder()
         self._framer = self.make_framer()
 
     def make_framer(self) -> Framer:
@@ -165,43 +177,40 @@ class TextCodec:
             )
         return UniversalNewlineFramer(self.max_line_length, keepends=True)
 
-    def decode_frame(self, frame: bytes) -> str | None:
-        """Decode one frame of :meth:`make_framer`'s framer into a line.
+    def _make_line_decoder(self) -> Callable[[bytes], str | None]:
+        """Build the per-frame decoder for this configuration (no per-call branching)."""
+        decode, decode_final = self._decode, self._decode_final
+        keepends = self.keepends
 
-        A frame without a line ending is the last one of the stream; it is
-        decoded as final (an incomplete character then follows ``errors``).
+        def final(frame: bytes) -> str | None:
+            # Only the last frame of a stream lacks a line ending.
+            return decode_final(frame) or None
 
-        Args:
-            frame: a line with its ending, as the framer returns it.
-
-        Returns:
-            The line, with its ending removed (or translated, with ``keepends``);
-            None for a last frame that decodes to no text at all (a lone BOM).
-
-        Raises:
-            UnicodeDecodeError: invalid bytes under ``errors="strict"``.
-        """
-        last = frame[-1:]
-        mode = self._mode
-        if mode == 2:
+        if self._mode == 2:
             assert self.newline is not None
-            nl = self.newline
-            if not frame.endswith(nl.encode("ascii")):
-                return self._decode_final(frame) or None
-            text = self._decode(frame)
-            return text if self.keepends else text[: -len(nl)]
-        if last == b"\n":
-            cut = 2 if frame[-2:-1] == b"\r" else 1
-        elif last == b"\r":
-            cut = 1
-        else:
-            return self._decode_final(frame) or None
-        text = self._decode(frame)
-        if not self.keepends:
-            return text[:-cut]
-        if mode == 0:
-            return text[:-cut] + "\n"
-        return text
+            nl = self.newline.encode("ascii")
+            n = len(nl)
+
+            def one_ending(frame: bytes) -> str | None:
+                if frame.endswith(nl):
+                    return decode(frame) if keepends else decode(frame)[:-n]
+                return final(frame)
+
+            return one_ending
+        translate = self._mode == 0
+
+        def universal(frame: bytes) -> str | None:
+            last = frame[-1:]
+            if last == b"\n" or last == b"\r":
+                # A universal frame holds exactly one line ending, at its end.
+                if not keepends:
+                    return decode(frame).rstrip("\r\n")
+                if translate:
+                    return decode(frame).rstrip("\r\n") + "\n"
+                return decode(frame)
+            return final(frame)
+
+        return universal
 
     # -- standalone (sans-IO) use -------------------------------------------------
 

@@ -115,12 +115,14 @@ async def test_dependants_start_only_once_dependencies_are_ready(tmp_path: Path)
         assert a.pid is None
         assert a.state is S.STARTING
         gate.touch()
-        [b] = await sup.wait_state("base", S.RUNNING, timeout=20)
-        [a] = await sup.wait_state("app", S.RUNNING, timeout=20)
-        assert a.pid is not None
-        assert b.uptime is not None
-        assert a.uptime is not None
-        assert b.uptime >= a.uptime
+        await sup.wait_state("base", S.RUNNING, timeout=20)
+        await sup.wait_state("app", S.RUNNING, timeout=20)
+        snap = {st.name: st for st in sup.status()}
+        assert snap["app"].pid is not None
+        base_up, app_up = snap["base"].uptime, snap["app"].uptime
+        assert base_up is not None
+        assert app_up is not None
+        assert base_up > app_up  # base started first (one snapshot)
 
 
 async def test_ready_port_check(tmp_path: Path) -> None:

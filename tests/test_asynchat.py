@@ -418,3 +418,60 @@ def test_classic_handlers_on_trio() -> None:
     trio.run(main)
     assert log == ["POST /t"]
     assert Streamer.producers[0].left == 0
+
+
+# -- the client side: handle_connect through anycore.connect ------------------------
+
+
+class _Echo(AsyncChat):
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_terminator(b"\n")
+        self.buf: list[bytes] = []
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        self.buf.append(data)
+
+    def found_terminator(self) -> None:
+        self.push(b"echo:" + b"".join(self.buf) + b"\n")
+        self.buf = []
+
+
+class _Client(AsyncChat):
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_terminator(b"\n")
+        self.replies: list[bytes] = []
+        self.buf: list[bytes] = []
+        self.connected_calls = 0
+        self.done = asyncio.Event()
+
+    def handle_connect(self) -> None:
+        self.connected_calls += 1
+        self.push(b"one\ntwo\n")
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        self.buf.append(data)
+
+    def found_terminator(self) -> None:
+        self.replies.append(b"".join(self.buf))
+        self.buf = []
+        if len(self.replies) == 2:
+            self.close_when_done()
+
+    def handle_close(self) -> None:
+        self.done.set()
+        self.close()
+
+
+async def test_client_side_handle_connect() -> None:
+    from anycore import connect
+
+    async with serve(_Echo, "tcp://127.0.0.1:0") as server:
+        client = await connect(f"tcp://127.0.0.1:{server.port}", _Client)
+        await asyncio.wait_for(client.done.wait(), 5)
+        await asyncio.wait_for(client.wait_closed(), 5)
+    assert client.connected_calls == 1
+    assert client.replies == [b"echo:one", b"echo:two"]
+    assert client.addr is not None
+    assert not client.connected

@@ -152,7 +152,6 @@ _LAZY: dict[str, str] = {
     "ChildQueue": "._mpqueue",
     "Actor": "._actor",
     "ActorStatistics": "._actor",
-    "TooManyReleases": ".errors",  # new error; lead: move into the errors import block
     # -- supervision --
     "Supervisor": "._supervisor",
     "Program": "._supervisor",

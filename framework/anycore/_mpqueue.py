@@ -104,7 +104,7 @@ class ProcessQueue(Generic[T]):
 
     Args:
         maxsize: most items in flight (``0``: the platform's limit).
-            Defaults to :data:`anycore.DEFAULT_MAXSIZE`.
+            Defaults to 1024, as for :class:`~anycore.Queue`.
         ctx: the multiprocessing context whose locks the queue uses; it must
             match the start method of the children it is passed to (the
             default, ``"spawn"``, suits spawn and forkserver children).

@@ -680,3 +680,36 @@ if uvloop is not None:
         loop_factory = staticmethod(uvloop.new_event_loop)
 
     TestUvloopQueueMachine = UvloopQueueMachine.TestCase
+
+
+def test_queue_outlives_its_first_loop() -> None:
+    async def first() -> Queue[int]:
+        q: Queue[int] = Queue(2)
+        await q.put(1)
+        return q
+
+    q = asyncio.run(first())
+
+    async def second() -> list[int]:
+        getter = asyncio.ensure_future(q.get())
+        await settle()
+        assert await getter == 1
+        waiting = asyncio.ensure_future(q.get())  # waits on the new loop
+        await settle()
+        q.put_nowait(2)
+        return [await waiting]
+
+    assert asyncio.run(second()) == [2]
+
+
+async def test_queue_of_another_live_loop_is_refused_for_waiting() -> None:
+    q: Queue[int] = Queue(2)  # bound to this (running) loop
+
+    def other_loop() -> None:
+        async def wait_on_it() -> None:
+            await q.get()
+
+        with pytest.raises(RuntimeStateError):
+            asyncio.run(wait_on_it())
+
+    await anyio.to_thread.run_sync(other_loop)

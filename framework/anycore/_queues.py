@@ -268,6 +268,23 @@ class Queue(Generic[T]):
             self._loop = _get_running_loop()
             self._fast = self._loop is not None and not self._threaded and not self._closed
 
+    def _waiting_loop(self) -> asyncio.AbstractEventLoop:
+        # Lock held, in a task about to wait: the loop to make the future on.
+        # A queue whose loop has closed (say, one asyncio.run after another)
+        # moves to the running loop; two live loops cannot share it.
+        running = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is running:
+            return running
+        if loop is None or loop.is_closed():
+            self._loop = running
+            self._fast = not self._threaded and not self._closed
+            return running
+        raise RuntimeStateError(
+            f"{type(self).__name__} is bound to another event loop; "
+            "use the sync_* methods from other threads"
+        )
+
     def _on_loop(self) -> bool:
         """Whether the caller runs on the queue's loop thread (binds if unbound)."""
         running = _get_running_loop()
@@ -393,8 +410,7 @@ class Queue(Generic[T]):
                     if self._getters:
                         self._wake_from_loop(self._getters)
                     return
-                loop = self._loop
-                assert loop is not None
+                loop = self._waiting_loop()
                 fut: asyncio.Future[None] = loop.create_future()
                 putters.append(fut)
             try:
@@ -473,8 +489,7 @@ class Queue(Generic[T]):
                     return item
                 if self._closed:
                     raise QueueClosed
-                loop = self._loop
-                assert loop is not None
+                loop = self._waiting_loop()
                 fut: asyncio.Future[None] = loop.create_future()
                 getters.append(fut)
             try:
@@ -532,8 +547,7 @@ class Queue(Generic[T]):
             self._bind()
             if self._unfinished == 0:
                 return
-            loop = self._loop
-            assert loop is not None
+            loop = self._waiting_loop()
             fut: asyncio.Future[None] = loop.create_future()
             self._joiners.append(fut)
         try:

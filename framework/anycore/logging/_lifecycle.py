@@ -79,11 +79,13 @@ def note_loop(loop: object) -> None:
     _last_loop = loop
     if loop in private_loops:
         return
-    try:
-        from .._runtime import Phase, current_runtime
-    except ImportError:  # pragma: no cover - the runtime is part of anycore
+    # No runtime can exist before its module was imported; importing it here
+    # would cost the loop tens of milliseconds for nothing.
+    runtime_module = sys.modules.get("anycore._runtime")
+    if runtime_module is None:
         return
-    runtime = current_runtime()
+    Phase = runtime_module.Phase
+    runtime = runtime_module.current_runtime()
     if runtime is None or runtime in _runtimes:
         return
     _runtimes.add(runtime)

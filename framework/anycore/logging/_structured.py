@@ -108,16 +108,18 @@ class _Target:
         self._version = _state_version
         return self._fast
 
-    def _emit(self, level: int, text: str) -> None:
-        for handler in self._fast or ():
-            if level >= handler.level:
-                handler.put(handler._prepare_text(text))
+    def _route(self, level: int, args: Any, kw: Any) -> None:
+        # structlog calls the level methods below with the final processor's
+        # output: a rendered line (fast path) or (event_dict,) + extra.
+        if len(args) == 1 and type(args[0]) is str:
+            text = args[0]
+            for handler in self._fast or ():
+                if level >= handler.level:
+                    handler.put(handler._prepare_text(text))
+        else:
+            kw.setdefault("stacklevel", 4)
+            self.stdlib.log(level, *args, **kw)
 
-    def _stdlib(self, level: int, args: Any, kwargs: Any) -> None:
-        kwargs.setdefault("stacklevel", 4)
-        self.stdlib.log(level, *args, **kwargs)
-
-    # structlog calls these with the final processor's output.
     def debug(self, *args: Any, **kw: Any) -> None:
         self._route(logging.DEBUG, args, kw)
 
@@ -133,14 +135,9 @@ class _Target:
     def critical(self, *args: Any, **kw: Any) -> None:
         self._route(logging.CRITICAL, args, kw)
 
-    def _route(self, level: int, args: Any, kw: Any) -> None:
-        if len(args) == 1 and isinstance(args[0], str):
-            self._emit(level, args[0])
-        else:
-            self._stdlib(level, args, kw)
-
 
 def _snapshot_valid(snapshot: list[tuple[Any, ...]]) -> bool:
+    # (logging.disable() needs no check: isEnabledFor ran first.)
     for lg, handlers, n_handlers, n_filters, propagate, parent in snapshot:
         if (
             lg.handlers is not handlers
@@ -151,7 +148,7 @@ def _snapshot_valid(snapshot: list[tuple[Any, ...]]) -> bool:
             or lg.disabled
         ):
             return False
-    return logging.root.manager.disable == 0
+    return True
 
 
 def _fast_sinks_for(
@@ -186,8 +183,6 @@ def _fast_sinks_for(
         if not current.propagate:
             break
         current = current.parent
-    if logging.root.manager.disable:
-        sinks = None
     return sinks, snapshot
 
 
@@ -278,6 +273,13 @@ def _target_factory(*args: Any) -> _Target:
         return _Target(args[0])
     frame = sys._getframe(2)
     return _Target(frame.f_globals.get("__name__", "root"))
+
+
+def _format_exc_info(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    # structlog's format_exc_info, skipped cheaply when there is nothing to do.
+    if "exc_info" in event_dict:
+        return structlog.processors.format_exc_info(logger, name, event_dict)
+    return event_dict
 
 
 def _finalize(renderer: Processor) -> Processor:
@@ -464,7 +466,7 @@ def structured_formatter(
     renderer: Processor
     if format == "json":
         renderer = JSONRenderer()
-        tail: list[Processor] = [structlog.processors.format_exc_info]
+        tail: list[Processor] = [_format_exc_info]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=colors)
         tail = []

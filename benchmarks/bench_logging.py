@@ -87,7 +87,7 @@ def _stdlib_logger(name: str, handler: logging.Handler) -> logging.Logger:
 
 def setup_nothing(path: str, slow: bool) -> tuple[Callable[[int], Any], Callable[[], Any]]:
     """The floor: the same coroutines and ticker, no logging (the file stays empty)."""
-    open(path, "wb").close()  # noqa: SIM115
+    open(path, "wb").close()
 
     def log(i: int) -> None:
         return None

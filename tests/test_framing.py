@@ -143,6 +143,18 @@ def test_limits_hold(name: str, data: st.DataObject) -> None:
             framer.feed(b"x")
 
 
+@pytest.mark.parametrize("name", sorted(FRAMERS))
+@given(data=st.data())
+def test_encode_then_parse_round_trips(name: str, data: st.DataObject) -> None:
+    """Valid payloads come back unchanged, however the encoded stream is cut."""
+    make, payload = FRAMERS[name]
+    limit = make().max_frame_size
+    payloads = data.draw(st.lists(payload.filter(lambda p: len(p) <= limit), max_size=4))
+    if name == "universal-keepends":
+        payloads = [p + b"\n" for p in payloads]
+    check_framer(make, payloads, chunk_sizes=(1, 2, 7))
+
+
 @given(payloads=st.lists(st.binary(max_size=20), max_size=5))
 def test_raw_framer_concatenation_is_the_stream(payloads: list[bytes]) -> None:
     check_framer(lambda: RawFramer(max_chunk=7), payloads, split_invariant=False)

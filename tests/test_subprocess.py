@@ -303,7 +303,7 @@ async def test_communicate_timeout_then_resume() -> None:
     async with Process(py(code), stdout=PIPE) as proc:
         output = b""
         with anyio.fail_after(20):
-            while b"first" not in output:
+            while b"first\n" not in output:
                 with pytest.raises(TimeoutExpired) as info:
                     await proc.communicate(timeout=0.05)
                 output = info.value.output or b""

@@ -35,7 +35,14 @@ from dataclasses import dataclass
 
 from .errors import ExecutableNotFound
 
-__all__ = ["ExitWatcher", "ProcessStatus", "reap", "resolve_executable", "spawn"]
+__all__ = [
+    "ExitWatcher",
+    "ProcessStatus",
+    "forget_executable",
+    "reap",
+    "resolve_executable",
+    "spawn",
+]
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 _HAS_POSIX_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
@@ -121,20 +128,24 @@ def _status_from_waitid(pid: int, res: os.waitid_result) -> ProcessStatus:
 _which_cache: dict[tuple[str, str], str] = {}
 
 
-def resolve_executable(name: str, env: Mapping[str, str] | None) -> str:
+def resolve_executable(name: str, env: Mapping[str, str] | None, *, verify: bool = True) -> str:
     """Find ``name`` like execvp does (PATH from ``env`` when given).
+
+    With ``verify=False`` (the spawn fast path) a path is returned unchecked and a
+    cached PATH lookup is trusted: exec itself reports a missing program, and
+    :func:`forget_executable` drops a stale cache entry.
 
     Raises:
         ExecutableNotFound: nothing executable by that name.
     """
     if "/" in name:
-        if os.access(name, os.X_OK) and not os.path.isdir(name):
+        if not verify or (os.access(name, os.X_OK) and not os.path.isdir(name)):
             return name
         raise ExecutableNotFound(name)
     path = (env if env is not None else os.environ).get("PATH", os.defpath)
     key = (name, path)
     found = _which_cache.get(key)
-    if found is not None and os.access(found, os.X_OK):
+    if found is not None and (not verify or os.access(found, os.X_OK)):
         return found
     for directory in path.split(os.pathsep):
         candidate = os.path.join(directory or ".", name)
@@ -144,6 +155,12 @@ def resolve_executable(name: str, env: Mapping[str, str] | None) -> str:
             _which_cache[key] = candidate
             return candidate
     raise ExecutableNotFound(name)
+
+
+def forget_executable(name: str, env: Mapping[str, str] | None) -> bool:
+    """Drop ``name``'s cached PATH lookup; True if there was one."""
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    return _which_cache.pop((name, path), None) is not None
 
 
 def _inheritable_fds(keep: Sequence[int]) -> list[int]:
@@ -169,6 +186,19 @@ def _inheritable_fds(keep: Sequence[int]) -> list[int]:
 
 
 # -- spawning ------------------------------------------------------------------------
+
+
+def _current_environ() -> Mapping[bytes, bytes]:
+    """The environment as the plain bytes dict behind ``os.environ``.
+
+    posix_spawn walks the mapping it is given; walking ``os.environ`` decodes
+    and re-encodes every entry (~20 us per spawn here), its ``_data`` dict is
+    already bytes and always current (os.environ writes through to it).
+    """
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        return data
+    return os.environb
 
 
 def spawn(
@@ -203,8 +233,7 @@ def spawn(
         ExecutableNotFound: exec could not find / run the program.
         OSError: anything else the kernel refused (bad cwd, permissions, ...).
     """
-    # os.environb skips the str round trip posix_spawn would do on os.environ.
-    env_map: Mapping[str, str] | Mapping[bytes, bytes] = os.environb if env is None else env
+    env_map: Mapping[str, str] | Mapping[bytes, bytes] = _current_environ() if env is None else env
     needs_fork = (
         not _HAS_POSIX_SPAWN
         or cwd is not None

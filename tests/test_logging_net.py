@@ -15,6 +15,7 @@ import socketserver
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -481,3 +482,30 @@ def test_memory_handler_is_bounded_without_target(logger: logging.Logger) -> Non
     logger.error("flush now")
     assert [r.getMessage() for r in target.buffer][-1] == "flush now"
     assert next(r.getMessage() for r in target.buffer) == "m 990"
+
+
+def test_network_handler_under_the_runtime(cookbook_server: _CookbookServer) -> None:
+    import anycore
+
+    host, port = cookbook_server.server_address[:2]
+    handler = SocketHandler(str(host), int(port))
+    lg = logging.getLogger("test.net.runtime")
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+    lg.addHandler(handler)
+
+    async def main() -> None:
+        for i in range(200):
+            lg.info("rt %d", i)
+
+    try:
+        anycore.run(main)  # the LOGS step sends the buffer and stops the sender task
+        assert handler.buffered == 0
+        assert handler.sent == 200
+    finally:
+        lg.removeHandler(handler)
+        handler.close()
+    deadline = time.monotonic() + 10
+    while len(cookbook_server.records) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the receiver is another thread; poll with a deadline
+    assert [r.getMessage() for r in cookbook_server.records] == [f"rt {i}" for i in range(200)]

@@ -324,3 +324,39 @@ def test_forked_child_does_not_duplicate_parent_records(tmp_path: Path) -> None:
         for h in (sink, fh):
             lg.removeHandler(h)
             h.close()
+
+
+class SlowFileHandler(FileHandler):
+    def _write_bytes(self, data: bytes) -> None:
+        time.sleep(0.002)
+        super()._write_bytes(data)
+
+
+def test_runtime_logs_phase_drains_before_run_returns(tmp_path: Path) -> None:
+    import anycore
+
+    path = tmp_path / "rt.log"
+    handler = SlowFileHandler(path, queue_size=100_000, max_batch=16)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    lg = logging.getLogger("test.sink.runtime")
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+    lg.addHandler(handler)
+    reports: list[Any] = []
+
+    async def main() -> None:
+        for i in range(5_000):
+            lg.info("rec %d", i)
+        assert handler.queued > 0  # the slow writer is behind when main returns
+        reports.append(anycore.current_runtime())
+
+    try:
+        anycore.run(main)
+        # No close, no atexit yet: the runtime's LOGS step drained the queue.
+        assert handler.queued == 0
+        assert numbers(path) == list(range(5_000))
+        steps = [(s.name, s.outcome) for s in reports[0].report.steps]
+        assert ("anycore.logging", "done") in steps
+    finally:
+        lg.removeHandler(handler)
+        handler.close()

@@ -228,8 +228,17 @@ def stdlib_thread_to_thread(n: int, maxsize: int) -> float:
 # -- reporting ---------------------------------------------------------------------------
 
 
-def median_rate(n: int, repeats: int, run: Callable[[], float]) -> float:
-    return n / statistics.median(run() for _ in range(repeats))
+def median_rates(n: int, repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Items/s per contender: the median of ``repeats`` runs.
+
+    The contenders take turns (round robin), so a burst of load on the
+    machine hits all of them alike instead of one.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    return {name: n / statistics.median(ts) for name, ts in times.items()}
 
 
 def report(title: str, n: int, rates: dict[str, float], baseline: str) -> None:
@@ -262,14 +271,13 @@ def main(quick: bool) -> None:
                 "anycore.Queue": run_anycore_queue,
                 "anyio memory object stream": run_anyio_stream,
             }
-            rates = {
-                name: median_rate(n, repeats, partial(on_loop, factory, partial(fn, n, maxsize)))
+            runs: dict[str, Callable[[], float]] = {
+                name: partial(on_loop, factory, partial(fn, n, maxsize))
                 for name, fn in contenders.items()
             }
             if trio is not None and loop_name == "asyncio":
-                rates["trio memory channel (trio.run)"] = median_rate(
-                    n, repeats, partial(run_trio_channel, n, maxsize)
-                )
+                runs["trio memory channel (trio.run)"] = partial(run_trio_channel, n, maxsize)
+            rates = median_rates(n, repeats, runs)
             report(
                 f"producer -> consumer in one loop, {loop_name}, {bound}",
                 n,
@@ -287,15 +295,14 @@ def main(quick: bool) -> None:
         if janus is not None:
             threaded["janus loop -> thread"] = janus_loop_to_thread
         threaded["anycore loop -> thread"] = anycore_loop_to_thread
-        rates = {
-            name: median_rate(
-                n_threads, repeats, partial(on_loop, factory, partial(fn, n_threads, maxsize))
-            )
+        thread_runs: dict[str, Callable[[], float]] = {
+            name: partial(on_loop, factory, partial(fn, n_threads, maxsize))
             for name, fn in threaded.items()
         }
-        rates["queue.Queue thread -> thread"] = median_rate(
-            n_threads, repeats, partial(stdlib_thread_to_thread, n_threads, maxsize)
+        thread_runs["queue.Queue thread -> thread"] = partial(
+            stdlib_thread_to_thread, n_threads, maxsize
         )
+        rates = median_rates(n_threads, repeats, thread_runs)
         baseline = "janus thread -> loop" if janus is not None else "queue.Queue thread -> thread"
         report(f"across threads ({loop_name}), {bound}", n_threads, rates, baseline)
 

@@ -282,3 +282,16 @@ def test_force_exit_hook_kills_process_groups(tmp_path: Path) -> None:
 
         time.sleep(0.02)  # polling OS state, bounded
     assert not any(_alive(p) for p in pids)
+
+
+async def test_thread_watcher_fallback_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anycore._spawn
+
+    monkeypatch.setattr(anycore._spawn, "_HAS_PIDFD", False)
+    result = await run_process(["sh", "-c", "echo hi; exit 4"], capture_output=True)
+    assert (result.returncode, result.stdout) == (4, b"hi\n")
+    async with Process(["sleep", "1000"], grace_period=0.5) as proc:
+        with pytest.raises(TimeoutExpired):
+            await proc.wait(0.05)
+    assert proc.returncode == -signal.SIGTERM
+    assert _zombie_children() == set()

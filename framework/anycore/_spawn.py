@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import signal
 import sys
@@ -43,6 +44,8 @@ __all__ = [
     "resolve_executable",
     "spawn",
 ]
+
+logger = logging.getLogger("anycore.subprocess")
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 _HAS_POSIX_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
@@ -416,19 +419,16 @@ class ExitWatcher:
         try:
             res = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
         except ChildProcessError:
-            res = None  # someone else reaped it (a global waitpid(-1) in the program)
-        if res is None:
-            if self._pid_gone():
-                self._finish(ProcessStatus(self.pid, 255, None, False))
+            self._finish(self._stolen())
             return
-        self._finish(_status_from_waitid(self.pid, res))
+        if res is not None:  # None: a spurious wake-up, keep watching
+            self._finish(_status_from_waitid(self.pid, res))
 
-    def _pid_gone(self) -> bool:
-        try:
-            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-        except ChildProcessError:
-            return True
-        return False
+    def _stolen(self) -> ProcessStatus:
+        # Someone else reaped our child (a waitpid(-1) elsewhere in the program):
+        # the status is lost.  asyncio reports 255 in this case too.
+        logger.warning("child %d was reaped by someone else; its status is unknown", self.pid)
+        return ProcessStatus(self.pid, 255, None, False)
 
     def _thread_wait(self) -> None:
         try:
@@ -436,7 +436,7 @@ class ExitWatcher:
             assert res is not None
             status = _status_from_waitid(self.pid, res)
         except ChildProcessError:
-            status = ProcessStatus(self.pid, 255, None, False)
+            status = self._stolen()
         try:
             self._loop.call_soon_threadsafe(self._finish, status)
         except RuntimeError:  # the loop is closed; nobody is left to tell

@@ -1,21 +1,12 @@
 # Async child processes: the subprocess.Popen surface on the running loop.
 #
 # What this module owns: ``Process`` (an async context manager wrapping one child),
-# its pipe streams, ``communicate``, and the run / call / check_call / check_output
-# helpers.  Spawning and exit watching live in ``_spawn`` (posix_spawn or fork_exec,
-# a pidfd per child, never waitpid(-1)); this module only wires pipes to the loop.
+# ``communicate``, the run / call / check_call / check_output helpers and the
+# registration of live processes with the runtime.  Spawning and exit watching live in
+# ``_spawn`` (posix_spawn or fork_exec, a pidfd per child, never waitpid(-1)); the
+# pipe streams and communicate's engine in ``_pipes``.
 #
 # Design choices:
-#   * Pipes are driven with ``loop.add_reader`` / ``add_writer`` on the raw fds rather
-#     than ``connect_read_pipe`` transports: the reader needs exact control over when
-#     it stops reading (backpressure to the child: a bounded buffer, reading paused
-#     while it is full, so the child blocks on its full pipe), and a transport plus a
-#     protocol plus a StreamReader is three objects and two buffer copies per chunk.
-#     Both loops implement add_reader on pipes.
-#   * Lines are cut with an offset into one bytearray (O(n) over the stream, no
-#     ``del buf[:n]`` per line); the terminator search resumes where it stopped.
-#     Over-long lines raise FrameTooLarge (the rest of that line is skipped, so the
-#     stream stays usable) or, with ``split_long_lines=True``, arrive in pieces.
 #   * A process has ended only when it exited and its pipes closed (asyncio's
 #     _try_finish, Twisted's processEnded).  communicate() waits for both, but once
 #     the child itself exited, a grandchild holding a pipe gets ``drain_timeout``

@@ -19,6 +19,7 @@ from anycore._datagram import (
     Address,
     DatagramHandler,
     DatagramServer,
+    _Glue,
     open_datagram_endpoint,
     serve_datagram,
 )
@@ -520,7 +521,7 @@ async def test_drain_waits_for_resume_writing() -> None:
         (handler,) = server.handlers
         await handler.drain()  # not paused: returns at once
         glue = handler._glue
-        assert glue is not None
+        assert isinstance(glue, _Glue)
         glue.pause_writing()
         waiter = asyncio.ensure_future(handler.drain())
         for _ in range(3):
@@ -552,3 +553,106 @@ async def test_connection_made_failure_fails_start() -> None:
     with pytest.raises(RuntimeError, match="cannot start"):
         async with serve_datagram(Broken, "udp://127.0.0.1:0"):
             pass
+
+
+# -- the portable path (anyio UDP sockets): trio, and asyncio with portable=True --------
+
+
+class OrderedAsync(DatagramHandler):
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.lost: list[BaseException | None] = []
+
+    async def datagram_received(self, data: bytes, addr: Address) -> None:
+        import anyio
+
+        await anyio.sleep(0)
+        self.seen.append(data)
+        self.sendto(b"ack " + data, addr)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+
+async def _portable_scenario(portable: bool | None) -> None:
+    import anyio
+
+    async with serve_datagram(Echo, "udp://127.0.0.1:0", portable=portable) as server:
+        assert server.is_serving()
+        (addr,) = server.addresses
+        async with open_datagram_endpoint(server.endpoints[0], portable=portable) as client:
+            assert client.remote_address == addr
+            for i in range(10):
+                client.send(b"hello %d" % i)
+                data, _ = await client.receive()
+                assert data == b"HELLO %d" % i
+            with pytest.raises(LocalProtocolError):
+                client.send(b"x" * 70000)
+        assert server.statistics().datagrams_received == 10
+        (echo,) = server.handlers
+        assert isinstance(echo, Echo)
+    assert echo.lost == [None]
+    assert not _serving(server)
+
+    async with serve_datagram(OrderedAsync, "udp://127.0.0.1:0", portable=portable) as server:
+        async with open_datagram_endpoint(server.endpoints[0], portable=portable) as client:
+            for i in range(20):
+                client.send(b"%d" % i)
+            replies = [(await client.receive())[0] for _ in range(20)]
+        (ordered,) = server.handlers
+        assert isinstance(ordered, OrderedAsync)
+    assert replies == [b"ack %d" % i for i in range(20)]
+    assert ordered.seen == [b"%d" % i for i in range(20)]
+    assert ordered.lost == [None]
+
+    import sniffio
+
+    if sniffio.current_async_library() != "trio":
+        return  # anyio's asyncio UDP sockets drop ICMP errors (error_received)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with open_datagram_endpoint(f"udp://127.0.0.1:{port}", portable=portable) as client:
+        client.send(b"anyone?")
+        with pytest.raises(ConnectionRefusedError), anyio.fail_after(10):
+            await client.receive()
+
+
+async def test_portable_path_on_asyncio() -> None:
+    await _portable_scenario(True)
+
+
+def test_trio_backend() -> None:
+    import anyio
+
+    anyio.run(_portable_scenario, None, backend="trio")
+
+
+def test_trio_close_cancels_a_stuck_handler_then_connection_lost_once() -> None:
+    import anyio
+
+    events: list[str] = []
+
+    class Stuck(DatagramHandler):
+        async def datagram_received(self, data: bytes, addr: Address) -> None:
+            events.append("started")
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                events.append("cancelled")
+                raise
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            events.append("lost")
+
+    async def main() -> None:
+        server = serve_datagram(Stuck, "udp://127.0.0.1:0", drain_timeout=0.05)
+        async with server, open_datagram_endpoint(server.endpoints[0]) as client:
+            client.send(b"x")
+            with anyio.fail_after(10):
+                while server.statistics().datagrams_received == 0:
+                    await anyio.sleep(0)
+        await server.aclose()
+
+    anyio.run(main, backend="trio")
+    assert events == ["started", "cancelled", "lost"]

@@ -55,6 +55,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
 
+import anyio
+import anyio.abc
+
 from ._endpoints import Endpoint, parse_endpoint
 from ._runtime import Phase, current_runtime
 from .errors import ClosedError, EndpointError, LocalProtocolError, RuntimeStateError
@@ -145,7 +148,7 @@ class DatagramHandler:
 
     # Set by the glue; read through the properties below.
     _transport: asyncio.DatagramTransport | None = None
-    _glue: _Glue | None = None
+    _glue: _Glue | _PortableGlue | None = None
 
     # -- hooks ------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class DatagramHandler:
             ClosedError: the socket is closed or closing.
         """
         glue = self._glue
-        if glue is None or glue.closed or glue.transport is None or glue.transport.is_closing():
+        if glue is None or glue.closed or glue.closing:
             raise ClosedError("the datagram socket is closed")
         size = len(data)
         if size > self.max_datagram_size:
@@ -229,13 +232,7 @@ class DatagramHandler:
         if not size:
             # asyncio's and uvloop's transports silently skip empty datagrams.
             raise LocalProtocolError("cannot send an empty datagram on this event loop")
-        transport = glue.transport
-        if glue.paused_writing and _buffered(transport) > self.write_buffer_limit:
-            glue.dropped_write_buffer += 1
-            return
-        transport.sendto(data, addr)
-        glue.datagrams_sent += 1
-        glue.bytes_sent += size
+        glue.send(data, addr, size)
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark.
@@ -276,8 +273,8 @@ class DatagramHandler:
     @property
     def peer(self) -> Address | None:
         """The remote address of a connected socket (a client), else ``None``."""
-        t = self._transport
-        return None if t is None else t.get_extra_info("peername")
+        glue = self._glue
+        return None if glue is None else glue.peer
 
     @property
     def closing(self) -> bool:
@@ -308,6 +305,7 @@ class _Glue(asyncio.DatagramProtocol):
         handler._glue = self
         self.transport: asyncio.DatagramTransport | None = None
         self.sockname: Address | None = None
+        self.peer: Address | None = None
         self.loop = asyncio.get_running_loop()
         self._received_cb = handler.datagram_received
         self._async = _is_async(handler.datagram_received)
@@ -337,6 +335,17 @@ class _Glue(asyncio.DatagramProtocol):
         self.handler_errors = 0
         self.os_errors = 0
 
+    def send(self, data: bytes | bytearray | memoryview, addr: Address | None, size: int) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ClosedError("the datagram socket is closed")
+        if self.paused_writing and _buffered(transport) > self.handler.write_buffer_limit:
+            self.dropped_write_buffer += 1
+            return
+        transport.sendto(data, addr)
+        self.datagrams_sent += 1
+        self.bytes_sent += size
+
     def statistics(self) -> DatagramStatistics:
         return DatagramStatistics(
             datagrams_received=self.datagrams_received,
@@ -360,6 +369,8 @@ class _Glue(asyncio.DatagramProtocol):
         self.handler._transport = transport
         name = transport.get_extra_info("sockname")
         self.sockname = None if name is None else tuple(name)
+        peer = transport.get_extra_info("peername")
+        self.peer = None if peer is None else tuple(peer)
         limit = self.handler.write_buffer_limit
         # Ask to pause writing at the limit; sendto drops beyond it.
         cast(Any, transport).set_write_buffer_limits(high=limit, low=limit // 4)
@@ -570,6 +581,177 @@ class _Awaited:
             close()
 
 
+class _PortableGlue:
+    """Runs a DatagramHandler over an anyio UDP socket, on any anyio backend (trio).
+
+    The receive loop is a task: each datagram is handled before the next is
+    received, so an async handler keeps order and applies backpressure by not
+    receiving (the kernel's buffer then drops the excess, as UDP does).
+    ``sendto`` stays synchronous: it writes to the non-blocking socket and
+    counts a datagram the kernel has no room for as dropped.
+    """
+
+    transport = None  # no asyncio transport on this path
+
+    def __init__(
+        self, handler: DatagramHandler, sock: Any, raw: socket.socket, *, connected: bool
+    ) -> None:
+        self.handler = handler
+        handler._glue = self
+        self.sock = sock
+        # The stdlib socket anyio wrapped (same fd, non-blocking): sendto stays sync.
+        self.raw = raw
+        self.connected = connected
+        self.sockname: Address | None = tuple(self.raw.getsockname())
+        self.peer: Address | None = tuple(self.raw.getpeername()) if connected else None
+        self.closing = False
+        self.closed = False
+        self.paused_writing = False
+        self._outer = anyio.CancelScope()
+        self._receiving: anyio.CancelScope | None = None
+        self.lost = anyio.Event()
+        self.datagrams_received = 0
+        self.bytes_received = 0
+        self.datagrams_sent = 0
+        self.bytes_sent = 0
+        self.dropped_too_large = 0
+        self.dropped_write_buffer = 0
+        self.handler_errors = 0
+        self.os_errors = 0
+
+    def statistics(self) -> DatagramStatistics:
+        return DatagramStatistics(
+            datagrams_received=self.datagrams_received,
+            bytes_received=self.bytes_received,
+            datagrams_sent=self.datagrams_sent,
+            bytes_sent=self.bytes_sent,
+            dropped_too_large=self.dropped_too_large,
+            dropped_write_buffer=self.dropped_write_buffer,
+            handler_errors=self.handler_errors,
+            os_errors=self.os_errors,
+        )
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address | None, size: int) -> None:
+        try:
+            if addr is None:
+                self.raw.send(data)
+            else:
+                self.raw.sendto(data, addr)
+        except BlockingIOError:
+            self.dropped_write_buffer += 1
+            return
+        except OSError as exc:
+            self._error(exc)
+            return
+        self.datagrams_sent += 1
+        self.bytes_sent += size
+
+    def _error(self, exc: OSError) -> None:
+        self.os_errors += 1
+        try:
+            self.handler.error_received(exc)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("error_received of %r failed", self.handler)
+
+    async def wait_writable(self) -> None:
+        return  # never paused: a full kernel buffer drops instead
+
+    def close(self) -> None:
+        """Stop after the datagram being handled (if any)."""
+        self.closing = True
+        if self._receiving is not None:
+            self._receiving.cancel()
+
+    def abort(self) -> None:
+        self.closing = True
+        self._outer.cancel()
+
+    async def wait_lost(self) -> None:
+        await self.lost.wait()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        handler = self.handler
+        limit = handler.max_datagram_size
+        exc: BaseException | None = None
+        try:
+            with self._outer:
+                result = handler.connection_made()
+                task_status.started()
+                if result is not None:
+                    await result
+                while not self.closing:
+                    with anyio.CancelScope() as receiving:
+                        self._receiving = receiving
+                        try:
+                            item = await self.sock.receive()
+                        except (anyio.ClosedResourceError, anyio.EndOfStream):
+                            break
+                        except anyio.BrokenResourceError as broken:
+                            if isinstance(broken.__cause__, OSError):
+                                self._error(broken.__cause__)
+                                continue
+                            exc = broken
+                            break
+                        except OSError as os_error:
+                            self._error(os_error)
+                            continue
+                        finally:
+                            self._receiving = None
+                    if receiving.cancelled_caught:
+                        break
+                    data: bytes
+                    addr: Address
+                    if self.connected:
+                        data, addr = item, cast(Address, self.peer)
+                    else:
+                        data, addr = item
+                    size = len(data)
+                    if size > limit:
+                        self.dropped_too_large += 1
+                        try:
+                            handler.datagram_too_large(size, addr)
+                        except Exception:
+                            self.handler_errors += 1
+                            log.exception("datagram_too_large hook of %r failed", handler)
+                        continue
+                    self.datagrams_received += 1
+                    self.bytes_received += size
+                    try:
+                        result = handler.datagram_received(data, addr)
+                        if result is not None:
+                            await result
+                    except Exception:
+                        self.handler_errors += 1
+                        log.exception("datagram_received of %r failed", handler)
+        finally:
+            self.closing = True
+            self.closed = True
+            with anyio.CancelScope(shield=True):
+                await self.sock.aclose()
+                try:
+                    with anyio.move_on_after(_LOST_TIMEOUT):
+                        result = handler.connection_lost(exc)
+                        if result is not None:
+                            await result
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("connection_lost of %r failed", handler)
+                self.lost.set()
+
+
+# An async connection_lost on the portable path gets this long (it runs shielded).
+_LOST_TIMEOUT = 5.0
+
+
+def _portable_default() -> bool:
+    import sniffio
+
+    return sniffio.current_async_library() != "asyncio"
+
+
 # -- endpoint strings -------------------------------------------------------------
 
 
@@ -600,11 +782,10 @@ def _is_ip(host: str) -> bool:
 
 async def _bind_addresses(host: str, port: int) -> list[tuple[int, Address]]:
     """(family, sockaddr) pairs to bind for ``host``: one for a literal IP."""
-    loop = asyncio.get_running_loop()
     if _is_ip(host):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return [(family, (host, port))]
-    infos = await loop.getaddrinfo(
+    infos = await anyio.getaddrinfo(
         host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP, flags=socket.AI_PASSIVE
     )
     seen: list[tuple[int, Address]] = []
@@ -683,6 +864,20 @@ async def _close_glues(glues: list[_Glue], drain_timeout: float | None) -> None:
                 await g.force_lost()
 
 
+async def _close_portable(glues: list[_PortableGlue], drain_timeout: float | None) -> None:
+    """Stop receiving, let the datagram being handled finish (bounded), close."""
+    for g in glues:
+        g.close()
+    with anyio.move_on_after(drain_timeout):
+        for g in glues:
+            await g.wait_lost()
+    for g in glues:
+        g.abort()
+    with anyio.CancelScope(shield=True):
+        for g in glues:
+            await g.wait_lost()
+
+
 # -- servers ----------------------------------------------------------------------
 
 
@@ -690,7 +885,7 @@ class DatagramServer:
     """UDP sockets bound to one or more endpoints, each served by a handler.
 
     Create it with :func:`serve_datagram` and use it as an async context
-    manager (or call :meth:`start` and :meth:`aclose`).
+    manager (or call :meth:`start` and :meth:`aclose` from one task).
 
     Attributes:
         handlers: one handler per bound socket, in endpoint order.
@@ -704,6 +899,7 @@ class DatagramServer:
         reuse_port: bool = False,
         allow_broadcast: bool = False,
         drain_timeout: float | None = 5.0,
+        portable: bool | None = None,
     ) -> None:
         if not endpoints:
             raise EndpointError(
@@ -714,10 +910,16 @@ class DatagramServer:
         self._reuse_port = reuse_port
         self._broadcast = allow_broadcast
         self._drain_timeout = drain_timeout
+        self._portable_opt = portable
+        self._portable = False
         self._glues: list[_Glue] = []
+        self._pglues: list[_PortableGlue] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._tg_task: int | None = None
         self.handlers: list[DatagramHandler] = []
         self._started = False
-        self._closed: asyncio.Event | None = None
+        self._closing = False
+        self._closed: anyio.Event | None = None
         self._closing_task: asyncio.Task[None] | None = None
         self._runtime_handle: Any = None
 
@@ -732,9 +934,14 @@ class DatagramServer:
         if self._started:
             raise RuntimeStateError("this datagram server was already started")
         self._started = True
-        self._closed = asyncio.Event()
+        self._closed = anyio.Event()
+        self._portable = _portable_default() if self._portable_opt is None else self._portable_opt
         parsed = [_parse_udp(e) for e in self._endpoints]
         try:
+            if self._portable:
+                self._tg = anyio.create_task_group()
+                await self._tg.__aenter__()
+                self._tg_task = anyio.get_current_task().id
             for _ep, host, port in parsed:
                 reuse, broadcast = self._reuse_port, self._broadcast
                 first_port = port
@@ -753,13 +960,26 @@ class DatagramServer:
                             f"the handler factory returned {made!r}, not a DatagramHandler"
                         )
                     handler = made
-                    glue = await _attach(sock, handler)
-                    self._glues.append(glue)
                     self.handlers.append(handler)
+                    if self._portable:
+                        assert self._tg is not None
+                        try:
+                            wrapped = await anyio.abc.UDPSocket.from_socket(sock)
+                        except BaseException:
+                            sock.close()
+                            raise
+                        pglue = _PortableGlue(handler, wrapped, sock, connected=False)
+                        self._pglues.append(pglue)
+                        await self._tg.start(pglue.run)
+                    else:
+                        self._glues.append(await _attach(sock, handler))
         except BaseException:
-            await self._shutdown(0)
+            with anyio.CancelScope(shield=True):
+                await self._shutdown(0)
+            # Outside the shield: scopes must be left in the order they were entered.
+            await self._exit_task_group()
             raise
-        runtime = current_runtime()
+        runtime = None if self._portable else current_runtime()
         if runtime is not None:
             self._runtime_handle = runtime.add_shutdown_step(
                 Phase.STOP_ACCEPTING,
@@ -768,13 +988,16 @@ class DatagramServer:
             )
         log.debug("datagram server serving %s", " ".join(map(str, self.endpoints)))
 
+    def _all(self) -> list[_Glue | _PortableGlue]:
+        return [*self._glues, *self._pglues]
+
     @property
     def addresses(self) -> list[Address]:
         """The addresses of the open sockets (with the real port when 0 was asked).
 
         Empty once the server is closed.
         """
-        return [g.sockname for g in self._glues if g.sockname is not None and not g.closed]
+        return [g.sockname for g in self._all() if g.sockname is not None and not g.closed]
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -795,12 +1018,13 @@ class DatagramServer:
 
     def is_serving(self) -> bool:
         """True between :meth:`start` and the beginning of :meth:`aclose`."""
-        return self._started and bool(self._glues) and not any(g.closing for g in self._glues)
+        glues = self._all()
+        return self._started and bool(glues) and not any(g.closing for g in glues)
 
     def statistics(self) -> DatagramStatistics:
         """Counters summed over every socket of the server."""
         total = DatagramStatistics()
-        for g in self._glues:
+        for g in self._all():
             total = total + g.statistics()
         return total
 
@@ -816,7 +1040,8 @@ class DatagramServer:
             await self._closed.wait()
         finally:
             if not self._closed.is_set():
-                await self.aclose()
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
 
     async def aclose(self) -> None:
         """Close gracefully: stop reading, finish queued async work within
@@ -825,8 +1050,17 @@ class DatagramServer:
         """
         if not self._started:
             self._started = True
-            self._closed = asyncio.Event()
+            self._closed = anyio.Event()
             self._closed.set()
+            return
+        assert self._closed is not None
+        if self._portable:
+            if self._closing:
+                await self._closed.wait()
+            else:
+                self._closing = True
+                await self._shutdown(self._drain_timeout)
+            await self._exit_task_group()
             return
         if self._closing_task is None:
             self._closing_task = asyncio.get_running_loop().create_task(
@@ -844,10 +1078,20 @@ class DatagramServer:
         if handle is not None:
             handle.remove()
         try:
-            await _close_glues(self._glues, drain_timeout)
+            if self._portable:
+                await _close_portable(self._pglues, drain_timeout)
+            else:
+                await _close_glues(self._glues, drain_timeout)
         finally:
             if self._closed is not None:
                 self._closed.set()
+
+    async def _exit_task_group(self) -> None:
+        # A task group must be left by the task that entered it (trio checks).
+        tg = self._tg
+        if tg is not None and anyio.get_current_task().id == self._tg_task:
+            self._tg = None
+            await tg.__aexit__(None, None, None)
 
     async def __aenter__(self) -> DatagramServer:
         await self.start()
@@ -872,6 +1116,7 @@ def serve_datagram(
     reuse_port: bool = False,
     allow_broadcast: bool = False,
     drain_timeout: float | None = 5.0,
+    portable: bool | None = None,
 ) -> DatagramServer:
     """Serve UDP datagrams on ``endpoints`` with handlers from ``handler_factory``.
 
@@ -892,6 +1137,8 @@ def serve_datagram(
         allow_broadcast: set ``SO_BROADCAST``.
         drain_timeout: how long a graceful close waits for queued async work
             and buffered writes (``None``: no limit).
+        portable: run on anyio UDP sockets instead of the asyncio transports
+            (default: only when the running backend is not asyncio, e.g. trio).
 
     Returns:
         The (not yet started) server; ``async with`` starts it.
@@ -905,6 +1152,7 @@ def serve_datagram(
         reuse_port=reuse_port,
         allow_broadcast=allow_broadcast,
         drain_timeout=drain_timeout,
+        portable=portable,
     )
 
 
@@ -918,39 +1166,32 @@ class _ReceiveQueue(DatagramHandler):
         self.queue: deque[tuple[bytes, Address] | OSError] = deque()
         self.maxsize = maxsize
         self.dropped = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._event = anyio.Event()  # set when the queue gets something (or ends)
         self.ended = False
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if len(self.queue) >= self.maxsize:
             self.dropped += 1
             return
         self.queue.append((data, addr))
-        self._wake()
+        self._event.set()
 
     def error_received(self, exc: OSError) -> None:
         if len(self.queue) < self.maxsize:
             self.queue.append(exc)
-            self._wake()
+            self._event.set()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.ended = True
-        self._wake()
+        self._event.set()
 
     async def get(self) -> tuple[bytes, Address]:
         while not self.queue:
             if self.ended:
                 raise ClosedError("the datagram endpoint is closed")
-            if self._waiter is None:
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
+            if self._event.is_set():
+                self._event = anyio.Event()
+            await self._event.wait()
         item = self.queue.popleft()
         if isinstance(item, OSError):
             raise item
@@ -978,6 +1219,7 @@ class DatagramEndpoint:
         max_queued: int,
         reuse_port: bool,
         allow_broadcast: bool,
+        portable: bool | None = None,
     ) -> None:
         if remote is None and local is None:
             raise EndpointError("open_datagram_endpoint needs a remote or a local endpoint")
@@ -987,8 +1229,12 @@ class DatagramEndpoint:
         self._max_queued = max_queued
         self._reuse_port = reuse_port
         self._broadcast = allow_broadcast
+        self._portable_opt = portable
         self._queue: _ReceiveQueue | None = None
         self._glue: _Glue | None = None
+        self._pglue: _PortableGlue | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._tg_task: int | None = None
         self.handler: DatagramHandler | None = None
 
     async def start(self) -> None:
@@ -999,9 +1245,8 @@ class DatagramEndpoint:
             OSError: the socket could not be bound or connected.
             RuntimeStateError: already started.
         """
-        if self._glue is not None or self.handler is not None:
+        if self.handler is not None:
             raise RuntimeStateError("this datagram endpoint was already started")
-        loop = asyncio.get_running_loop()
         remote_addr: Address | None = None
         local_addr: Address | None = None
         family = 0
@@ -1025,6 +1270,11 @@ class DatagramEndpoint:
                 raise TypeError(f"the handler factory returned {made!r}, not a DatagramHandler")
             handler = made
         self.handler = handler
+        portable = _portable_default() if self._portable_opt is None else self._portable_opt
+        if portable:
+            await self._start_portable(handler, remote_addr, local_addr, family, reuse, broadcast)
+            return
+        loop = asyncio.get_running_loop()
         glue: _Glue | None = None
 
         def factory() -> _Glue:
@@ -1046,6 +1296,61 @@ class DatagramEndpoint:
             await glue.made
         except BaseException:
             glue.abort()
+            raise
+
+    async def _start_portable(
+        self,
+        handler: DatagramHandler,
+        remote_addr: Address | None,
+        local_addr: Address | None,
+        family: int,
+        reuse: bool,
+        broadcast: bool,
+    ) -> None:
+        usock: Any
+        if remote_addr is not None:
+            infos = await anyio.getaddrinfo(
+                remote_addr[0], remote_addr[1], family=family, type=socket.SOCK_DGRAM
+            )
+            fam, _type, _proto, _canon, sockaddr = infos[0]
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
+            try:
+                if reuse:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if broadcast:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                sock.setblocking(False)
+                if local_addr is not None:
+                    sock.bind(local_addr)
+                sock.connect(sockaddr)  # UDP: no handshake, returns at once
+                usock = await anyio.abc.ConnectedUDPSocket.from_socket(sock)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            assert local_addr is not None
+            lfam, laddr = (await _bind_addresses(local_addr[0], local_addr[1]))[0]
+            sock = _make_socket(lfam, laddr, reuse_port=reuse, broadcast=broadcast)
+            try:
+                usock = await anyio.abc.UDPSocket.from_socket(sock)
+            except BaseException:
+                sock.close()
+                raise
+        try:
+            pglue = _PortableGlue(handler, usock, sock, connected=remote_addr is not None)
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self._tg_task = anyio.get_current_task().id
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await usock.aclose()
+            raise
+        self._pglue = pglue
+        try:
+            await self._tg.start(pglue.run)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
             raise
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
@@ -1136,6 +1441,12 @@ class DatagramEndpoint:
         """Flush buffered datagrams (briefly) and close.  Idempotent."""
         if self._glue is not None:
             await _close_glues([self._glue], 1.0)
+        if self._pglue is not None:
+            await _close_portable([self._pglue], 1.0)
+        tg = self._tg
+        if tg is not None and anyio.get_current_task().id == self._tg_task:
+            self._tg = None
+            await tg.__aexit__(None, None, None)
 
     async def __aenter__(self) -> DatagramEndpoint:
         await self.start()
@@ -1158,6 +1469,7 @@ def open_datagram_endpoint(
     max_queued: int = 1024,
     reuse_port: bool = False,
     allow_broadcast: bool = False,
+    portable: bool | None = None,
 ) -> DatagramEndpoint:
     """Open a client UDP socket, as an async context manager.
 
@@ -1179,6 +1491,8 @@ def open_datagram_endpoint(
             dropped and counted in :attr:`DatagramEndpoint.dropped`).
         reuse_port: set ``SO_REUSEPORT`` on the socket.
         allow_broadcast: set ``SO_BROADCAST``.
+        portable: use anyio UDP sockets instead of the asyncio transports
+            (default: only when the running backend is not asyncio, e.g. trio).
 
     Returns:
         The (not yet started) endpoint; ``async with`` starts it.
@@ -1193,4 +1507,5 @@ def open_datagram_endpoint(
         max_queued=max_queued,
         reuse_port=reuse_port,
         allow_broadcast=allow_broadcast,
+        portable=portable,
     )

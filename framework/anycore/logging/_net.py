@@ -242,37 +242,45 @@ class AsyncNetworkHandler(logging.Handler):
                 if not self._connected:
                     try:
                         await asyncio.wait_for(self._connect(), self.connect_timeout)
-                    except (TimeoutError, OSError) as exc:
+                    except Exception as exc:  # OSError, timeouts, bad addresses
                         self._last_error = exc
                         with contextlib.suppress(Exception):
                             self._disconnect()
-                        if self._closing:
-                            return
-                        delay = backoff * (0.5 + random.random())
-                        backoff = min(backoff * 2, self.backoff_max)
-                        wakeup.clear()
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(self._closing_event(wakeup), delay)
+                        backoff = await self._backoff(wakeup, backoff)
                         continue
                     self._connected = True
-                    backoff = self.backoff_initial
                 batch = self._inflight
                 try:
                     await self._send(batch)
-                except (TimeoutError, OSError, RemoteProtocolError) as exc:
+                except _Refused as exc:
+                    self._last_error = exc
+                    self._dropped += len(batch)
+                except Exception as exc:  # OSError, timeouts, protocol errors
                     self._last_error = exc
                     self._connected = False
                     with contextlib.suppress(Exception):
                         self._disconnect()
+                    backoff = await self._backoff(wakeup, backoff)
                     continue
-                except _Refused as exc:
-                    self._last_error = exc
-                    self._dropped += len(batch)
                 else:
                     self._sent += len(batch)
+                    backoff = self.backoff_initial
                 self._inflight = []
         finally:
             self._waiting = False
+
+    async def _backoff(self, wakeup: asyncio.Event, backoff: float) -> float:
+        # Wait before the next attempt (jittered), unless close() wakes us;
+        # returns the next, doubled, delay.
+        delay = backoff * (0.5 + random.random())
+        if self._closing:
+            # Closing: keep trying until aclose()'s deadline cancels us.
+            await asyncio.sleep(delay)
+        else:
+            wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing_event(wakeup), delay)
+        return min(backoff * 2, self.backoff_max)
 
     async def _closing_event(self, wakeup: asyncio.Event) -> None:
         # Sleep through a backoff delay unless close() wakes us.
@@ -334,6 +342,8 @@ class AsyncNetworkHandler(logging.Handler):
 
     async def aclose(self) -> None:
         """Send what is buffered (up to ``close_timeout``), then close."""
+        if (self._task is None or self._task.done()) and (self._buffer or self._inflight):
+            self._bind()  # records queued before any loop used us: send them now
         self._closing = True
         task = self._task
         if task is not None and not task.done() and task.get_loop() is _get_running_loop():
@@ -344,6 +354,10 @@ class AsyncNetworkHandler(logging.Handler):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        # What the sink did not take before the deadline is lost: count it.
+        self._dropped += len(self._inflight) + len(self._buffer)
+        self._inflight = []
+        self._buffer.clear()
         with contextlib.suppress(Exception):
             self._disconnect()
         self._connected = False

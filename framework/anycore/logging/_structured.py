@@ -201,10 +201,9 @@ class BoundLogger(structlog.BoundLoggerBase):
             return None
         if args:
             event = event % args
-        fast = target.fast_sinks()
-        if not fast and fast is not None:
-            return None  # enabled, but no handler would see it
-        if fast is None:
+        if not target.fast_sinks():
+            # A filter, a foreign handler, or no handler at all (the stdlib's
+            # lastResort then applies): the stdlib route keeps every meaning.
             return self._proxy_to_logger(_STDLIB_METHOD[level], event, _anycore_stdlib=True, **kw)
         return self._proxy_to_logger(_STDLIB_METHOD[level], event, **kw)
 

@@ -34,6 +34,13 @@ Design notes:
 * Errors.  An exception from a handler method is logged and counted, and the
   socket keeps serving: unlike a stream, one bad datagram has no connection to
   end.  ICMP errors reported by the OS arrive in ``error_received``.
+* Portable path.  On other anyio backends (trio), or with ``portable=True``,
+  ``_PortableGlue`` runs the same handler over an anyio UDP socket: a task
+  receives, calls the handler (awaiting it when async), then receives again.
+  ``sendto`` writes to the non-blocking stdlib socket anyio wrapped, so it
+  stays synchronous; a full kernel buffer counts as a drop.  A memory object
+  stream between receiver and handler was rejected: it adds a hop per
+  datagram and a second buffer to bound.
 * Lifecycle.  A server is an async context manager; with a runtime it registers
   a ``Phase.STOP_ACCEPTING`` step (UDP has no connections to drain later).  A
   graceful close stops reading, lets queued async work finish within

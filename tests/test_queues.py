@@ -500,8 +500,8 @@ def test_stdlib_style_worker_loop_with_blocking_threads_and_cancellation_free_lo
     assert out == [i * 2 for i in range(n)]
 
 
-def test_queue_works_on_trio_via_thread_api_only_for_threads() -> None:
-    # The queue is asyncio-based; from another framework's thread the sync API works.
+def test_queue_used_only_from_threads() -> None:
+    # No loop involved at all: the sync API alone is a thread-safe queue.
     q: Queue[int] = Queue(2)
     th, box = start_thread(lambda: [q.sync_get() for _ in range(3)])
     for i in range(3):

@@ -46,10 +46,10 @@ _LAZY: dict[str, str] = {
     "AsyncNetworkHandler": "._net",
     "SocketHandler": "._net",
     "DatagramHandler": "._net",
-    "SysLogHandler": "._net",
-    "HTTPHandler": "._net",
-    "SMTPHandler": "._net",
-    "MemoryHandler": "._net",
+    "SysLogHandler": "._syslog",
+    "HTTPHandler": "._http",
+    "SMTPHandler": "._mail",
+    "MemoryHandler": "._mail",
     # wire format
     "record_to_dict": "._records",
     "dict_to_record": "._records",
@@ -114,6 +114,7 @@ if TYPE_CHECKING:
         current_context as current_context,
         merge_context as merge_context,
     )
+    from ._http import HTTPHandler as HTTPHandler
     from ._lag import (
         LagStatistics as LagStatistics,
         LoopLagMonitor as LoopLagMonitor,
@@ -124,14 +125,11 @@ if TYPE_CHECKING:
         close_all as close_all,
         flush_all as flush_all,
     )
+    from ._mail import MemoryHandler as MemoryHandler, SMTPHandler as SMTPHandler
     from ._net import (
         AsyncNetworkHandler as AsyncNetworkHandler,
         DatagramHandler as DatagramHandler,
-        HTTPHandler as HTTPHandler,
-        MemoryHandler as MemoryHandler,
-        SMTPHandler as SMTPHandler,
         SocketHandler as SocketHandler,
-        SysLogHandler as SysLogHandler,
     )
     from ._receiver import LogReceiver as LogReceiver, open_log_receiver as open_log_receiver
     from ._records import (
@@ -154,3 +152,4 @@ if TYPE_CHECKING:
         get_logger as get_logger,
         structured_formatter as structured_formatter,
     )
+    from ._syslog import SysLogHandler as SysLogHandler

@@ -323,6 +323,18 @@ async def test_syslog_tcp_octet_counting(logger: logging.Logger) -> None:
     assert frames[3] == b"<14>line 3\nwith a newline"  # RFC 3164 body, RFC 6587 framing
     await handler.aclose()
     await asyncio.wait_for(done.wait(), 10)
+    done.clear()
+    handler = SysLogHandler(("127.0.0.1", port), socktype=socket.SOCK_STREAM, rfc=5424)
+    logger.removeHandler(logger.handlers[0])
+    logger.addHandler(handler)
+    logger.error("five four two four")
+    await wait_for(lambda: len(frames) == 101)
+    m = RFC5424.fullmatch(frames[-1])
+    assert m, frames[-1]
+    assert m.group(1) == b"11"  # user.err
+    assert m.group(7) == b"five four two four"  # octet counting: no NUL
+    await handler.aclose()
+    await asyncio.wait_for(done.wait(), 10)
     server.close()
     await server.wait_closed()
 

@@ -371,3 +371,13 @@ def test_structlog_events_from_a_child_keep_their_keys(tmp_path: Path) -> None:
     assert (first["answer"], first["worker"]) == (42, 5)
     assert (first["logger"], first["level"]) == ("child.struct", "info")
     assert "ZeroDivisionError" in second["exception"]
+
+
+def test_public_surface_resolves_and_is_documented() -> None:
+    assert len(set(alog.__all__)) == len(alog.__all__)
+    for name in alog.__all__:
+        obj = getattr(alog, name)
+        assert obj.__module__.startswith("anycore.logging._"), name
+        assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
+    with pytest.raises(AttributeError):
+        _ = alog.nope  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 install: $(VENV)/.installed
 
 run: install
-	exec $(BIN)/python examples/runtime_demo.py
+	exec $(BIN)/anycore supervise examples/stack.toml
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

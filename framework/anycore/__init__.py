@@ -13,36 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors as _errors
 from ._version import __version__ as __version__
-from .errors import (
-    AnycoreError as AnycoreError,
-    BrokenError as BrokenError,
-    BusyError as BusyError,
-    CalledProcessError as CalledProcessError,
-    ChildProcessFailed as ChildProcessFailed,
-    ClosedError as ClosedError,
-    ConnectError as ConnectError,
-    ConnectionLimitReached as ConnectionLimitReached,
-    EndpointError as EndpointError,
-    ExecutableNotFound as ExecutableNotFound,
-    FrameTooLarge as FrameTooLarge,
-    IncompleteFrame as IncompleteFrame,
-    LocalProtocolError as LocalProtocolError,
-    LoopUnavailable as LoopUnavailable,
-    OutputLimitExceeded as OutputLimitExceeded,
-    PoolClosed as PoolClosed,
-    ProcessError as ProcessError,
-    ProtocolError as ProtocolError,
-    QueueClosed as QueueClosed,
-    QueueEmpty as QueueEmpty,
-    QueueFull as QueueFull,
-    RemoteError as RemoteError,
-    RemoteProtocolError as RemoteProtocolError,
-    RuntimeStateError as RuntimeStateError,
-    ShutdownTimeout as ShutdownTimeout,
-    SignalError as SignalError,
-    TimeoutExpired as TimeoutExpired,
-    WorkerCrashed as WorkerCrashed,
-)
+from .errors import *  # noqa: F403 - every error is public, errors.__all__ lists them
 
 # name -> private module that defines it.  Each facility owns one section.
 _LAZY: dict[str, str] = {
@@ -160,7 +131,6 @@ _LAZY: dict[str, str] = {
     "UnknownProgram": "._supervisor",
     "Stack": "._stackfile",
     "load_stack": "._stackfile",
-    "StackFileError": ".errors",  # new error; lead: move into the errors import block
 }
 
 __all__ = ["__version__", *_errors.__all__, *_LAZY]
@@ -183,6 +153,28 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     # -- runtime, tasks, signals, timers (foundation) --
     # -- framing (sans-IO) --
+    from ._actor import Actor as Actor, ActorStatistics as ActorStatistics
+    from ._asynchat import AsyncChat as AsyncChat, simple_producer as simple_producer
+
+    # -- child processes running Python callables --
+    from ._child import (
+        ChildProcess as ChildProcess,
+        carry_context_var as carry_context_var,
+        current_worker_id as current_worker_id,
+        register_exit_flush as register_exit_flush,
+    )
+
+    # -- protocol handlers, servers, clients, datagrams --
+    from ._client import connect as connect
+    from ._datagram import (
+        DatagramEndpoint as DatagramEndpoint,
+        DatagramHandler as DatagramHandler,
+        DatagramServer as DatagramServer,
+        DatagramStatistics as DatagramStatistics,
+        open_datagram_endpoint as open_datagram_endpoint,
+        serve_datagram as serve_datagram,
+    )
+    from ._endpoints import Endpoint as Endpoint, parse_endpoint as parse_endpoint
     from ._framing import (
         FixedSizeFramer as FixedSizeFramer,
         Framer as Framer,
@@ -192,11 +184,6 @@ if TYPE_CHECKING:
         TerminatorFramer as TerminatorFramer,
         UniversalNewlineFramer as UniversalNewlineFramer,
     )
-    from ._asynchat import AsyncChat as AsyncChat, simple_producer as simple_producer
-    from ._text import TextCodec as TextCodec, TextLineHandler as TextLineHandler
-    # -- protocol handlers, servers, clients, datagrams --
-    from ._client import connect as connect
-    from ._endpoints import Endpoint as Endpoint, parse_endpoint as parse_endpoint
     from ._handler import (
         ConnectionStatistics as ConnectionStatistics,
         FixedSizeHandler as FixedSizeHandler,
@@ -206,15 +193,34 @@ if TYPE_CHECKING:
         NetstringHandler as NetstringHandler,
         RawHandler as RawHandler,
     )
+    from ._mpqueue import (
+        ChildQueue as ChildQueue,
+        JoinableProcessQueue as JoinableProcessQueue,
+        ProcessQueue as ProcessQueue,
+    )
+
+    # -- subprocesses, pipelines, pty --
+    from ._pipeline import (
+        Command as Command,
+        Pipeline as Pipeline,
+        cmd as cmd,
+        pipeline as pipeline,
+    )
+
+    # -- queues, synchronisation, pools --
+    from ._pools import (
+        AsyncResult as AsyncResult,
+        PoolStatistics as PoolStatistics,
+        WorkerPool as WorkerPool,
+    )
     from ._portable import run_handler as run_handler
-    from ._server import Server as Server, ServerStatistics as ServerStatistics, serve as serve
-    from ._datagram import (
-        DatagramEndpoint as DatagramEndpoint,
-        DatagramHandler as DatagramHandler,
-        DatagramServer as DatagramServer,
-        DatagramStatistics as DatagramStatistics,
-        open_datagram_endpoint as open_datagram_endpoint,
-        serve_datagram as serve_datagram,
+    from ._pty import PtyProcess as PtyProcess, open_pty as open_pty
+    from ._queues import (
+        LifoQueue as LifoQueue,
+        PriorityQueue as PriorityQueue,
+        Queue as Queue,
+        QueueStatistics as QueueStatistics,
+        SyncQueueView as SyncQueueView,
     )
     from ._runtime import (
         GracefulExit as GracefulExit,
@@ -225,6 +231,7 @@ if TYPE_CHECKING:
         open_runtime as open_runtime,
         run as run,
     )
+    from ._server import Server as Server, ServerStatistics as ServerStatistics, serve as serve
     from ._signals import (
         SignalHandle as SignalHandle,
         SignalReceiver as SignalReceiver,
@@ -232,27 +239,9 @@ if TYPE_CHECKING:
         on_signal as on_signal,
         open_signals as open_signals,
     )
-    from ._tasks import (
-        TaskLocal as TaskLocal,
-        active_count as active_count,
-        live_tasks as live_tasks,
-        spawn as spawn,
-    )
-    from ._timers import (
-        Tick as Tick,
-        Timer as Timer,
-        every as every,
-        fail_after as fail_after,
-        move_on_after as move_on_after,
-    )
-    # -- subprocesses, pipelines, pty --
-    from ._pipeline import (
-        Command as Command,
-        Pipeline as Pipeline,
-        cmd as cmd,
-        pipeline as pipeline,
-    )
-    from ._pty import PtyProcess as PtyProcess, open_pty as open_pty
+
+    # -- supervision --
+    from ._stackfile import Stack as Stack, load_stack as load_stack
     from ._subprocess import (
         DEVNULL as DEVNULL,
         PIPE as PIPE,
@@ -269,25 +258,12 @@ if TYPE_CHECKING:
         open_process as open_process,
         run_process as run_process,
     )
-    # -- child processes running Python callables --
-    from ._child import (
-        ChildProcess as ChildProcess,
-        carry_context_var as carry_context_var,
-        current_worker_id as current_worker_id,
-        register_exit_flush as register_exit_flush,
-    )
-    # -- queues, synchronisation, pools --
-    from ._pools import (
-        AsyncResult as AsyncResult,
-        PoolStatistics as PoolStatistics,
-        WorkerPool as WorkerPool,
-    )
-    from ._queues import (
-        LifoQueue as LifoQueue,
-        PriorityQueue as PriorityQueue,
-        Queue as Queue,
-        QueueStatistics as QueueStatistics,
-        SyncQueueView as SyncQueueView,
+    from ._supervisor import (
+        Program as Program,
+        ProgramState as ProgramState,
+        ProgramStatus as ProgramStatus,
+        Supervisor as Supervisor,
+        UnknownProgram as UnknownProgram,
     )
     from ._sync import (
         BoundedSemaphore as BoundedSemaphore,
@@ -302,18 +278,17 @@ if TYPE_CHECKING:
         ThreadSafeSemaphore as ThreadSafeSemaphore,
         ThreadSafeStatistics as ThreadSafeStatistics,
     )
-    from ._mpqueue import (
-        ChildQueue as ChildQueue,
-        JoinableProcessQueue as JoinableProcessQueue,
-        ProcessQueue as ProcessQueue,
+    from ._tasks import (
+        TaskLocal as TaskLocal,
+        active_count as active_count,
+        live_tasks as live_tasks,
+        spawn as spawn,
     )
-    from ._actor import Actor as Actor, ActorStatistics as ActorStatistics
-    # -- supervision --
-    from ._stackfile import Stack as Stack, load_stack as load_stack
-    from ._supervisor import (
-        Program as Program,
-        ProgramState as ProgramState,
-        ProgramStatus as ProgramStatus,
-        Supervisor as Supervisor,
-        UnknownProgram as UnknownProgram,
+    from ._text import TextCodec as TextCodec, TextLineHandler as TextLineHandler
+    from ._timers import (
+        Tick as Tick,
+        Timer as Timer,
+        every as every,
+        fail_after as fail_after,
+        move_on_after as move_on_after,
     )

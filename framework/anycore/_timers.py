@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
-from anyio import fail_after as fail_after
-from anyio import move_on_after as move_on_after
+from anyio import fail_after as fail_after, move_on_after as move_on_after
 
 from .errors import RuntimeStateError
 

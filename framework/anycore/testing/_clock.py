@@ -95,17 +95,13 @@ class _JumpingSelector(selectors.BaseSelector):
             self._clock.jumps += 1
         return events
 
-    def register(
-        self, fileobj: FileObject, events: int, data: Any = None
-    ) -> selectors.SelectorKey:
+    def register(self, fileobj: FileObject, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.register(fileobj, events, data)
 
     def unregister(self, fileobj: FileObject) -> selectors.SelectorKey:
         return self._real.unregister(fileobj)
 
-    def modify(
-        self, fileobj: FileObject, events: int, data: Any = None
-    ) -> selectors.SelectorKey:
+    def modify(self, fileobj: FileObject, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.modify(fileobj, events, data)
 
     def get_key(self, fileobj: FileObject) -> selectors.SelectorKey:

@@ -37,7 +37,8 @@ def machine() -> str:
         pass
     import os
 
-    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, {cpu}"
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{python}, {os.cpu_count()} cores, {cpu}"
 
 
 def main(argv: list[str] | None = None) -> int:

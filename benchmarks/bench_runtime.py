@@ -94,7 +94,8 @@ def bench_signals(quick: bool) -> None:
     rounds = 200 if quick else 5000
 
     async def all_kinds() -> dict[str, float]:
-        return {kind: await _signal_latency(kind, rounds) for kind in ("raw", "on_signal", "receiver")}
+        kinds = ("raw", "on_signal", "receiver")
+        return {kind: await _signal_latency(kind, rounds) for kind in kinds}
 
     results = uvloop.run(all_kinds())
     raw = results["raw"]
@@ -126,9 +127,9 @@ def bench_timers(quick: bool) -> None:
     interval, ticks = 0.001, (200 if quick else 2000)
     naive = uvloop.run(_naive_periodic(interval, ticks))
     ours = uvloop.run(_every_periodic(interval, ticks))
-    print(f"periodic timer, {ticks} ticks of {interval * 1000:.0f} ms on uvloop: drift of the last tick")
+    print(f"periodic timer, {ticks} ticks of {interval * 1000:.0f} ms on uvloop: last tick's drift")
     print(f"  naive sleep loop  {naive * 1000:8.2f} ms")
-    print(f"  anycore.every     {ours * 1000:8.2f} ms   (the schedule does not accumulate lateness)")
+    print(f"  anycore.every     {ours * 1000:8.2f} ms   (lateness does not accumulate)")
 
 
 def main(quick: bool) -> None:

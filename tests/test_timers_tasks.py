@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
@@ -19,7 +20,7 @@ async def test_every_keeps_its_schedule_over_200_ticks() -> None:
     assert len(ticks) == 200
     assert ticks[0].index == 0
     start = ticks[0].scheduled
-    for prev, tick in zip(ticks, ticks[1:], strict=False):
+    for prev, tick in itertools.pairwise(ticks):
         # Ticks come in order; a loaded machine may skip some (counted).
         assert tick.index == prev.index + 1 + tick.missed
     for tick in ticks:

@@ -386,6 +386,95 @@ def bench_memory(quick: bool) -> list[MemResult]:
     return results
 
 
+# -- (d) layer overhead, in process ---------------------------------------------------
+
+
+@dataclass
+class LayerResult:
+    batch: int
+    raw_us: float
+    anycore_us: float
+
+
+def bench_layer(quick: bool) -> list[LayerResult]:
+    """Per read batch: anycore's driver + RespHandler against the raw Protocol.
+
+    Both get the same bytes through ``data_received`` with a transport whose
+    write does nothing, so no syscall, no client and no scheduler noise is
+    measured: only the Python work per batch.  Best of many short rounds.
+    """
+    import asyncio
+    import gc
+
+    sys.path.insert(0, str(EXAMPLES))
+    sys.path.insert(0, str(BASE))
+    try:
+        from resp_raw import RawResp
+
+        import resp_kv
+        from anycore._handler import _ProtocolDriver
+    except ImportError as exc:
+        print(f"  skipped: {exc}")
+        return []
+    finally:
+        del sys.path[:2]
+
+    class NullTransport(asyncio.Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            pass
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return default
+
+        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+            pass
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def measure(batch: int) -> LayerResult:
+        commands = resp_kv.Commands(resp_kv.Store())
+        commands.execute([b"SET", b"key:__rand_int__", b"xxx"])
+        data = resp_kv.encode_command("GET", "key:__rand_int__") * batch
+        makers = {
+            "raw": lambda: RawResp(commands),
+            "anycore": lambda: _ProtocolDriver(resp_kv.RespHandler(commands)),
+        }
+        best = {name: float("inf") for name in makers}
+        n = 2000
+        for _ in range(5 if quick else 40):
+            for name, make in makers.items():
+                proto = make()
+                proto.connection_made(NullTransport())
+                feed = proto.data_received
+                started = time.perf_counter()
+                for _ in range(n):
+                    feed(data)
+                best[name] = min(best[name], (time.perf_counter() - started) / n * 1e6)
+        return LayerResult(batch, best["raw"], best["anycore"])
+
+    async def run_all() -> list[LayerResult]:
+        return [await measure(1), await measure(16)]
+
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        if gc_was:
+            gc.enable()
+    for r in results:
+        print(
+            f"  GET x{r.batch:<2} per batch: raw {r.raw_us:6.2f} us  anycore {r.anycore_us:6.2f} us"
+            f"  (+{r.anycore_us - r.raw_us:.2f} us, {r.anycore_us / r.raw_us:.2f}x)",
+            flush=True,
+        )
+    return results
+
+
 # -- report ------------------------------------------------------------------------------
 
 
@@ -413,7 +502,11 @@ def machine_info() -> list[str]:
 
 
 def report(
-    resp_results: list[RespResult], echo: list[EchoResult], mem: list[MemResult], n: int
+    resp_results: list[RespResult],
+    echo: list[EchoResult],
+    mem: list[MemResult],
+    n: int,
+    layer: list[LayerResult] | None = None,
 ) -> list[str]:
     lines: list[str] = []
     by = {r.name: r for r in resp_results}
@@ -477,6 +570,20 @@ def report(
                 f"{e.cpu_us / r.cpu_us:.2f}x |"
             )
         lines.append("")
+    if layer:
+        lines.append(
+            "Layer overhead in process (same bytes into data_received, a transport whose "
+            "write does nothing; best of the rounds):"
+        )
+        lines.append("")
+        lines.append("| GETs per read batch | raw us/batch | anycore us/batch | extra us | ratio |")
+        lines.append("|---:|---:|---:|---:|---:|")
+        for lr in layer:
+            lines.append(
+                f"| {lr.batch} | {lr.raw_us:.2f} | {lr.anycore_us:.2f} | "
+                f"{lr.anycore_us - lr.raw_us:+.2f} | {lr.anycore_us / lr.raw_us:.2f}x |"
+            )
+        lines.append("")
     if len(mem) == 2:
         lines.append(f"Memory, {mem[0].connections:,} idle connections (RSS growth):")
         lines.append("")
@@ -498,12 +605,14 @@ def main(quick: bool) -> None:
     echo = bench_echo(quick)
     print("(c) memory per idle connection", flush=True)
     mem = bench_memory(quick)
+    print("(d) layer overhead per read batch, in process", flush=True)
+    layer = bench_layer(quick)
     print()
     for line in machine_info():
         print(line)
     print()
-    print("\n".join(report(resp_results, echo, mem, n)))
-    main.last = (resp_results, echo, mem, n)  # type: ignore[attr-defined]
+    print("\n".join(report(resp_results, echo, mem, n, layer)))
+    main.last = (resp_results, echo, mem, n, layer)  # type: ignore[attr-defined]
 
 
 BEGIN = "<!-- bench_protocols:begin -->"
@@ -513,7 +622,7 @@ END = "<!-- bench_protocols:end -->"
 def write_docs() -> None:
     """Full run, then replace the Protocols section of docs/benchmarks.md."""
     main(quick=False)
-    resp_results, echo, mem, n = main.last  # type: ignore[attr-defined]
+    resp_results, echo, mem, n, layer = main.last  # type: ignore[attr-defined]
     body = [
         BEGIN,
         "## Protocols",
@@ -523,7 +632,7 @@ def write_docs() -> None:
         "",
         *[f"- {line}" for line in machine_info()],
         "",
-        *report(resp_results, echo, mem, n),
+        *report(resp_results, echo, mem, n, layer),
         END,
     ]
     path = ROOT / "docs" / "benchmarks.md"

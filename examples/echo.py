@@ -48,10 +48,11 @@ class EchoClient(LineHandler):
     async def line_received(self, line: bytes) -> None:
         await self.lines.put(line)
 
-    async def ask(self, line: bytes) -> bytes:
-        """Send one line and wait for its echo."""
+    async def ask(self, line: bytes, timeout: float = 10.0) -> bytes:
+        """Send one line and wait (at most ``timeout`` seconds) for its echo."""
         self.send_line(line)
-        return await self.lines.get()
+        with anycore.fail_after(timeout):
+            return await self.lines.get()
 
 
 async def talk(endpoint: str, words: list[str]) -> list[bytes]:

@@ -616,9 +616,10 @@ async def demo() -> None:
             ("GET", "greeting"),
         ]
         writer.write(b"".join(encode_command(*c) for c in pipeline) + b"ECHO inline\r\n")
-        for command in [*pipeline, ("ECHO", "inline")]:
-            reply = await read_reply(reader)
-            print(f"{' '.join(command)} -> {reply!r}")
+        with anycore.fail_after(10):
+            for command in [*pipeline, ("ECHO", "inline")]:
+                reply = await read_reply(reader)
+                print(f"{' '.join(command)} -> {reply!r}")
         writer.close()
         await writer.wait_closed()
     print("done")

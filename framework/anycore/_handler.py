@@ -642,6 +642,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self._out: list[bytes] = []
         self._in_batch = False
         self._closing = False  # close()/abort() asked, or the transport is gone
+        self._stop = False  # ends the current batch loop: closing, or a framer switch
         self._lost = False
         self._lost_exc: BaseException | None = None
         self._finished: asyncio.Future[None] = self.loop.create_future()
@@ -671,7 +672,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self._max_queued = max(1, handler.max_queued_frames)
         handler._conn = self
         # The fast send path: skip Handler.send's indirection unless overridden.
-        if type(handler).send is Handler.send:
+        self._fast_send = type(handler).send is Handler.send
+        if self._fast_send:
             handler.send = self.send  # type: ignore[method-assign]
 
     # -- asyncio.Protocol callbacks ---------------------------------------------
@@ -718,13 +720,27 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             return
         if self._closing:
             return
+        # The hot loop: one framer call and one handler call per frame.  During
+        # the batch the handler's send() is the reply list's append (when not
+        # overridden); ``_stop`` is raised by close()/abort() and set_framer().
+        handler = self.handler
+        fast = self._fast_send
+        if fast:
+            handler.send = self._out.append  # type: ignore[method-assign]
         self._in_batch = True
         cb = self._cb
         n = 0
         try:
-            self.framer.feed(data)
-            while not self._closing:
-                frame = self.framer.next_frame()
+            framer = self.framer
+            framer.feed(data)
+            next_frame = framer.next_frame
+            while True:
+                if self._stop:
+                    if self._closing:
+                        break
+                    self._stop = False  # the handler switched framers
+                    next_frame = self.framer.next_frame
+                frame = next_frame()
                 if frame is None:
                     break
                 n += 1
@@ -734,6 +750,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         except Exception as exc:
             self._handler_error("frame handler", exc)
         finally:
+            if fast:
+                handler.send = self.send  # type: ignore[method-assign]
             self._in_batch = False
             self.frames_in += n
             if self._out:
@@ -773,7 +791,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
     def connection_lost(self, exc: BaseException | None) -> None:
         connection_context.set(self.log_context)
         self._lost = True
-        self._closing = True
+        self._closing = self._stop = True
         self._lost_exc = exc
         if self._idle_handle is not None:
             self._idle_handle.cancel()
@@ -885,6 +903,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             if leftover:
                 framer.feed(leftover)
         self.framer = framer
+        self._stop = True
         if self._task_mode and self._queue_full:
             # The old framer's queue was moved into the new framer's buffer.
             self._queue_full = False
@@ -893,7 +912,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
     def close(self) -> None:
         if self._closing:
             return
-        self._closing = True
+        self._closing = self._stop = True
         if self._out:
             # Write what is buffered (also inside a batch: the batch's own flush is
             # skipped once _closing is set).
@@ -911,7 +930,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self._transport.write(data)
 
     def abort(self) -> None:
-        self._closing = True
+        self._closing = self._stop = True
         self._out.clear()
         if self._transport is not None:
             self._transport.abort()

@@ -726,7 +726,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         handler = self.handler
         fast = self._fast_send
         if fast:
-            handler.send = self._out.append  # type: ignore[method-assign]
+            handler.send = self._out.append  # type: ignore[method-assign,assignment]
         self._in_batch = True
         cb = self._cb
         n = 0
@@ -736,7 +736,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             next_frame = framer.next_frame
             while True:
                 if self._stop:
-                    if self._closing:
+                    if self.is_closing():
                         break
                     self._stop = False  # the handler switched framers
                     next_frame = self.framer.next_frame

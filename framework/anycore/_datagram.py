@@ -60,7 +60,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, cast
 
 import anyio
 import anyio.abc
@@ -84,8 +84,6 @@ log = logging.getLogger("anycore.datagram")
 #: A socket address as the loop reports it: ``(host, port)`` for IPv4,
 #: ``(host, port, flowinfo, scope_id)`` for IPv6.
 Address: TypeAlias = tuple[Any, ...]
-
-H = TypeVar("H", bound="DatagramHandler")
 
 # The largest UDP payload over IPv4 (65535 - 8 byte UDP header - 20 byte IP header).
 MAX_UDP_PAYLOAD = 65507

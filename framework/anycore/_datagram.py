@@ -752,9 +752,13 @@ _LOST_TIMEOUT = 5.0
 
 
 def _portable_default() -> bool:
-    import sniffio
-
-    return sniffio.current_async_library() != "asyncio"
+    # Not sniffio: anyio no longer depends on it.  No asyncio loop in this
+    # thread means another backend (trio) is running us.
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
 
 
 # -- endpoint strings -------------------------------------------------------------

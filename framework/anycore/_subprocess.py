@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import grp
 import os
 import pwd
@@ -81,6 +82,18 @@ DEVNULL = -3
 StrOrBytesPath: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 Redirect: TypeAlias = "int | IO[Any] | None"
 Args: TypeAlias = "StrOrBytesPath | Sequence[StrOrBytesPath]"
+
+
+# Output pipes are grown to this size where the OS allows (Linux F_SETPIPE_SZ): a
+# quarter as many wake-ups per megabyte as the 64 KiB default, and still a bound.
+_PIPE_SIZE = 256 * 1024 if hasattr(fcntl, "F_SETPIPE_SZ") else 0
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:  # over /proc/sys/fs/pipe-max-size or the user's pipe quota
+        pass
 
 
 # -- the runtime registry ---------------------------------------------------------------
@@ -408,6 +421,8 @@ class Process(_Killable):
                     continue
                 if how == PIPE:
                     r, w = os.pipe2(os.O_CLOEXEC)
+                    if i and _PIPE_SIZE:
+                        _grow_pipe(r)
                     mine, theirs = (w, r) if i == 0 else (r, w)
                     parent_fds.append(mine)
                     child_fds.append(theirs)

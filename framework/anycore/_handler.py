@@ -87,6 +87,10 @@ connection_context: contextvars.ContextVar[dict[str, object] | None] = contextva
 
 _connection_ids = itertools.count(1)
 
+# The frame queue of connections whose handler is synchronous: always empty
+# (only the async path appends), shared to save a deque per connection.
+_NO_FRAMES: collections.deque[bytes] = collections.deque(maxlen=0)
+
 _MaybeAwaitable = Awaitable[None] | None
 
 
@@ -166,6 +170,8 @@ def class_info(cls: type[Handler]) -> _ClassInfo:
 
 class _Connection:
     """What a Handler needs from the driver that runs it (asyncio or portable)."""
+
+    __slots__ = ("__weakref__", "connection_id", "framer", "log_context")
 
     connection_id: int
     framer: Framer
@@ -621,6 +627,48 @@ def requeue(old: Framer, new: Framer, queued: collections.deque[bytes]) -> None:
 class _ProtocolDriver(asyncio.Protocol, _Connection):
     """Runs one Handler on an asyncio (or uvloop) transport."""
 
+    # Slots: thousands of idle connections should cost little memory.
+    __slots__ = (
+        "_cb",
+        "_closing",
+        "_drain_waiters",
+        "_draining",
+        "_eof",
+        "_fast_send",
+        "_finished",
+        "_finished_waiter",
+        "_idle_handle",
+        "_in_batch",
+        "_info",
+        "_last_activity",
+        "_lost",
+        "_lost_exc",
+        "_made",
+        "_max_queued",
+        "_out",
+        "_pending_exc",
+        "_queue",
+        "_queue_full",
+        "_reading_paused",
+        "_stop",
+        "_task",
+        "_task_mode",
+        "_transport",
+        "_waiter",
+        "_write_paused",
+        "bytes_in",
+        "bytes_out",
+        "frames_in",
+        "handler",
+        "idle_timeout",
+        "loop",
+        "owner",
+        "reads",
+        "server_side",
+        "write_buffer_limit",
+        "writes",
+    )
+
     def __init__(
         self,
         handler: Handler,
@@ -645,15 +693,17 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self._stop = False  # ends the current batch loop: closing, or a framer switch
         self._lost = False
         self._lost_exc: BaseException | None = None
-        self._finished: asyncio.Future[None] = self.loop.create_future()
+        self._finished = False
+        self._finished_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._reading_paused = False
         self._queue_full = False
         self._draining = False  # the server is shutting down gracefully
         self._eof = False
         self._made = False
-        self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._queue: collections.deque[bytes] = collections.deque()
+        # Created on first use: an idle connection should cost little memory.
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
+        self._queue: collections.deque[bytes] = _NO_FRAMES
         self._pending_exc: RemoteProtocolError | None = None
         self._task: asyncio.Task[None] | None = None
         self._task_mode = False
@@ -698,6 +748,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         info = self._info
         if info.made_async or info.frame_async:
             self._task_mode = True
+            self._queue = collections.deque()
             if not info.made_async and not self._call_sync(
                 "connection_made", handler.connection_made
             ):
@@ -866,6 +917,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         if not self._write_paused:
             return
         fut: asyncio.Future[None] = self.loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
         self._drain_waiters.append(fut)
         try:
             await fut
@@ -873,7 +926,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             # A cancelled waiter removes itself so the queue stays bounded.
             if not fut.done() or fut.cancelled():
                 try:
-                    self._drain_waiters.remove(fut)
+                    if self._drain_waiters is not None:
+                        self._drain_waiters.remove(fut)
                 except ValueError:
                     pass
         if self._lost:
@@ -887,10 +941,11 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     def _release_drain_waiters(self) -> None:
         waiters = self._drain_waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
+        if waiters:
+            self._drain_waiters = None
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     def set_framer(self, framer: Framer) -> None:
         old = self.framer
@@ -939,7 +994,11 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         return self._closing
 
     async def wait_closed(self) -> None:
-        await asyncio.shield(self._finished)
+        if self._finished:
+            return
+        if self._finished_waiter is None:
+            self._finished_waiter = self.loop.create_future()
+        await asyncio.shield(self._finished_waiter)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if self._transport is None:
@@ -1241,8 +1300,11 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self._finish()
 
     def _finish(self) -> None:
-        if not self._finished.done():
-            self._finished.set_result(None)
+        if not self._finished:
+            self._finished = True
+            waiter = self._finished_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             self.owner.connection_finished(self)
 
     # -- used by the server ------------------------------------------------------
@@ -1257,10 +1319,6 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self.close()
         else:
             self._wake()
-
-    @property
-    def finished(self) -> asyncio.Future[None]:
-        return self._finished
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:

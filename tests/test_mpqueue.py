@@ -249,3 +249,28 @@ async def test_readiness_wait_without_proc_falls_back_to_a_thread() -> None:
         await anyio.to_thread.run_sync(q.sync.put, 42)
         with anyio.fail_after(10):
             assert await getter == 42
+
+
+async def test_with_anycore_child_processes() -> None:
+    # anycore's ChildProcess sends its arguments over its own channel, not
+    # through multiprocessing's spawning path; the queues still travel.
+    from anycore import ChildProcess
+
+    async with JoinableProcessQueue[int](4) as jobs, ProcessQueue[int](0) as results:
+        async with ChildProcess(children.double_worker, jobs, results) as child:
+            for i in range(20):
+                await jobs.put(i)
+            with anyio.fail_after(20):
+                await jobs.join()
+            jobs.close()
+            with anyio.fail_after(20):
+                await child.result()
+        out = sorted([await results.get() for _ in range(20)])
+    assert out == [i * 2 for i in range(20)]
+
+    q: ProcessQueue[int] = ProcessQueue(8)
+    async with q, ChildProcess(children.produce_then_close, q, 50) as child2:
+        with anyio.fail_after(20):
+            got = [item async for item in q]
+            await child2.result()
+    assert got == list(range(50))

@@ -28,6 +28,10 @@ nothing about pickling or ordering is new.  What anycore adds:
   next one and raises :class:`QueueClosed` (``async for`` / ``for`` end).
 * Children receive a :class:`ChildQueue` (pickling a ProcessQueue produces
   one), with ``put/get/task_done/join`` as in multiprocessing plus close.
+  multiprocessing only lets its queues be pickled while it spawns a child;
+  anycore's ChildProcess sends arguments over its own channel, so outside
+  spawning the queue is pickled the way spawning would (ForkingPickler, pipe
+  ends through multiprocessing's resource sharer, semaphores by name).
 
 Rejected: a reader thread that prefetches items for the loop (steals items
 other consumers could take and holds them across close), a socketpair
@@ -132,7 +136,7 @@ class ProcessQueue(Generic[T]):
         return ctx.Queue(maxsize)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ChildQueue, (self._mpq, self._closed_flag, self._joinable))
+        return self.sync.__reduce__()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -407,6 +411,37 @@ class JoinableProcessQueue(ProcessQueue[T]):
                 mpq._cond.wait(_SLICE)
 
 
+class _ShareFds:
+    """Stands in for a spawning Popen while a process queue is pickled."""
+
+    @staticmethod
+    def duplicate_for_child(fd: int) -> int:
+        return fd
+
+    @staticmethod
+    def DupFd(fd: int) -> Any:  # multiprocessing's name for it
+        from multiprocessing import resource_sharer
+
+        return resource_sharer.DupFd(fd)
+
+
+def _forking_dumps(state: tuple[Any, ...]) -> bytes:
+    from multiprocessing.reduction import ForkingPickler
+
+    multiprocessing.context.set_spawning_popen(_ShareFds())  # type: ignore[arg-type]
+    try:
+        return bytes(ForkingPickler.dumps(state))
+    finally:
+        multiprocessing.context.set_spawning_popen(None)
+
+
+def _from_forking_pickle(data: bytes) -> ChildQueue[Any]:
+    from multiprocessing.reduction import ForkingPickler
+
+    mpq, closed_flag, joinable = ForkingPickler.loads(data)
+    return ChildQueue(mpq, closed_flag, joinable)
+
+
 class ChildQueue(Generic[T]):
     """The blocking side of a process queue, for children and threads.
 
@@ -424,7 +459,15 @@ class ChildQueue(Generic[T]):
         self._joinable = joinable
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ChildQueue, (self._mpq, self._closed_flag, self._joinable))
+        state = (self._mpq, self._closed_flag, self._joinable)
+        if multiprocessing.context.get_spawning_popen() is not None:
+            # multiprocessing is starting a child with us among its arguments.
+            return (ChildQueue, state)
+        # Any other pickling (anycore's ChildProcess sends its arguments over
+        # its own channel; a queue sent through another queue): the same
+        # thing multiprocessing does while spawning, with the pipe ends handed
+        # over by its resource sharer and the semaphores reopened by name.
+        return (_from_forking_pickle, (_forking_dumps(state),))
 
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
         """Put, blocking while full (a close wakes the wait within a fraction of a second).

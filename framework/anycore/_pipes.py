@@ -92,7 +92,7 @@ class ProcessReader:
                 self._start = 0
             buf += data
             held = len(buf) - self._start
-            if held >= self._limit and (not self._want_more or held >= self.max_line_length):
+            if held >= self._limit and (not self._want_more or held > self.max_line_length):
                 self._pause()
         else:
             self._eof = True
@@ -107,7 +107,7 @@ class ProcessReader:
     def _maybe_resume(self) -> None:
         if self._paused and not self._closed:
             held = len(self._buf) - self._start
-            if held < self._limit or (self._want_more and held < self.max_line_length):
+            if held < self._limit or (self._want_more and held <= self.max_line_length):
                 self._paused = False
                 self._loop.add_reader(self._fd, self._on_readable)
 
@@ -229,11 +229,11 @@ class ProcessReader:
                 self._take(i + 1 - self._start)
                 self._skipping = False
                 continue
-            if i >= 0 and i - self._start < limit:
+            if i >= 0 and i - self._start <= limit:
                 self._want_more = False
                 return self._take(i + 1 - self._start)
             held = len(buf) - self._start
-            if held >= limit or (i >= 0):
+            if held > limit or i >= 0:  # i >= 0 here: the line is too long
                 self._want_more = False
                 if self.split_long_lines:
                     return self._take(limit)
@@ -344,10 +344,10 @@ class TextProcessReader:
                     continue
                 self._text, self._scan, self._skipping = self._text[i + 1 :], 0, False
                 continue
-            if i >= 0 and i < limit:
+            if i >= 0 and i <= limit:
                 line, self._text, self._scan = self._text[: i + 1], self._text[i + 1 :], 0
                 return line
-            if len(self._text) >= limit or i >= 0:
+            if len(self._text) > limit or i >= 0:
                 if self.raw.split_long_lines:
                     line, self._text, self._scan = self._text[:limit], self._text[limit:], 0
                     return line

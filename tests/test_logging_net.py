@@ -521,3 +521,32 @@ def test_network_handler_under_the_runtime(cookbook_server: _CookbookServer) -> 
     while len(cookbook_server.records) < 200 and time.monotonic() < deadline:
         time.sleep(0.01)  # the receiver is another thread; poll with a deadline
     assert [r.getMessage() for r in cookbook_server.records] == [f"rt {i}" for i in range(200)]
+
+
+async def test_forked_child_drops_the_parents_connection(
+    logger: logging.Logger, cookbook_server: _CookbookServer
+) -> None:
+    host, port = cookbook_server.server_address[:2]
+    handler = SocketHandler(str(host), int(port))
+    logger.addHandler(handler)
+    logger.info("before fork")
+    await wait_for(lambda: len(cookbook_server.records) == 1)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child: no loop here; close() sends synchronously
+        try:
+            logger.info("from the child")
+            handler.close()
+            os._exit(0 if handler.buffered == 0 and handler.dropped == 0 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    logger.info("parent still connected")
+    await wait_for(lambda: len(cookbook_server.records) == 3)
+    assert {r.getMessage() for r in cookbook_server.records} == {
+        "before fork",
+        "from the child",
+        "parent still connected",
+    }
+    assert handler.connected
+    await handler.aclose()

@@ -106,8 +106,15 @@ class AsyncNetworkHandler(logging.Handler):
         self._inflight = []
         self._connected = False
         self._reset_loop_state()
-        with contextlib.suppress(Exception):
-            self._disconnect()
+        # Transports belong to the parent's loop: drop them without touching
+        # it (closing would call into that loop); plain sockets are ours.
+        for name in ("_writer", "_reader"):
+            if name in self.__dict__:
+                self.__dict__[name] = None
+        sock = self.__dict__.pop("_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def createLock(self) -> None:
         self.lock = threading.RLock()

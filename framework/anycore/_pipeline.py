@@ -387,6 +387,8 @@ class Pipeline:
             TimeoutExpired: not all stages finished within ``timeout``.
         """
         futs = {p._exit for p in self.processes if p._exit is not None}
+        if not futs:
+            raise RuntimeError("the pipeline was not started")
         if timeout is None:
             await asyncio.shield(asyncio.wait(futs))
         else:

@@ -15,7 +15,8 @@
 #
 # Rejected alternatives:
 # - asyncio streams (StreamReader/StreamWriter) under the handler: one await and
-#   one write per message; measured 5-20x slower on pipelined request/response.
+#   one write per message; 0.05-0.2x of a batched Protocol server on pipelined
+#   request/response (the team's measurements in shared/PERFORMANCE.md).
 # - BufferedProtocol: the framers take ``bytes`` and keep their own buffer, so
 #   buffer_updated() must copy out of the bytearray first.  Measured on uvloop
 #   with redis-benchmark (inline PING, -P 16, server CPU per request, 3 runs):

@@ -592,3 +592,13 @@ async def test_stdin_write_after_child_exit_is_broken() -> None:
         assert proc.stdin is not None
         with pytest.raises(anycore.BrokenError):
             await proc.stdin.write(b"x" * 10_000_000)  # more than any pipe holds
+
+
+def test_needs_an_asyncio_loop() -> None:
+    import trio
+
+    async def main() -> None:
+        with pytest.raises(anycore.RuntimeStateError, match="asyncio event loop"):
+            await Process(["true"]).start()
+
+    trio.run(main)

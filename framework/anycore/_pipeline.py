@@ -45,7 +45,7 @@ from ._subprocess import (
     Redirect,
     _redirect,
 )
-from .errors import CalledProcessError, TimeoutExpired
+from .errors import CalledProcessError, RuntimeStateError, TimeoutExpired
 
 __all__ = ["Command", "Pipeline", "cmd", "pipeline"]
 
@@ -234,10 +234,15 @@ class Pipeline:
         """
         if self._state != "new":
             raise RuntimeError("the pipeline was already started")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeStateError(
+                "anycore pipelines run on an asyncio event loop (asyncio or uvloop)"
+            ) from None
         self._state = "running"
         if self._limiter is not None:
             await self._limiter.acquire_on_behalf_of(self)
-        loop = asyncio.get_running_loop()
         n = len(self.commands)
         err_r = err_w = -1
         try:

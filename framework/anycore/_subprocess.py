@@ -55,7 +55,7 @@ from ._spawn import (
     resolve_executable,
     spawn,
 )
-from .errors import CalledProcessError, ExecutableNotFound, TimeoutExpired
+from .errors import CalledProcessError, ExecutableNotFound, RuntimeStateError, TimeoutExpired
 
 __all__ = [
     "DEVNULL",
@@ -384,11 +384,17 @@ class Process(_Killable):
         Raises:
             ExecutableNotFound: the program does not exist or is not executable.
             OSError: the kernel refused (e.g. permissions for ``user``).
+            RuntimeStateError: no asyncio event loop is running (e.g. under trio).
         """
         if self._state != "new":
             raise RuntimeError("the process was already started")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeStateError(
+                "anycore processes run on an asyncio event loop (asyncio or uvloop)"
+            ) from None
         self._state = "running"
-        loop = asyncio.get_running_loop()
         if self._limiter is not None:
             await self._limiter.acquire_on_behalf_of(self)
         try:

@@ -266,7 +266,7 @@ ECHO_SERVERS = [
 
 
 def bench_echo(quick: bool) -> list[EchoResult]:
-    seconds = 1.0 if quick else 5.0
+    seconds = 0.5 if quick else 5.0
     rounds = 1 if quick else 3
     best: dict[str, EchoResult] = {}
     for rnd in range(rounds):

@@ -266,12 +266,15 @@ async def test_call_check_call_check_output() -> None:
 
 
 async def test_run_timeout_kills_and_carries_partial_output() -> None:
-    code = "import sys, time; print('partial', flush=True); time.sleep(1000)"
+    # The shell prints at once (well inside the timeout); the group ignores SIGTERM,
+    # so the timeout path goes all the way to SIGKILL.
+    script = "trap '' TERM; echo partial; echo oops >&2; sleep 1000"
     with pytest.raises(TimeoutExpired) as info:
-        await run_process(py(code), capture_output=True, timeout=1.5, grace_period=0.5)
+        await run_process(["sh", "-c", script], capture_output=True, timeout=1.0, grace_period=0.2)
     assert info.value.output == b"partial\n"
     assert info.value.stdout == b"partial\n"
-    assert info.value.timeout == 1.5
+    assert info.value.stderr == b"oops\n"
+    assert info.value.timeout == 1.0
     assert isinstance(info.value, TimeoutError)
 
 

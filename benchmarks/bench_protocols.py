@@ -491,8 +491,9 @@ def machine_info() -> list[str]:
         redis = subprocess.run(
             ["redis-server", "--version"], capture_output=True, text=True, check=False
         ).stdout.split()[2]
+    load = Path("/proc/loadavg").read_text().split()[:3]
     return [
-        f"nproc: {os.cpu_count()}, CPU: {cpu}",
+        f"nproc: {os.cpu_count()}, CPU: {cpu}, load average now: {' '.join(load)}",
         f"Python {platform.python_version()}, uvloop {uvloop.__version__}, "
         f"redis-server {redis.removeprefix('v=')}, kernel {platform.release()}",
         "servers pinned to core 0, load generators to core 1"
@@ -618,32 +619,32 @@ def main(quick: bool) -> None:
 NOTES = """\
 How to read these numbers:
 
-- The machine is shared with other jobs (load average 5-6 during the run), so
-  end-to-end throughput moves by +-50% between rounds of the same server (the
+- The machine is shared with other jobs (see the load averages above), so
+  end-to-end throughput moves by up to +-50% between rounds of a server (the
   benchmark prints every round); the tables keep the best round.  A ratio above
   1.0x against the raw Protocol is such noise: the anycore server runs the same
   parser and commands plus its own layer, so it cannot be faster.  The
   in-process table is the stable measure of what the layer costs.
-- Where anycore's extra time goes (in process, per read batch): about 1.2-1.5 us
+- Where anycore's extra time goes (in process, per read batch): about 1.2 us
   fixed in the connection driver (`_ProtocolDriver.data_received`): the
-  RawFramer round trip (feed plus two next_frame calls, about 0.6 us),
-  bookkeeping (context variable, counters, batch flags) and `_flush` (join,
-  write, statistics); plus about 0.05 us per `send()`.  With 16 requests per
-  batch that is about 5%: the P=16 target holds.  With one request per batch
-  (no pipelining, and the echo benchmark) it is paid per request, on a request
-  that costs the raw server 8-15 us of CPU with its system calls: 1.1-1.5x the
-  raw server's CPU per request across rounds (RESP P=1 and echo), so the
-  "within 10%" target for P=1 is missed by the driver's fixed per-batch cost.
+  RawFramer round trip that RawHandler pays (feed plus two next_frame calls,
+  about 0.4-0.6 us), bookkeeping (context variable, counters, batch flags) and
+  `_flush` (join, write, statistics, a transport.is_closing() call).  With 16
+  requests per batch that is about 5%: the P=16 target holds.  With one
+  request per batch (no pipelining, and the echo benchmark) it is paid per
+  request, on a request that costs the raw server 8-15 us of CPU with its
+  system calls, so the "within 10%" CPU target for P=1 is at best borderline
+  and missed in most rounds.  A RawHandler fast path that hands the chunk to
+  data_received without the framer would remove about half of it.
 - The echo load comes from a Python client (one process on core 1, 100
   connections): it spends about as much CPU per message as the server, so
   msg/s and latency are bounded by the client as much as by the server; the
   server's CPU per message is the comparison that holds.
-- Memory: tracemalloc counts about 4.8 KB of Python objects per anycore
-  connection: the driver's instance dict (38 attributes, about 1.6 KB), two
-  deques created up front (about 0.75 KB each, used only by async handlers
-  and drain()), the RawFramer's deque (about 0.75 KB), the handler and the
-  logging context dict.  `__slots__` on the driver and deques created on first
-  use would bring it near 1.5 KB.
+- Memory: tracemalloc counts about 1.9 KB of Python objects per idle anycore
+  connection (driver, handler, framer, logging context); the largest single
+  piece is the RawFramer's deque (about 0.75 KB, allocated up front).  The
+  RSS growth per connection in the table also includes the allocator's
+  slack and the per-connection task that set the connection up.
 """
 
 
@@ -653,6 +654,7 @@ END = "<!-- bench_protocols:end -->"
 
 def write_docs() -> None:
     """Full run, then replace the Protocols section of docs/benchmarks.md."""
+    started_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     main(quick=False)
     resp_results, echo, mem, n, layer = main.last  # type: ignore[attr-defined]
     body = [
@@ -663,6 +665,7 @@ def write_docs() -> None:
         f"on {time.strftime('%Y-%m-%d')}; the machine:",
         "",
         *[f"- {line}" for line in machine_info()],
+        f"- load average when the run started: {started_load}",
         "",
         *report(resp_results, echo, mem, n, layer),
         NOTES,
@@ -685,6 +688,11 @@ if __name__ == "__main__":
     p.add_argument("--quick", action="store_true")
     p.add_argument("--write-docs", action="store_true", help="full run, update docs/benchmarks.md")
     args = p.parse_args()
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # run the finally blocks: stop the servers
+
+    signal.signal(signal.SIGTERM, _terminate)
     if args.write_docs:
         write_docs()
     else:

@@ -877,14 +877,17 @@ async def _close_portable(glues: list[_PortableGlue], drain_timeout: float | Non
     """Stop receiving, let the datagram being handled finish (bounded), close."""
     for g in glues:
         g.close()
-    with anyio.move_on_after(drain_timeout):
+    try:
+        with anyio.move_on_after(drain_timeout):
+            for g in glues:
+                await g.wait_lost()
+    finally:
+        # Past the deadline, or cancelled: end every socket now.
         for g in glues:
-            await g.wait_lost()
-    for g in glues:
-        g.abort()
-    with anyio.CancelScope(shield=True):
-        for g in glues:
-            await g.wait_lost()
+            g.abort()
+        with anyio.CancelScope(shield=True):
+            for g in glues:
+                await g.wait_lost()
 
 
 # -- servers ----------------------------------------------------------------------

@@ -656,3 +656,36 @@ def test_trio_close_cancels_a_stuck_handler_then_connection_lost_once() -> None:
 
     anyio.run(main, backend="trio")
     assert events == ["started", "cancelled", "lost"]
+
+
+def test_trio_cancelled_close_aborts_the_sockets() -> None:
+    import anyio
+
+    events: list[str] = []
+
+    class Stuck(DatagramHandler):
+        async def datagram_received(self, data: bytes, addr: Address) -> None:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                events.append("cancelled")
+                raise
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            events.append("lost")
+
+    async def main() -> None:
+        server = serve_datagram(Stuck, "udp://127.0.0.1:0", drain_timeout=None)
+        async with server:
+            async with open_datagram_endpoint(server.endpoints[0]) as client:
+                client.send(b"x")
+                with anyio.fail_after(10):
+                    while server.statistics().datagrams_received == 0:
+                        await anyio.sleep(0)
+            with anyio.move_on_after(0.05) as scope:
+                await server.aclose()  # waits forever for Stuck: cancelled
+            assert scope.cancelled_caught
+            assert events == ["cancelled", "lost"]
+            assert server.addresses == []
+
+    anyio.run(main, backend="trio")

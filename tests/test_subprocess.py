@@ -309,7 +309,8 @@ async def test_communicate_timeout_then_resume() -> None:
             while b"first\n" not in output:
                 with pytest.raises(TimeoutExpired) as info:
                     await proc.communicate(timeout=0.05)
-                output = info.value.output or b""
+                assert isinstance(info.value.output, bytes)
+                output = info.value.output
         assert output == b"first\n"
         proc.send_signal(signal.SIGUSR1)
         out, err = await proc.communicate()

@@ -30,7 +30,7 @@ import signal
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Literal, TypeAlias
+from typing import IO, Any, Literal, Self, TypeAlias
 
 import anyio
 
@@ -375,7 +375,7 @@ class Process(_Killable):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> Process:
+    async def start(self) -> Self:
         """Spawn the child (waits for a ``limiter`` token first).
 
         Returns:
@@ -510,7 +510,7 @@ class Process(_Killable):
             self._reaped = True
             reap(self.pid)
 
-    async def __aenter__(self) -> Process:
+    async def __aenter__(self) -> Self:
         if self._state == "new":
             await self.start()
         return self

@@ -173,7 +173,7 @@ async def test_missing_executable_names_it(tmp_path: Path) -> None:
     with pytest.raises(ExecutableNotFound) as info:
         await run_process(["anycore-no-such-program"])
     assert info.value.executable == "anycore-no-such-program"
-    assert "anycore-no-such-program" in str(info.value)
+    assert str(info.value) == "executable not found: 'anycore-no-such-program'"
     assert isinstance(info.value, FileNotFoundError)
     with pytest.raises(ExecutableNotFound):
         await run_process([str(tmp_path / "missing")])

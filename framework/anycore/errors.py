@@ -175,6 +175,10 @@ class ExecutableNotFound(ProcessError, FileNotFoundError):
         self.executable = executable
         self.filename = executable
 
+    def __str__(self) -> str:
+        # OSError.__str__ would print "[Errno None] None: 'name'" once filename is set.
+        return f"executable not found: {self.executable!r}"
+
 
 class CalledProcessError(ProcessError):
     """A process checked with ``check=True`` exited unsuccessfully.

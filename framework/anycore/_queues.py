@@ -26,11 +26,11 @@ until a getter takes them synchronously, so cancelling a getter at any point
 loses nothing; a waiter that was popped for a wake-up but leaves (cancelled,
 timed out) passes the wake-up on.  No polling anywhere on the item path.
 
-Rejected: a lock on every operation from the start (janus's design; costs
-the in-loop path 30% and more), a ``call_soon_threadsafe`` per thread-side put
-(janus again: one self-pipe write per item), and a separate sibling class for
-bridging (two objects to close; the issue asks for one queue whose close wakes
-everyone).
+Rejected: locks on every operation from the start (janus's design: a
+threading lock plus an asyncio.Condition on the async side, paid by programs
+that never use a thread), a ``call_soon_threadsafe`` per thread-side put (one
+self-pipe write per item), and a separate sibling class for bridging (two
+objects to close; the issue asks for one queue whose close wakes everyone).
 
 Bounded by default: ``maxsize`` defaults to :data:`DEFAULT_MAXSIZE` (1024)
 because every buffer in anycore has a limit; ``maxsize=0`` asks for an

@@ -38,7 +38,7 @@ import structlog
 from structlog.stdlib import ProcessorFormatter
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ._context import ContextFilter, merge_context
+from ._context import ContextFilter, _context as _context_var
 from ._sink import (
     FileHandler,
     RotatingFileHandler,
@@ -274,6 +274,33 @@ def _target_factory(*args: Any) -> _Target:
     return _Target(frame.f_globals.get("__name__", "root"))
 
 
+class _AnycoreBasics:
+    """merge_context + add_log_level + add_logger_name + StackInfoRenderer, in one call.
+
+    The same results as those four structlog processors in a row; one Python
+    call per record instead of four is measurable on the loop.
+    """
+
+    def __init__(self) -> None:
+        self._stack = structlog.processors.StackInfoRenderer(additional_ignores=["anycore.logging"])
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        ctx = _context_var.get()
+        if ctx:
+            for key, value in ctx.items():
+                if key not in event_dict:
+                    event_dict[key] = value
+        event_dict["level"] = _METHOD_TO_LEVEL.get(name, name)
+        record = event_dict.get("_record")
+        event_dict["logger"] = logger.name if record is None else record.name
+        if "stack_info" in event_dict:
+            return self._stack(logger, name, event_dict)
+        return event_dict
+
+
+_METHOD_TO_LEVEL = {"warn": "warning", "exception": "error"}
+
+
 def _format_exc_info(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
     # structlog's format_exc_info, skipped cheaply when there is nothing to do.
     if "exc_info" in event_dict:
@@ -451,15 +478,9 @@ def structured_formatter(
     if format not in ("console", "json"):
         raise ValueError("format must be 'console' or 'json'")
 
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        merge_context,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-    ]
+    shared: list[Processor] = [structlog.contextvars.merge_contextvars, _AnycoreBasics()]
     if timestamp is not None:
         shared.append(structlog.processors.TimeStamper(fmt=timestamp, utc=utc))
-    shared.append(structlog.processors.StackInfoRenderer())
     shared.extend(processors)
 
     renderer: Processor

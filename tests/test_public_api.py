@@ -38,6 +38,8 @@ def test_every_public_name_has_a_docstring() -> None:
         if name == "__version__":
             continue
         obj = getattr(anycore, name)
+        if not getattr(obj, "__module__", "anycore").startswith("anycore"):
+            continue  # re-exported from anyio as is (documented in docs/)
         if (inspect.isclass(obj) or callable(obj)) and not inspect.getdoc(obj):
             missing.append(name)
     assert not missing, f"no docstring: {missing}"

@@ -21,6 +21,8 @@ This module is public (``anycore.errors``); every name is also exported from
 
 from __future__ import annotations
 
+import queue
+
 import anyio
 
 __all__ = [
@@ -280,12 +282,12 @@ class QueueClosed(ClosedError):
     """The queue was closed: no more puts, and gets once it is empty."""
 
 
-class QueueEmpty(AnycoreError):
-    """``get_nowait`` found nothing to get (:class:`queue.Empty`'s role)."""
+class QueueEmpty(AnycoreError, queue.Empty):
+    """``get_nowait`` found nothing to get; also a :class:`queue.Empty`."""
 
 
-class QueueFull(AnycoreError):
-    """``put_nowait`` found no room (:class:`queue.Full`'s role)."""
+class QueueFull(AnycoreError, queue.Full):
+    """``put_nowait`` found no room; also a :class:`queue.Full`."""
 
 
 class TooManyReleases(AnycoreError, ValueError):

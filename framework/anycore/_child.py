@@ -276,6 +276,28 @@ def die_of_sigterm() -> None:
     os._exit(128 + signal.SIGTERM)  # pragma: no cover - the signal ends us first
 
 
+def run_child_body(sock: socket.socket, body: Callable[[], T]) -> T:
+    """Run the body of a child process that talks to its parent over ``sock``.
+
+    The socket is closed when the body ends; a SIGTERM received meanwhile
+    (``_Terminated``) ends the process as SIGTERM would, after the exit-flush
+    hooks; otherwise the hooks run and the body's result is returned.
+    """
+    try:
+        try:
+            result = body()
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+    except _Terminated:
+        die_of_sigterm()
+        raise  # pragma: no cover - die_of_sigterm does not return
+    run_exit_flush()
+    return result
+
+
 # -- context carried across processes -----------------------------------------
 
 WORKER_ID: ContextVar[str | None] = ContextVar("anycore.worker_id", default=None)
@@ -505,18 +527,20 @@ class Channel:
         return len(self._pending) + sum(len(b) for b in self._out)
 
     # reading
-    def _on_readable(self) -> None:
+    def _on_readable(self) -> bool:
+        """One read and its frames; False when nothing more can be read now."""
         try:
             data = self._sock.recv(262144)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:
             self._finish(exc)
-            return
+            return False
         if not data:
             self._finish(None)
-            return
+            return False
         self._feed(data)
+        return True
 
     def _feed(self, data: bytes) -> None:
         limit = self.max_frame_size
@@ -567,19 +591,8 @@ class Channel:
         before dying is in the socket buffer.
         """
         for _ in range(100_000):  # bounded: 25 GiB at 256 KiB per read
-            if self.closed or self.eof:
+            if self.closed or self.eof or not self._on_readable():
                 return
-            try:
-                data = self._sock.recv(262144)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._finish(exc)
-                return
-            if not data:
-                self._finish(None)
-                return
-            self._feed(data)
 
     def _finish(self, exc: BaseException | None) -> None:
         if self.eof:
@@ -862,9 +875,9 @@ def _child_entry(sock: socket.socket, payload: bytes, new_group: bool) -> None:
     """Body of a ChildProcess (runs in the child)."""
     child_prologue(new_group)
     channel = FrameSocket(sock)
-    exit_code: int | None = None
-    terminated = False
-    try:
+
+    def body() -> int | None:
+        exit_code: int | None = None
         try:
             fn, args, kwargs = pickle.loads(payload)
             value = fn(*args, **kwargs)
@@ -876,8 +889,7 @@ def _child_entry(sock: socket.socket, payload: bytes, new_group: bool) -> None:
                 message = dumps((_ERR, exception_payload(exc)))
                 exit_code = 1
         except _Terminated:
-            terminated = True
-            message = b""
+            raise  # nothing to report: the parent sees the SIGTERM status
         except SystemExit as exc:
             code = exc.code
             exit_code = code if isinstance(code, int) else (0 if code is None else 1)
@@ -885,21 +897,13 @@ def _child_entry(sock: socket.socket, payload: bytes, new_group: bool) -> None:
         except BaseException as exc:
             message = dumps((_ERR, exception_payload(exc)))
             exit_code = 1
-        if message:
-            try:
-                channel.send_frame(message)
-            except OSError:
-                pass
-    except _Terminated:
-        terminated = True
-    finally:
         try:
-            sock.close()
+            channel.send_frame(message)
         except OSError:
             pass
-    if terminated:
-        die_of_sigterm()
-    run_exit_flush()
+        return exit_code
+
+    exit_code = run_child_body(sock, body)
     if exit_code:
         sys.exit(exit_code)
 

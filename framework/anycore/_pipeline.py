@@ -31,9 +31,8 @@ from ._pipes import (
     ProcessReader,
     ProcessWriter,
     TextProcessReader,
-    _decode_capture,
-    _raw,
-    _serve_pipes,
+    _communicate,
+    _run_to_end,
 )
 from ._spawn import ProcessStatus, resolve_executable
 from ._subprocess import (
@@ -44,8 +43,9 @@ from ._subprocess import (
     Process,
     Redirect,
     _redirect,
+    _running_loop,
 )
-from .errors import CalledProcessError, RuntimeStateError, TimeoutExpired
+from .errors import CalledProcessError, TimeoutExpired
 
 __all__ = ["Command", "Pipeline", "cmd", "pipeline"]
 
@@ -234,12 +234,7 @@ class Pipeline:
         """
         if self._state != "new":
             raise RuntimeError("the pipeline was already started")
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeStateError(
-                "anycore pipelines run on an asyncio event loop (asyncio or uvloop)"
-            ) from None
+        loop = _running_loop("pipelines")
         self._state = "running"
         if self._limiter is not None:
             await self._limiter.acquire_on_behalf_of(self)
@@ -437,38 +432,14 @@ class Pipeline:
         """
         if self._state != "running":
             raise RuntimeError("the pipeline is not running")
-        if self._comm is None:
-            if input is not None and self.stdin is None:
-                raise ValueError("input given but stdin is not a PIPE")
-            self._comm = asyncio.ensure_future(self._communicate(input, max_output))
-        elif input is not None:
-            raise ValueError("input can only be given on the first communicate() call")
-        comm = self._comm
-        if timeout is None:
-            return await asyncio.shield(comm)
-        await asyncio.wait({comm}, timeout=timeout)
-        if not comm.done():
-            out, err = self._decoded_capture()
-            raise TimeoutExpired(self.args, timeout, out, err)
-        return comm.result()
+        return await _communicate(self, input, timeout, max_output)
 
-    def _decoded_capture(self) -> tuple[Any, Any]:
-        return _decode_capture(
-            self._captured, (self.stdout, self.stderr), self._encoding, self._errors
-        )
+    def _exit_futures(self) -> list[asyncio.Future[ProcessStatus]]:
+        return [p._exit for p in self.processes if p._exit is not None]
 
-    async def _communicate(self, input: bytes | str | None, limit: int) -> tuple[Any, Any]:
-        readers = [
-            (_raw(stream), self._captured[i])
-            for i, stream in enumerate((self.stdout, self.stderr))
-            if stream is not None
-        ]
-        exits = [p._exit for p in self.processes if p._exit is not None]
-        await _serve_pipes(
-            self.stdin, input, readers, limit, exits, self.drain_timeout,
-            self.processes[0]._kill_leftovers,
-        )  # fmt: skip
-        return self._decoded_capture()
+    def _kill_leftovers(self) -> None:
+        if self.processes:
+            self.processes[0]._kill_leftovers()
 
     async def run(
         self,
@@ -507,17 +478,7 @@ class Pipeline:
             self._encoding = encoding or self._encoding or "utf-8"
             self._errors = errors or self._errors
         async with self:
-            if self.stdin is None and self.stdout is None and self.stderr is None:
-                await self.wait(timeout)
-                out = err = None
-            else:
-                try:
-                    out, err = await self.communicate(input, timeout, max_output=max_output)
-                except TimeoutExpired:
-                    await self.aclose()
-                    out, err = self._decoded_capture()
-                    raise TimeoutExpired(self.args, timeout or 0.0, out, err) from None
-                await self.wait()
+            out, err = await _run_to_end(self, input, timeout, max_output)
             rc = self.returncode
             assert rc is not None
             statuses = tuple(s for s in self.statuses if s is not None)

@@ -18,12 +18,19 @@ import codecs
 import io
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
 from ._spawn import ProcessStatus
-from .errors import BrokenError, BusyError, ClosedError, FrameTooLarge, OutputLimitExceeded
+from .errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    FrameTooLarge,
+    OutputLimitExceeded,
+    TimeoutExpired,
+)
 
 __all__ = ["ProcessReader", "ProcessWriter", "TextProcessReader"]
 
@@ -480,6 +487,97 @@ class ProcessWriter:
 
 
 # -- communicate's engine (shared with pipelines) ---------------------------------------
+#
+# Process and Pipeline both own stdin / stdout / stderr pipes, one communicate() task
+# and two capture buffers; they differ only in which exits end the exchange and what
+# is killed when a grandchild keeps a pipe open.  The engine below is written once
+# against _PipeOwner; each class keeps only its state check and its docstring.
+
+
+class _PipeOwner(Protocol):
+    """What communicate() needs from a process or a pipeline."""
+
+    @property
+    def args(self) -> Any: ...
+    @property
+    def stdin(self) -> ProcessWriter | None: ...
+    @property
+    def stdout(self) -> ProcessReader | TextProcessReader | None: ...
+    @property
+    def stderr(self) -> ProcessReader | TextProcessReader | None: ...
+    @property
+    def drain_timeout(self) -> float: ...
+
+    _comm: asyncio.Task[tuple[Any, Any]] | None
+    _captured: list[bytearray]
+    _encoding: str | None  # None: bytes mode
+    _errors: str
+
+    def _exit_futures(self) -> list[asyncio.Future[ProcessStatus]]: ...
+    def _kill_leftovers(self) -> None: ...
+    async def wait(self, timeout: float | None = None) -> int: ...
+    async def aclose(self) -> None: ...
+
+
+async def _communicate(
+    owner: _PipeOwner, input: bytes | str | None, timeout: float | None, max_output: int
+) -> tuple[Any, Any]:
+    """communicate() once the owner is known to run: one shared task, so a call
+    that timed out is resumed by the next one."""
+    if owner._comm is None:
+        if input is not None and owner.stdin is None:
+            raise ValueError("input given but stdin is not a PIPE")
+        owner._comm = asyncio.ensure_future(_collect(owner, input, max_output))
+    elif input is not None:
+        raise ValueError("input can only be given on the first communicate() call")
+    comm = owner._comm
+    if timeout is None:
+        return await asyncio.shield(comm)
+    await asyncio.wait({comm}, timeout=timeout)
+    if not comm.done():
+        out, err = _decoded_capture(owner)
+        raise TimeoutExpired(owner.args, timeout, out, err)
+    return comm.result()
+
+
+def _decoded_capture(owner: _PipeOwner) -> tuple[Any, Any]:
+    """What was captured so far, as communicate() returns it."""
+    return _decode_capture(
+        owner._captured, (owner.stdout, owner.stderr), owner._encoding, owner._errors
+    )
+
+
+async def _collect(owner: _PipeOwner, input: bytes | str | None, limit: int) -> tuple[Any, Any]:
+    readers = [
+        (_raw(stream), owner._captured[i])
+        for i, stream in enumerate((owner.stdout, owner.stderr))
+        if stream is not None
+    ]
+    await _serve_pipes(
+        owner.stdin, input, readers, limit, owner._exit_futures(), owner.drain_timeout,
+        owner._kill_leftovers,
+    )  # fmt: skip
+    return _decoded_capture(owner)
+
+
+async def _run_to_end(
+    owner: _PipeOwner, input: bytes | str | None, timeout: float | None, max_output: int
+) -> tuple[Any, Any]:
+    """run()'s body inside the owner's scope: communicate (only wait when nothing is
+    piped), then wait for every exit.  On timeout everything is stopped and the
+    TimeoutExpired carries what was read by then."""
+    if owner.stdin is None and owner.stdout is None and owner.stderr is None:
+        await owner.wait(timeout)  # the hot path: no pipes, no tasks
+        return None, None
+    try:
+        out, err = await _communicate(owner, input, timeout, max_output)
+    except TimeoutExpired:
+        # Kill the group, give the pumps a bounded drain, report what we got.
+        await owner.aclose()
+        out, err = _decoded_capture(owner)
+        raise TimeoutExpired(owner.args, timeout or 0.0, out, err) from None
+    await owner.wait()
+    return out, err
 
 
 def _raw(stream: ProcessReader | TextProcessReader) -> ProcessReader:

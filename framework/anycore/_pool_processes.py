@@ -58,14 +58,13 @@ from ._child import (
     child_prologue,
     context_snapshot,
     default_context,
-    die_of_sigterm,
     dumps,
     dumps_callable,
     exception_payload,
     picklable_snapshot,
     rebuild_exception,
     restore_snapshot,
-    run_exit_flush,
+    run_child_body,
 )
 from ._pools import FINISHED, RUNNING, Backend, Job, PoolConfig, run_job_body
 from .errors import ChildProcessFailed, WorkerCrashed
@@ -89,19 +88,7 @@ _FN_CACHE = 64
 def _worker_main(sock: socket.socket, boot: bytes) -> None:
     """Body of a pool worker process."""
     child_prologue(True)
-    terminated = False
-    try:
-        _serve(sock, boot)
-    except _Terminated:
-        terminated = True
-    finally:
-        try:
-            sock.close()
-        except OSError:
-            pass
-    if terminated:
-        die_of_sigterm()
-    run_exit_flush()
+    run_child_body(sock, lambda: _serve(sock, boot))
 
 
 def _serve(sock: socket.socket, boot: bytes) -> None:

@@ -42,9 +42,8 @@ from ._pipes import (
     ProcessReader,
     ProcessWriter,
     TextProcessReader,
-    _decode_capture,
-    _raw,
-    _serve_pipes,
+    _communicate,
+    _run_to_end,
 )
 from ._runtime import Phase, Runtime, current_runtime
 from ._spawn import (
@@ -94,6 +93,16 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
     except OSError:  # over /proc/sys/fs/pipe-max-size or the user's pipe quota
         pass
+
+
+def _running_loop(what: str) -> asyncio.AbstractEventLoop:
+    """The running asyncio loop; a clear error under trio or outside a loop."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeStateError(
+            f"anycore {what} run on an asyncio event loop (asyncio or uvloop)"
+        ) from None
 
 
 # -- the runtime registry ---------------------------------------------------------------
@@ -388,12 +397,7 @@ class Process(_Killable):
         """
         if self._state != "new":
             raise RuntimeError("the process was already started")
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeStateError(
-                "anycore processes run on an asyncio event loop (asyncio or uvloop)"
-            ) from None
+        loop = _running_loop("processes")
         self._state = "running"
         if self._limiter is not None:
             await self._limiter.acquire_on_behalf_of(self)
@@ -707,39 +711,10 @@ class Process(_Killable):
         """
         if self._exit is None:
             raise RuntimeError("the process was not started")
-        if self._comm is None:
-            if input is not None and self.stdin is None:
-                raise ValueError("input given but stdin is not a PIPE")
-            self._comm = asyncio.ensure_future(self._communicate(input, max_output))
-        elif input is not None:
-            raise ValueError("input can only be given on the first communicate() call")
-        comm = self._comm
-        if timeout is None:
-            return await asyncio.shield(comm)
-        await asyncio.wait({comm}, timeout=timeout)
-        if not comm.done():
-            out, err = self._decoded_capture()
-            raise TimeoutExpired(self.args, timeout, out, err)
-        return comm.result()
+        return await _communicate(self, input, timeout, max_output)
 
-    def _decoded_capture(self) -> tuple[Any, Any]:
-        return _decode_capture(
-            self._captured, (self.stdout, self.stderr), self._encoding if self._text else None,
-            self._errors,
-        )  # fmt: skip
-
-    async def _communicate(self, input: bytes | str | None, limit: int) -> tuple[Any, Any]:
-        assert self._exit is not None
-        readers = [
-            (_raw(stream), self._captured[i])
-            for i, stream in enumerate((self.stdout, self.stderr))
-            if stream is not None
-        ]
-        await _serve_pipes(
-            self.stdin, input, readers, limit, [self._exit], self.drain_timeout,
-            self._kill_leftovers,
-        )  # fmt: skip
-        return self._decoded_capture()
+    def _exit_futures(self) -> list[asyncio.Future[ProcessStatus]]:
+        return [] if self._exit is None else [self._exit]
 
     def __repr__(self) -> str:
         return f"<Process pid={self.pid} args={self.args!r} status={self._status}>"
@@ -822,20 +797,9 @@ async def run_process(
         stdin = PIPE
     proc = Process(args, stdin=stdin, stdout=stdout, stderr=stderr, **kwargs)
     async with proc:
-        if proc.stdin is None and proc.stdout is None and proc.stderr is None:
-            rc = await proc.wait(timeout)  # the hot path: no pipes, no tasks
-            out = err = None
-        else:
-            try:
-                out, err = await proc.communicate(input, timeout, max_output=max_output)
-            except TimeoutExpired:
-                # Kill the group, give the pumps a bounded drain, report what we got.
-                await proc.aclose()
-                out, err = proc._decoded_capture()
-                raise TimeoutExpired(proc.args, timeout or 0.0, out, err) from None
-            rc = await proc.wait()
+        out, err = await _run_to_end(proc, input, timeout, max_output)
     assert proc.status is not None
-    result = CompletedProcess(args, rc, out, err, proc.status)
+    result = CompletedProcess(args, proc.status.returncode, out, err, proc.status)
     if check:
         result.check_returncode()
     return result

@@ -185,3 +185,21 @@ def test_bad_stage_options_fail_at_construction() -> None:
         Command(["cat"], stderr=PIPE)
     with pytest.raises(ValueError):
         pipeline(["cat"], ["a\0b"])
+
+
+async def test_wrong_state_raises_runtime_state_error() -> None:
+    from anycore import RuntimeStateError
+
+    p = pipeline(["true"], ["true"])
+    with pytest.raises(RuntimeStateError, match="not started"):
+        await p.wait()
+    with pytest.raises(RuntimeStateError, match="not running"):
+        await p.communicate()
+    async with p:
+        with pytest.raises(RuntimeStateError, match="already started"):
+            await p.start()
+        with pytest.raises(RuntimeStateError, match="already started"):
+            await p.run()
+        with pytest.raises(RuntimeStateError, match="cannot extend"):
+            p | ["cat"]
+        assert await p.wait() == 0

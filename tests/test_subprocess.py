@@ -606,3 +606,17 @@ def test_needs_an_asyncio_loop() -> None:
             await Process(["true"]).start()
 
     trio.run(main)
+
+
+async def test_wrong_state_raises_runtime_state_error() -> None:
+    proc = Process(["true"])
+    with pytest.raises(anycore.RuntimeStateError, match="not started"):
+        await proc.wait()
+    with pytest.raises(anycore.RuntimeStateError, match="not started"):
+        await proc.communicate()
+    async with proc:
+        with pytest.raises(anycore.RuntimeStateError, match="already started"):
+            await proc.start()
+        assert await proc.wait() == 0
+    # Still a RuntimeError, for code written against subprocess-style checks.
+    assert issubclass(anycore.RuntimeStateError, RuntimeError)

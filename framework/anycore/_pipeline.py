@@ -45,7 +45,7 @@ from ._subprocess import (
     _redirect,
     _running_loop,
 )
-from .errors import CalledProcessError, TimeoutExpired
+from .errors import CalledProcessError, RuntimeStateError, TimeoutExpired
 
 __all__ = ["Command", "Pipeline", "cmd", "pipeline"]
 
@@ -104,7 +104,7 @@ def _stages_of(item: Command | Pipeline | Args) -> list[Command]:
         return [item]
     if isinstance(item, Pipeline):
         if item._state != "new":
-            raise RuntimeError("cannot extend a pipeline that was started")
+            raise RuntimeStateError("cannot extend a pipeline that was started")
         return list(item.commands)
     return [Command(item)]
 
@@ -178,7 +178,7 @@ class Pipeline:
 
     def __or__(self, other: Command | Pipeline | Args) -> Pipeline:
         if self._state != "new":
-            raise RuntimeError("cannot extend a pipeline that was started")
+            raise RuntimeStateError("cannot extend a pipeline that was started")
         return Pipeline(
             [*self.commands, *_stages_of(other)],
             stdin=self._stdin,
@@ -231,9 +231,10 @@ class Pipeline:
         Raises:
             ExecutableNotFound: a stage's program is missing (stages already
                 started are stopped and reaped first).
+            RuntimeStateError: already started, or no asyncio event loop is running.
         """
         if self._state != "new":
-            raise RuntimeError("the pipeline was already started")
+            raise RuntimeStateError("the pipeline was already started")
         loop = _running_loop("pipelines")
         self._state = "running"
         if self._limiter is not None:
@@ -385,10 +386,11 @@ class Pipeline:
 
         Raises:
             TimeoutExpired: not all stages finished within ``timeout``.
+            RuntimeStateError: the pipeline was not started.
         """
         futs = {p._exit for p in self.processes if p._exit is not None}
         if not futs:
-            raise RuntimeError("the pipeline was not started")
+            raise RuntimeStateError("the pipeline was not started")
         if timeout is None:
             await asyncio.shield(asyncio.wait(futs))
         else:
@@ -429,9 +431,10 @@ class Pipeline:
         Raises:
             TimeoutExpired: with the output read so far (the stages keep running).
             OutputLimitExceeded: a stream grew past ``max_output``.
+            RuntimeStateError: the pipeline is not running.
         """
         if self._state != "running":
-            raise RuntimeError("the pipeline is not running")
+            raise RuntimeStateError("the pipeline is not running")
         return await _communicate(self, input, timeout, max_output)
 
     def _exit_futures(self) -> list[asyncio.Future[ProcessStatus]]:
@@ -464,9 +467,10 @@ class Pipeline:
         Raises:
             TimeoutExpired, CalledProcessError (``check`` and a non-zero
             :attr:`returncode`), OutputLimitExceeded.
+            RuntimeStateError: the pipeline was already started.
         """
         if self._state != "new":
-            raise RuntimeError("the pipeline was already started")
+            raise RuntimeStateError("the pipeline was already started")
         if capture_output:
             self._stdout = self._stderr = PIPE
         if input is not None:

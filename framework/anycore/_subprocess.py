@@ -393,10 +393,11 @@ class Process(_Killable):
         Raises:
             ExecutableNotFound: the program does not exist or is not executable.
             OSError: the kernel refused (e.g. permissions for ``user``).
-            RuntimeStateError: no asyncio event loop is running (e.g. under trio).
+            RuntimeStateError: already started, or no asyncio event loop is running
+                (e.g. under trio).
         """
         if self._state != "new":
-            raise RuntimeError("the process was already started")
+            raise RuntimeStateError("the process was already started")
         loop = _running_loop("processes")
         self._state = "running"
         if self._limiter is not None:
@@ -634,11 +635,12 @@ class Process(_Killable):
 
         Raises:
             TimeoutExpired: still running after ``timeout`` seconds (it keeps running).
+            RuntimeStateError: the process was not started.
         """
         if self._status is not None:
             return self._status.returncode
         if self._exit is None:
-            raise RuntimeError("the process was not started")
+            raise RuntimeStateError("the process was not started")
         if timeout is None:
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
@@ -708,9 +710,10 @@ class Process(_Killable):
         Raises:
             TimeoutExpired: carrying the output read so far.
             OutputLimitExceeded: a stream exceeded ``max_output`` bytes.
+            RuntimeStateError: the process was not started.
         """
         if self._exit is None:
-            raise RuntimeError("the process was not started")
+            raise RuntimeStateError("the process was not started")
         return await _communicate(self, input, timeout, max_output)
 
     def _exit_futures(self) -> list[asyncio.Future[ProcessStatus]]:

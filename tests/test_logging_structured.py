@@ -381,3 +381,8 @@ def test_public_surface_resolves_and_is_documented() -> None:
         assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
     with pytest.raises(AttributeError):
         _ = alog.nope  # type: ignore[attr-defined]
+
+
+def test_every_public_name_is_in_the_docs() -> None:
+    text = (ROOT / "docs" / "logging.md").read_text()
+    assert [name for name in alog.__all__ if name not in text] == []

@@ -493,7 +493,7 @@ def machine_info() -> list[str]:
         ).stdout.split()[2]
     load = Path("/proc/loadavg").read_text().split()[:3]
     return [
-        f"nproc: {os.cpu_count()}, CPU: {cpu}, load average now: {' '.join(load)}",
+        f"nproc: {os.cpu_count()}, CPU: {cpu}, load average at the end: {' '.join(load)}",
         f"Python {platform.python_version()}, uvloop {uvloop.__version__}, "
         f"redis-server {redis.removeprefix('v=')}, kernel {platform.release()}",
         "servers pinned to core 0, load generators to core 1"

@@ -360,3 +360,26 @@ def test_runtime_logs_phase_drains_before_run_returns(tmp_path: Path) -> None:
     finally:
         lg.removeHandler(handler)
         handler.close()
+
+
+def test_a_trio_loop_thread_never_waits_either(logger: logging.Logger) -> None:
+    import trio
+
+    sink = BlockingSink(queue_size=5, block=True)
+    logger.addHandler(sink)
+
+    async def main() -> float:
+        logger.info("rec first")
+        with trio.fail_after(10):
+            await trio.to_thread.run_sync(sink.entered.wait)
+        started = time.perf_counter()
+        for i in range(50):
+            logger.info("rec %d", i)
+        return time.perf_counter() - started
+
+    try:
+        assert trio.run(main) < 1.0
+        assert sink.dropped == 45
+    finally:
+        sink.release.set()
+    assert sink.wait_flushed(10)

@@ -63,6 +63,18 @@ __all__ = [
 _get_running_loop = asyncio._get_running_loop
 
 
+def _in_async_run() -> bool:
+    # A trio (or other non-asyncio) loop thread must not wait either.  Only
+    # asked when the queue is full, so sniffio's cost does not matter.
+    try:
+        import sniffio
+
+        sniffio.current_async_library()
+    except Exception:
+        return False
+    return True
+
+
 class _Signal:
     """A wake-up flag for one sleeper, built on a bare lock.
 
@@ -201,7 +213,7 @@ class ThreadedHandler(logging.Handler):
         queue = self._queue
         loop = _get_running_loop()
         if len(queue) >= self.queue_size:
-            if self.block and loop is None and not self._closing:
+            if self.block and loop is None and not self._closing and not _in_async_run():
                 self._wait_for_room()
             else:
                 self._dropped += 1

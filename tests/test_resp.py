@@ -363,6 +363,7 @@ def _require(tool: str) -> str:
 @pytest.fixture
 def resp_server() -> Iterator[int]:
     """The example in serve mode, in its own process, on a free loopback port."""
+    _require("redis-cli")  # skip (or fail under CI) before starting anything
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "resp_kv.py"), "serve", "--port", "0"],
         stdout=subprocess.PIPE,

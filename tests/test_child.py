@@ -239,3 +239,23 @@ def test_default_start_method_is_forkserver_on_linux() -> None:
     assert isinstance(ctx, multiprocessing.context.BaseContext)
     if os.uname().sysname == "Linux":
         assert ctx.get_start_method() == "forkserver"
+
+
+async def test_register_false_leaves_the_child_to_its_owner(tmp_path: Path) -> None:
+    from anycore import open_runtime
+
+    owned = ChildProcess(announce_and_sleep, str(tmp_path / "owned"), register=False)
+    try:
+        async with open_runtime(handle_signals=False):
+            registered = ChildProcess(announce_and_sleep, str(tmp_path / "registered"))
+            await registered.start()  # deliberately not closed by the body
+            await owned.start()
+            await wait_for_file(tmp_path / "registered")
+            await wait_for_file(tmp_path / "owned")
+        # The runtime's PROCESSES step stopped the registered child only.
+        assert registered.exitcode == -signal.SIGTERM
+        assert owned.is_alive()
+    finally:
+        await owned.aclose()
+    assert owned.exitcode == -signal.SIGTERM
+    assert_no_descendants()

@@ -251,6 +251,22 @@ async def test_runtime_shutdown_stops_live_processes() -> None:
     assert proc.status.signal == signal.SIGKILL
 
 
+async def test_register_false_leaves_the_process_to_its_owner() -> None:
+    owned = Process(["sleep", "1000"], register=False, grace_period=0.5)
+    try:
+        async with open_runtime(handle_signals=False):
+            registered = Process(["sleep", "1000"], grace_period=0.5)
+            await registered.start()  # deliberately not closed by the body
+            await owned.start()
+        # The runtime's PROCESSES step stopped the registered process only.
+        assert registered.returncode == -signal.SIGTERM
+        assert owned.returncode is None
+        assert _stat(owned.pid) is not None
+    finally:
+        await owned.aclose()
+    assert owned.returncode == -signal.SIGTERM
+
+
 def test_force_exit_hook_kills_process_groups(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

@@ -935,6 +935,10 @@ class ChildProcess(Generic[T]):
             terminal's Ctrl-C does not reach it and signals reach its children).
         grace: seconds between SIGTERM and SIGKILL when stopping.
         max_result_size: the largest pickled result accepted.
+        register: under an anycore runtime, stop the child in
+            ``Phase.PROCESSES`` and SIGKILL it on a forced exit.  ``False``
+            leaves it out of both: its owner takes responsibility for stopping
+            it, forced exits included.
     """
 
     def __init__(
@@ -948,6 +952,7 @@ class ChildProcess(Generic[T]):
         new_process_group: bool = True,
         grace: float = 2.0,
         max_result_size: int = DEFAULT_MAX_FRAME,
+        register: bool = True,
     ) -> None:
         self._target = target
         self._args = args
@@ -963,6 +968,7 @@ class ChildProcess(Generic[T]):
         self._outcome: tuple[int, Any] | None = None
         self._outcome_error: BaseException | None = None
         self._hooks: list[Any] = []
+        self._use_runtime = register
         self._closed = False
 
     # introspection
@@ -1032,7 +1038,7 @@ class ChildProcess(Generic[T]):
         return dumps(triple)
 
     def _register_runtime(self) -> None:
-        rt = current_runtime()
+        rt = current_runtime() if self._use_runtime else None
         if rt is None:
             return
         handle = self._handle

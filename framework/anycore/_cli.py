@@ -353,6 +353,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{ep}: {what} cannot be served on a {ep.scheme} endpoint")
     if inherited and kind == "datagram":
         raise UsageError("inherited sockets (--fd, LISTEN_FDS) must be stream sockets")
+    for sock in inherited:
+        if sock.type != socket.SOCK_STREAM:
+            raise UsageError(f"inherited descriptor {sock.fileno()} is not a stream socket")
     _configure_logging(args.log_level, args.log_format)
     from ._runtime import GracefulExit, run
     from .errors import LoopUnavailable
@@ -397,43 +400,6 @@ def _main_wrapper(target: Any) -> Any:
     return main
 
 
-def _serve_inherited(factory: Any, socks: list[socket.socket]) -> Any:
-    """A Server on already-bound sockets (``--fd``, socket activation)."""
-    from ._server import Server
-
-    if not hasattr(Server, "_bind"):  # pragma: no cover - guards a private hook
-        raise CommandFailed("this anycore cannot serve inherited sockets")
-    pending = list(socks)
-    endpoints: list[str] = []
-    for sock in socks:
-        if sock.type != socket.SOCK_STREAM:
-            raise UsageError(f"inherited descriptor {sock.fileno()} is not a stream socket")
-        if sock.family == socket.AF_UNIX:
-            endpoints.append(f"unix://{sock.getsockname()}")
-        elif sock.family == socket.AF_INET6:
-            host, port = sock.getsockname()[:2]
-            endpoints.append(f"tcp://[{host}]:{port}")
-        else:
-            host, port = sock.getsockname()[:2]
-            endpoints.append(f"tcp://{host}:{port}")
-
-    class InheritedServer(Server):
-        async def _bind(self, ep: Any) -> list[socket.socket]:
-            sock = pending.pop(0)
-            sock.listen(self.backlog)
-            sock.setblocking(False)
-            return [sock]
-
-        async def start(self) -> None:
-            await super().start()
-            # The socket file belongs to whoever passed the socket: never unlink it.
-            for listener in getattr(self, "_listeners", []):
-                if hasattr(listener, "unix_inode"):
-                    listener.unix_inode = None
-
-    return InheritedServer(factory, endpoints)
-
-
 async def _serve_main(
     target: Any,
     kind: str,
@@ -445,23 +411,22 @@ async def _serve_main(
 
     async with contextlib.AsyncExitStack() as stack:
         bound: list[str] = []
-        if endpoints and kind == "stream":
+        if kind == "stream":
             from ._server import serve
 
+            # Inherited sockets (--fd, LISTEN_FDS, a unix socket bound by the
+            # --workers parent) are served beside the --bind endpoints.
             server = await stack.enter_async_context(
-                serve(target, *endpoints, reuse_port=reuse_port)
+                serve(target, *endpoints, reuse_port=reuse_port, sockets=inherited)
             )
             bound += [str(e) for e in server.endpoints]
-        elif endpoints:
+        else:
             from ._datagram import serve_datagram
 
             dgram = await stack.enter_async_context(
                 serve_datagram(target, *endpoints, reuse_port=reuse_port)
             )
             bound += [str(e) for e in dgram.endpoints]
-        if inherited:
-            server = await stack.enter_async_context(_serve_inherited(target, inherited))
-            bound += [str(e) for e in server.endpoints]
         print(f"anycore: pid {os.getpid()} serving on {', '.join(bound)}", flush=True)
         sd_notify(f"READY=1\nMAINPID={os.getpid()}")
         try:

@@ -39,7 +39,7 @@ import anyio
 
 from ._endpoints import Endpoint, parse_endpoint
 from ._handler import Handler, _Owner, _ProtocolDriver
-from .errors import EndpointError
+from .errors import EndpointError, LoopUnavailable
 
 if TYPE_CHECKING:
     from ._portable import PortableEngine
@@ -140,9 +140,13 @@ class Server(_Owner):
         backlog: int = 1024,
         drain_timeout: float = 10.0,
         portable: bool | None = None,
+        sockets: Sequence[socket.socket] = (),
     ) -> None:
-        if not endpoints:
-            raise EndpointError("serve() needs at least one endpoint")
+        if not endpoints and not sockets:
+            raise EndpointError("serve() needs at least one endpoint or socket")
+        for sock in sockets:
+            if sock.type != socket.SOCK_STREAM:
+                raise EndpointError(f"socket fd {sock.fileno()} is not a stream socket")
         if on_limit not in ("refuse", "hold"):
             raise ValueError(f"on_limit must be 'refuse' or 'hold', not {on_limit!r}")
         if max_connections is not None and max_connections < 1:
@@ -163,6 +167,7 @@ class Server(_Owner):
         self.backlog = backlog
         self.drain_timeout = drain_timeout
         self.portable = portable
+        self._sockets = list(sockets)
         self._counters = _Counters()
         self._conns: dict[_ProtocolDriver, None] = {}
         self._setups: set[asyncio.Task[None]] = set()
@@ -201,6 +206,13 @@ class Server(_Owner):
             return
         self._started = True
         if self._use_portable():
+            if self._sockets:
+                self._started = False
+                for sock in self._sockets:
+                    sock.close()
+                raise LoopUnavailable(
+                    "serve(sockets=...) needs the asyncio engine (asyncio, uvloop)"
+                )
             from ._portable import PortableEngine
 
             self._engine = PortableEngine(self)
@@ -223,8 +235,12 @@ class Server(_Owner):
                         listener.unix_inode = (st.st_dev, st.st_ino)
                     self._listeners.append(listener)
                     self._endpoints.append(bound)
+            for sock in self._sockets:
+                self._adopt(sock)
         except BaseException:
             self._close_listeners()
+            for sock in self._sockets:
+                sock.close()  # ours from start(): not leaked when starting fails
             self._endpoints.clear()
             self._started = False
             raise
@@ -333,6 +349,20 @@ class Server(_Owner):
             sock.close()
             raise
         return sock
+
+    def _adopt(self, sock: socket.socket) -> None:
+        # An already-bound socket (inherited, socket activation): listen and serve
+        # it.  Its unix socket file belongs to whoever bound it: never unlinked.
+        sock.listen(self.backlog)
+        sock.setblocking(False)
+        name = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            path = name.decode() if isinstance(name, bytes) else name
+            ep = Endpoint("unix", path=path)
+        else:
+            ep = Endpoint("tcp", host=name[0], port=name[1])
+        self._listeners.append(_Listener(sock, ep, None))
+        self._endpoints.append(ep)
 
     @staticmethod
     def _bound_endpoint(ep: Endpoint, sock: socket.socket) -> Endpoint:
@@ -683,6 +713,7 @@ def serve(
     backlog: int = 1024,
     drain_timeout: float = 10.0,
     portable: bool | None = None,
+    sockets: Sequence[socket.socket] = (),
 ) -> Server:
     """Create a server running one ``handler_factory()`` per connection.
 
@@ -710,13 +741,19 @@ def serve(
         drain_timeout: seconds graceful close waits before aborting connections.
         portable: run on anyio byte streams (default: only when the running
             backend is not asyncio, e.g. trio).
+        sockets: already-bound stream sockets (inherited with ``--fd``, systemd
+            socket activation, bound by a parent for its workers) served
+            alongside ``endpoints``, plain TCP or unix.  The server listens on
+            them and closes them when it closes (or fails to start); a unix
+            socket's file is left to whoever bound it.  Served by the asyncio engine only.
 
     Returns:
         The :class:`Server` (not yet started; start it with ``async with`` or
         ``await server.start()``).
 
     Raises:
-        EndpointError: an endpoint is malformed or is not a stream endpoint.
+        EndpointError: an endpoint is malformed or is not a stream endpoint, or
+            a socket in ``sockets`` is not a stream socket.
     """
     return Server(
         handler_factory,
@@ -731,4 +768,5 @@ def serve(
         backlog=backlog,
         drain_timeout=drain_timeout,
         portable=portable,
+        sockets=sockets,
     )

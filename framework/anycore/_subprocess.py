@@ -281,6 +281,11 @@ class Process(_Killable):
         kill_group: when closing, also SIGKILL what is left of the child's group.
         limiter: an :class:`anyio.CapacityLimiter` bounding how many processes
             sharing it run at once (start waits for a token).
+        register: under an anycore runtime, stop the process in the runtime's
+            ``Phase.PROCESSES`` shutdown step and SIGKILL its group on a forced
+            exit.  ``False`` leaves it out of both: its owner (a supervisor
+            stopping programs in dependency order, say) takes responsibility
+            for stopping it, forced exits included.
 
     Raises:
         TypeError, ValueError: invalid arguments (nothing was spawned).
@@ -318,6 +323,7 @@ class Process(_Killable):
         drain_timeout: float = 1.0,
         kill_group: bool = True,
         limiter: anyio.CapacityLimiter | None = None,
+        register: bool = True,
     ) -> None:
         self.args = args
         self._argv = _normalize_args(args, shell, executable)
@@ -365,6 +371,7 @@ class Process(_Killable):
         self.drain_timeout = drain_timeout
         self._kill_group = kill_group
         self._limiter = limiter
+        self._use_runtime = register
 
         self.pid: int = -1
         self.stdin: ProcessWriter | None = None
@@ -409,7 +416,8 @@ class Process(_Killable):
             if self._limiter is not None:
                 self._limiter.release_on_behalf_of(self)
             raise
-        self._registry = _register(self)
+        if self._use_runtime:
+            self._registry = _register(self)
         return self
 
     def _spawn(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -14,10 +14,9 @@
 #     races against everything it waits for, so a stop in any state is prompt.
 #   * Commands run through ``anycore.Process`` (own process group, pidfd exit
 #     watching, bounded line readers); Python callables through ``ChildProcess``.
-#     Both register with the runtime to be stopped in ``Phase.PROCESSES``; the
-#     supervisor takes that job over (it must stop in reverse dependency order,
-#     not all at once), so it detaches its processes from those registries and
-#     registers one step and one force-exit hook of its own.
+#     Both are started with ``register=False``: the runtime would stop them all at
+#     once in ``Phase.PROCESSES``, while the supervisor must stop them in reverse
+#     dependency order, so it registers one step and one force-exit hook of its own.
 #   * Readiness is a conjunction of checks: a TCP port accepts, an output line
 #     matches a regex, the process stayed up for a delay, or the program reported
 #     ``READY=1`` on a notify socket (systemd's protocol: NOTIFY_SOCKET is set in the
@@ -317,18 +316,6 @@ def _log_context(**values: Any) -> contextlib.AbstractContextManager[Any]:
     return bind_context(**values)
 
 
-def _detach_from_runtime(proc: object) -> None:
-    # The supervisor stops its processes itself, in dependency order; the
-    # subprocess registry would stop them all at once in the same phase.
-    registry = getattr(proc, "_registry", None)
-    if registry is not None:
-        registry.live.discard(proc)
-        proc._registry = None  # type: ignore[attr-defined]
-    remove_hooks = getattr(proc, "_remove_hooks", None)
-    if remove_hooks is not None:
-        remove_hooks()
-
-
 class _NotifySocket:
     """A datagram socket receiving systemd-style notifications (READY=1)."""
 
@@ -548,9 +535,10 @@ class _Instance:
             from ._child import ChildProcess
 
             assert p.target is not None
-            child: Any = ChildProcess(p.target, name=self.name, grace=p.grace_period)
+            child: Any = ChildProcess(
+                p.target, name=self.name, grace=p.grace_period, register=False
+            )
             await child.start()
-            _detach_from_runtime(child)
             self.proc = child
             self.pid = child.pid
             return
@@ -578,9 +566,9 @@ class _Instance:
             grace_period=p.grace_period,
             split_long_lines=True,
             pass_fds=p.pass_fds,
+            register=False,
         )
         await proc.start()
-        _detach_from_runtime(proc)
         self.proc = proc
         self.pid = proc.pid
 

@@ -425,7 +425,7 @@ class ThreadedHandler(logging.Handler):
         """
         if self._thread is None:
             return
-        if _get_running_loop() is not None:
+        if _get_running_loop() is not None or _in_async_run():
             self._wake.set()
             return
         self.wait_flushed()

@@ -335,3 +335,56 @@ async def test_portable_driver_on_asyncio() -> None:
         assert h.transport is None
         h.close()
         await h.wait_closed()
+
+
+# -- backend detection without sniffio ---------------------------------------------
+
+
+def test_current_backend_names_the_running_library() -> None:
+    from anycore._backend import current_backend, running_on_asyncio
+
+    async def on_trio_task() -> tuple[str, bool]:
+        return current_backend(), running_on_asyncio()
+
+    assert trio.run(on_trio_task) == ("trio", False)
+    assert anyio.run(on_trio_task, backend="asyncio") == ("asyncio", True)
+    with pytest.raises(RuntimeError):
+        current_backend()  # no loop at all
+
+
+def test_serve_and_connect_work_without_sniffio() -> None:
+    """sniffio is not a runtime dependency: with its import blocked (so trio, which
+    needs it, is absent too) serve() and connect() pick the asyncio path."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['sniffio'] = None\n"  # any 'import sniffio' now fails
+        "import anyio\n"
+        "from anycore import LineHandler, connect, serve\n"
+        "class Echo(LineHandler):\n"
+        "    def line_received(self, line):\n"
+        "        self.send_line(line)\n"
+        "class Client(LineHandler):\n"
+        "    def connection_made(self):\n"
+        "        self.got = anyio.Event()\n"
+        "    def line_received(self, line):\n"
+        "        self.line = line\n"
+        "        self.got.set()\n"
+        "async def main():\n"
+        "    with anyio.fail_after(20):\n"
+        "        async with serve(Echo, 'tcp://127.0.0.1:0') as server:\n"
+        "            client = await connect(server.endpoints[0], Client)\n"
+        "            client.send_line(b'hi')\n"
+        "            await client.got.wait()\n"
+        "            client.close()\n"
+        "            assert client.line == b'hi'\n"
+        "anyio.run(main, backend='asyncio')\n"
+        "print('OK')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "OK"

@@ -24,6 +24,7 @@ import ssl as _ssl
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
 from ._handler import Handler, _ProtocolDriver
 from .errors import ConnectError, EndpointError
@@ -86,9 +87,7 @@ async def connect(
     if retries < 0:
         raise ValueError("retries must be >= 0")
     if portable is None:
-        import sniffio
-
-        portable = sniffio.current_async_library() != "asyncio"
+        portable = not running_on_asyncio()
     if portable:
         from ._portable import connect_portable
 

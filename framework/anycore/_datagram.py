@@ -65,6 +65,7 @@ from typing import Any, TypeAlias, cast
 import anyio
 import anyio.abc
 
+from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
 from ._runtime import Phase, current_runtime
 from .errors import ClosedError, EndpointError, LocalProtocolError, RuntimeStateError
@@ -751,16 +752,6 @@ class _PortableGlue:
 _LOST_TIMEOUT = 5.0
 
 
-def _portable_default() -> bool:
-    # Not sniffio: anyio no longer depends on it.  No asyncio loop in this
-    # thread means another backend (trio) is running us.
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True
-    return False
-
-
 # -- endpoint strings -------------------------------------------------------------
 
 
@@ -947,7 +938,8 @@ class DatagramServer:
             raise RuntimeStateError("this datagram server was already started")
         self._started = True
         self._closed = anyio.Event()
-        self._portable = _portable_default() if self._portable_opt is None else self._portable_opt
+        portable = self._portable_opt
+        self._portable = not running_on_asyncio() if portable is None else portable
         parsed = [_parse_udp(e) for e in self._endpoints]
         try:
             if self._portable:
@@ -1282,7 +1274,7 @@ class DatagramEndpoint:
                 raise TypeError(f"the handler factory returned {made!r}, not a DatagramHandler")
             handler = made
         self.handler = handler
-        portable = _portable_default() if self._portable_opt is None else self._portable_opt
+        portable = not running_on_asyncio() if self._portable_opt is None else self._portable_opt
         if portable:
             await self._start_portable(handler, remote_addr, local_addr, family, reuse, broadcast)
             return

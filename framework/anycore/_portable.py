@@ -35,6 +35,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
+from ._backend import current_backend
 from ._endpoints import Endpoint
 from ._handler import (
     ConnectionStatistics,
@@ -825,9 +826,7 @@ _background: set[Any] = set()
 def _spawn_system(fn: Callable[[], Any]) -> None:
     """Run a connection outside the caller's scope (a client connection outlives
     the ``connect()`` call, like a transport on asyncio)."""
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
+    if current_backend() == "trio":
         import trio
 
         trio.lowlevel.spawn_system_task(fn, name="anycore-portable-connection")

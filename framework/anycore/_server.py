@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
 from ._handler import Handler, _Owner, _ProtocolDriver
 from .errors import EndpointError, LoopUnavailable
@@ -253,9 +254,7 @@ class Server(_Owner):
     def _use_portable(self) -> bool:
         if self.portable is not None:
             return self.portable
-        import sniffio
-
-        return sniffio.current_async_library() != "asyncio"
+        return not running_on_asyncio()
 
     def _register_runtime(self) -> None:
         try:

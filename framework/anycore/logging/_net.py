@@ -116,9 +116,6 @@ class AsyncNetworkHandler(logging.Handler):
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def createLock(self) -> None:
-        self.lock = threading.RLock()
-
     # -- statistics -------------------------------------------------------------
 
     @property

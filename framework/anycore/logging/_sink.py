@@ -179,11 +179,6 @@ class ThreadedHandler(logging.Handler):
         self._sync_lock = threading.Lock()
         self._reset_queue()
 
-    def createLock(self) -> None:
-        # The stdlib lock serialises emit(); ours needs none.  Keep an RLock
-        # for code that calls acquire()/release() (logging.shutdown does).
-        self.lock = threading.RLock()
-
     # -- the caller's side ------------------------------------------------------
 
     def handle(self, record: logging.LogRecord) -> bool:

@@ -342,12 +342,18 @@ def main(quick: bool) -> None:
             ),
             (f"slow sink (1 ms per write), {slow_records} records", slow_records, True),
         ):
-            rows: dict[str, Result] = {}
-            for name, setup, has_slow in CONTENDERS:
-                if (slow and not has_slow) or not _available(name):
-                    continue
-                runs = [uvloop.run(_run_one(setup, n, slow, directory)) for _ in range(repeats)]
-                rows[name] = _median(runs)
+            chosen = [
+                (name, setup)
+                for name, setup, has_slow in CONTENDERS
+                if (has_slow or not slow) and _available(name)
+            ]
+            runs: dict[str, list[Result]] = {name: [] for name, _ in chosen}
+            # Round-robin over the contenders so that a change in the
+            # machine's load during the run hits all of them alike.
+            for _ in range(repeats):
+                for name, setup in chosen:
+                    runs[name].append(uvloop.run(_run_one(setup, n, slow, directory)))
+            rows = {name: _median(results) for name, results in runs.items()}
             _table(title, rows)
             ours = rows["anycore (structlog)"]
             if quick:

@@ -79,3 +79,11 @@ def test_log_receiver_serve_mode_until_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_logging_config_demo() -> None:
+    out = run_example("logging_config.py")
+    assert "dict: info app.db connected to db1" in out
+    assert "dict: info app ready" in out
+    assert "toml: WARNING app: configured from pyproject.toml" in out
+    assert out.rstrip().endswith("done")

@@ -550,3 +550,52 @@ async def test_forked_child_drops_the_parents_connection(
     }
     assert handler.connected
     await handler.aclose()
+
+
+async def test_http_handler_over_tls_with_basic_auth(logger: logging.Logger) -> None:
+    import base64
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    seen: list[tuple[str, list[dict[str, Any]]]] = []
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if line)
+            body = await reader.readexactly(int(headers["Content-Length"]))
+            seen.append((headers.get("Authorization", ""), json.loads(body)))
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+        writer.close()
+        done.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    handler = HTTPHandler(
+        f"localhost:{port}",
+        "/logs",
+        secure=True,
+        credentials=("ann", "s3cret"),
+        context=client_ctx,
+    )
+    logger.addHandler(handler)
+    logger.warning("over tls")
+    await wait_for(lambda: len(seen) == 1)
+    auth, records = seen[0]
+    assert auth == "Basic " + base64.b64encode(b"ann:s3cret").decode()
+    assert records[0]["message"] == "over tls"
+    await handler.aclose()
+    await asyncio.wait_for(done.wait(), 10)
+    server.close()
+    await server.wait_closed()

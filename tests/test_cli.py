@@ -250,3 +250,71 @@ async def test_supervise_reports_stack_errors(tmp_path: Path) -> None:
     assert code == 1
     assert f"{bad}:2: expected 'name: command'" in err
     assert "Traceback" not in err
+
+
+RELOAD_STACK = """
+[programs.keep]
+command = ["{py}", "-c", "import time; print('READY', flush=True); time.sleep(120)"]
+ready_line = "READY"
+
+[programs.change]
+command = ["{py}", "-c", "{code}"]
+ready_line = "READY"
+env = {{ V = "{version}" }}
+"""
+PRINT_V = "import os, time; print('READY', os.environ['V'], flush=True); time.sleep(120)"
+
+
+async def expect(proc: Process, pattern: str, seen: list[str], since: int) -> re.Match[str]:
+    """The first line from ``seen[since:]`` on (read further if needed) matching."""
+    regex = re.compile(pattern)
+    for line in seen[since:]:
+        m = regex.search(line)
+        if m:
+            return m
+    return await read_until(proc, pattern, seen)
+
+
+async def test_supervise_sighup_reloads_and_sigusr1_reopens_the_log(tmp_path: Path) -> None:
+    stack = tmp_path / "stack.toml"
+    stack.write_text(RELOAD_STACK.format(py=PY, code=PRINT_V, version="one"))
+    sock = str(tmp_path / "ctl.sock")
+    log = tmp_path / "supervise.log"
+    seen: list[str] = []
+    args = [*CLI, "supervise", str(stack), "--socket", sock, "--log-file", str(log)]
+    async with Process(args, stdout=PIPE, stderr=STDOUT, cwd=tmp_path) as proc:
+        keep = int((await expect(proc, r"\| keep running \(pid (\d+)\)", seen, 0)).group(1))
+        old = int((await expect(proc, r"\| change running \(pid (\d+)\)", seen, 0)).group(1))
+        await expect(proc, r"^change +\| READY one$", seen, 0)
+
+        # SIGHUP: the edited program restarts with its new definition, the other stays.
+        stack.write_text(RELOAD_STACK.format(py=PY, code=PRINT_V, version="two"))
+        mark = len(seen)
+        proc.send_signal(signal.SIGHUP)
+        await expect(proc, r"reloaded: added -, changed \['change'\], removed -", seen, mark)
+        new = int((await expect(proc, r"\| change running \(pid (\d+)\)", seen, mark)).group(1))
+        await expect(proc, r"^change +\| READY two$", seen, mark)
+        assert new != old
+        assert gone([old])
+        code, out, _ = await cli("ctl", "--socket", sock, "status")
+        assert code == 0
+        rows = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:]}
+        assert rows["keep"][1:3] == ["RUNNING", str(keep)]
+        assert rows["change"][1:3] == ["RUNNING", str(new)]
+
+        # SIGUSR1 after logrotate moved the file: later lines go to a new file.
+        rotated = tmp_path / "supervise.log.1"
+        log.rename(rotated)
+        mark = len(seen)
+        proc.send_signal(signal.SIGUSR1)
+        await expect(proc, r"log files reopened", seen, mark)
+        proc.send_signal(signal.SIGTERM)
+        await expect(proc, r"shutdown complete", seen, mark)
+        assert await proc.wait(30) == 0
+    assert "READY two" in rotated.read_text()
+    fresh = log.read_text()
+    assert "log files reopened" in fresh
+    assert "READY two" not in fresh
+    assert "keep running" not in fresh
+    assert "keep stopped" in fresh
+    assert gone([keep, new])

@@ -294,3 +294,58 @@ async def test_the_supervise_example_runs() -> None:
     lines = out.stdout.decode().splitlines()
     assert [ln.split()[0] for ln in lines] == ["db", "web:0", "web:1"]
     assert "restarts=1" in lines[2]
+
+
+async def test_callable_programs_capture_output_with_env_cwd_and_notify(tmp_path: Path) -> None:
+    from _supervisor_targets import fail, notify_ready_and_sleep, report_and_sleep
+
+    lines: list[tuple[str, str, int | None, str]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            stream = getattr(record, "stream", "")
+            lines.append((record.name, stream, getattr(record, "pid", None), record.getMessage()))
+
+    handler = Collect()
+    log = logging.getLogger("anycore.program")
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(logging.INFO)
+    progs = [
+        Program(
+            "py",
+            target=report_and_sleep,
+            env={"GREETING": "hello {index}"},
+            cwd=str(tmp_path),
+            ready_line=r"^READY ",
+        ),
+        Program("notified", target=notify_ready_and_sleep, ready_notify=True, ready_timeout=20),
+        Program("failing", target=fail, restart="never"),
+    ]
+    try:
+        async with Supervisor(progs) as sup:
+            [py] = await sup.wait_state("py", S.RUNNING, timeout=30)
+            [notified] = await sup.wait_state("notified", S.RUNNING, timeout=30)
+            assert py.ready
+            assert notified.ready
+            [failing] = await sup.wait_state("failing", S.EXITED, timeout=30)
+            assert failing.exit_code == 1
+        assert not pid_alive(py.pid or 0)
+        assert not pid_alive(notified.pid or 0)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+    own = [(stream, pid, msg) for name, stream, pid, msg in lines if name == "anycore.program.py"]
+    assert ("stdout", py.pid, f"READY py hello 0 {tmp_path}") in own
+    assert ("stderr", py.pid, "to stderr") in own
+    [traceback] = [msg for name, _, _, msg in lines if name == "anycore.program.failing"]
+    assert "ValueError: callable program failed" in traceback
+
+
+async def test_callable_program_with_a_missing_cwd_cannot_start(tmp_path: Path) -> None:
+    from _supervisor_targets import report_and_sleep
+
+    prog = Program("nocwd", target=report_and_sleep, cwd=str(tmp_path / "missing"), max_restarts=0)
+    async with Supervisor([prog]) as sup:
+        [st] = await sup.wait_state("nocwd", S.FATAL, timeout=30)
+        assert "cwd is not a directory" in st.description

@@ -35,6 +35,7 @@ default (it deadlocks when the parent has threads, cpython#100229).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import importlib
 import inspect
@@ -863,6 +864,10 @@ def runtime_phase(name: str) -> Any:
 
 _OK, _ERR, _EXIT = 0, 1, 2
 
+# stdout, stderr, env, cwd of a ChildProcess: sockets travel to the child the way
+# multiprocessing passes them (duplicated by the spawning machinery).
+_Setup = tuple[socket.socket | None, socket.socket | None, dict[str, str] | None, str | None]
+
 
 def _run_awaitable(value: Awaitable[T]) -> T:
     async def main() -> T:
@@ -871,9 +876,32 @@ def _run_awaitable(value: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
-def _child_entry(sock: socket.socket, payload: bytes, new_group: bool) -> None:
+def _child_setup(setup: _Setup) -> None:
+    """Apply a ChildProcess's stdout / stderr / env / cwd in the child."""
+    out, err, env, cwd = setup
+    for fd, target in ((1, out), (2, err)):
+        if target is not None:
+            os.dup2(target.fileno(), fd)
+            target.close()
+    for stream, target in ((sys.stdout, out), (sys.stderr, err)):
+        if target is not None and stream is not None:
+            with contextlib.suppress(AttributeError, ValueError):
+                # Captured line by line by the parent: do not sit on a block buffer.
+                stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+
+
+def _child_entry(
+    sock: socket.socket, payload: bytes, new_group: bool, setup: _Setup | None = None
+) -> None:
     """Body of a ChildProcess (runs in the child)."""
     child_prologue(new_group)
+    if setup is not None:
+        _child_setup(setup)
     channel = FrameSocket(sock)
 
     def body() -> int | None:
@@ -939,6 +967,17 @@ class ChildProcess(Generic[T]):
             ``Phase.PROCESSES`` and SIGKILL it on a forced exit.  ``False``
             leaves it out of both: its owner takes responsibility for stopping
             it, forced exits included.
+        stdout, stderr: a connected stream socket the child's descriptor 1 / 2
+            is redirected to before the target runs (``sys.stdout`` /
+            ``sys.stderr`` become line buffered); ``None`` inherits.  The
+            caller keeps its copy: close it after :meth:`start` so the reading
+            end sees EOF when the child exits.
+        env: the child's whole environment (``os.environ`` is replaced before
+            the target runs); ``None`` keeps the one it starts with.
+        cwd: the child's working directory, entered before the target runs.
+
+    Raises:
+        NotADirectoryError, FileNotFoundError: ``cwd`` is not a directory.
     """
 
     def __init__(
@@ -953,7 +992,18 @@ class ChildProcess(Generic[T]):
         grace: float = 2.0,
         max_result_size: int = DEFAULT_MAX_FRAME,
         register: bool = True,
+        stdout: socket.socket | None = None,
+        stderr: socket.socket | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
+        cwd_text = None if cwd is None else os.fspath(cwd)
+        if cwd_text is not None and not os.path.isdir(cwd_text):
+            kind = FileNotFoundError if not os.path.exists(cwd_text) else NotADirectoryError
+            raise kind(f"cwd is not a directory: {cwd_text!r}")
+        self._setup: _Setup | None = None
+        if stdout is not None or stderr is not None or env is not None or cwd_text is not None:
+            self._setup = (stdout, stderr, None if env is None else dict(env), cwd_text)
         self._target = target
         self._args = args
         self._kwargs = dict(kwargs or {})
@@ -1014,7 +1064,7 @@ class ChildProcess(Generic[T]):
             self._handle = await ProcessHandle.start(
                 ctx,
                 _child_entry,
-                (child_sock, payload, self._group),
+                (child_sock, payload, self._group, self._setup),
                 name=self._name,
                 daemon=self.daemon,
                 group=self._group,

@@ -275,12 +275,17 @@ def _stream_handler(stream: Any) -> logging.Handler:
 
 
 def _file_handler(path: str) -> logging.Handler:
+    # Watched: a file moved or deleted by logrotate is reopened on the next write
+    # (checked once per batch by anycore's writer thread), so SIGUSR1 has nothing
+    # to race with.
     try:
-        from .logging import FileHandler
+        from .logging import WatchedFileHandler
 
-        return FileHandler(path)
+        return WatchedFileHandler(path)
     except ImportError:  # pragma: no cover
-        return logging.FileHandler(path)
+        import logging.handlers
+
+        return logging.handlers.WatchedFileHandler(path)
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -633,8 +638,12 @@ async def _supervise_main(
                 logger.error("reload refused: %s", exc)
 
         def reopen(_sig: int) -> None:
+            import logging.handlers
+
             for h in handlers:
-                if isinstance(h, logging.FileHandler):
+                if isinstance(h, logging.handlers.WatchedFileHandler):
+                    continue  # reopens a moved file itself, with the record below
+                if type(h) is logging.FileHandler:  # the stdlib's: writes via h.stream
                     h.acquire()
                     try:
                         if h.stream is not None:
@@ -642,6 +651,10 @@ async def _supervise_main(
                         h.stream = h._open()
                     finally:
                         h.release()
+                elif isinstance(h, logging.FileHandler):
+                    # anycore.logging's writer thread owns its file; without a
+                    # public reopen() it cannot be swapped from here.
+                    logger.warning("cannot reopen %s: move it and restart", h.baseFilename)
             logger.info("log files reopened")
 
         rt = current_runtime()

@@ -96,7 +96,8 @@ class Program:
         command: an argv sequence, or a shell command string (``/bin/sh -c``).
             ``{index}`` in it (and in ``env`` values) becomes the instance index.
         target: a Python callable run in a child process (``ChildProcess``);
-            its output is not captured (it writes to the supervisor's stdout).
+            like a command, its stdout / stderr (descriptors 1 and 2) are
+            captured and ``env``, ``cwd`` and ``ready_notify`` apply.
         server: ``"module:Target"`` for ``anycore run`` in a child process,
             served on ``binds``; readiness then defaults to the notify socket.
         binds: endpoints for ``server``.
@@ -191,10 +192,6 @@ class Program:
                 raise ValueError(f"program {self.name!r}: bad ready_line regex: {exc}") from None
         if self.ready_port is not None:
             _parse_host_port(self.ready_port)
-        if self.target is not None and (self.env or self.cwd or self.ready_notify):
-            raise ValueError(
-                f"program {self.name!r}: env, cwd and ready_notify apply to commands only"
-            )
         if self.server is not None and ":" not in self.server:
             raise ValueError(f"program {self.name!r}: server must be 'module:Target'")
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
@@ -369,6 +366,9 @@ class _Instance:
         self.is_ready = False
         self.task: asyncio.Task[None] | None = None
         self.proc: Any = None
+        # The current process's captured output: (stream, "stdout" | "stderr").
+        self._outputs: list[tuple[Any, str]] = []
+        self._own_readers: list[Any] = []  # a callable's, closed by us
         self._stop_event = asyncio.Event()
         self._changed = asyncio.Event()
         self._restart_times: collections.deque[float] = collections.deque()
@@ -528,31 +528,27 @@ class _Instance:
             if self.state not in (ProgramState.FATAL, ProgramState.EXITED):
                 self._set(ProgramState.STOPPED, "stopped")
 
-    async def _spawn(self) -> None:
-        p = self.program
-        argv = p.argv(self.index)
-        if argv is None:
-            from ._child import ChildProcess
-
-            assert p.target is not None
-            child: Any = ChildProcess(
-                p.target, name=self.name, grace=p.grace_period, register=False
-            )
-            await child.start()
-            self.proc = child
-            self.pid = child.pid
-            return
-        from ._subprocess import DEVNULL, PIPE, Process
-
+    def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        env.update({k: v.replace("{index}", str(self.index)) for k, v in p.env.items()})
+        env.update({k: v.replace("{index}", str(self.index)) for k, v in self.program.env.items()})
         env["ANYCORE_PROGRAM"] = self.name
         env.pop("NOTIFY_SOCKET", None)
         env.pop("LISTEN_FDS", None)
         env.pop("LISTEN_PID", None)
         if self._notify is not None:
             env["NOTIFY_SOCKET"] = self._notify.address
+        return env
+
+    async def _spawn(self) -> None:
+        p = self.program
+        argv = p.argv(self.index)
+        if argv is None:
+            await self._spawn_callable()
+            return
+        from ._subprocess import DEVNULL, PIPE, Process
+
+        env = self._environment()
         capture = PIPE if p.capture_output else None
         proc = Process(
             argv,
@@ -571,6 +567,44 @@ class _Instance:
         await proc.start()
         self.proc = proc
         self.pid = proc.pid
+        self._outputs = [(s, n) for s, n in ((proc.stdout, "stdout"), (proc.stderr, "stderr")) if s]
+
+    async def _spawn_callable(self) -> None:
+        # The child's descriptors 1 and 2 are redirected to socketpairs whose
+        # other ends are read here like a command's pipes (sockets, because
+        # multiprocessing hands sockets to a forkserver / spawn child).
+        from ._child import ChildProcess
+        from ._pipes import ProcessReader
+
+        p = self.program
+        assert p.target is not None
+        pairs = [socket.socketpair() for _ in range(2 if p.capture_output else 0)]
+        try:
+            child: Any = ChildProcess(
+                p.target,
+                name=self.name,
+                grace=p.grace_period,
+                register=False,
+                stdout=pairs[0][1] if pairs else None,
+                stderr=pairs[1][1] if pairs else None,
+                env=self._environment(),
+                cwd=p.cwd,
+            )
+            await child.start()
+        except BaseException:
+            for ours, _ in pairs:
+                ours.close()
+            raise
+        finally:
+            for _, theirs in pairs:
+                theirs.close()  # the child has its copy: EOF once it (and its children) end
+        loop = asyncio.get_running_loop()
+        for (ours, _), stream_name in zip(pairs, ("stdout", "stderr"), strict=False):
+            reader = ProcessReader(loop, ours.detach(), stream_name, split_long_lines=True)
+            self._own_readers.append(reader)
+            self._outputs.append((reader, stream_name))
+        self.proc = child
+        self.pid = child.pid
 
     _notify: _NotifySocket | None = None
 
@@ -598,15 +632,12 @@ class _Instance:
                 self._set(ProgramState.STARTING, f"cannot start: {exc}")
                 return None, False
             self.started_at = time.monotonic()
-            proc = self.proc
-            for stream_name in ("stdout", "stderr"):
-                stream = getattr(proc, stream_name, None)
-                if stream is not None and p.target is None:
-                    pumps.append(
-                        loop.create_task(
-                            self._pump(stream, stream_name), name=f"{self.name} {stream_name}"
-                        )
+            for stream, stream_name in self._outputs:
+                pumps.append(
+                    loop.create_task(
+                        self._pump(stream, stream_name), name=f"{self.name} {stream_name}"
                     )
+                )
             exited = asyncio.ensure_future(self._wait_exit())
             stopper = asyncio.ensure_future(self._stop_event.wait())
             ready = asyncio.ensure_future(self._check_ready())
@@ -644,8 +675,26 @@ class _Instance:
         proc = self.proc
         if hasattr(proc, "join"):
             code = await proc.join()
+            await self._log_remote_error(proc)
             return int(code) if code is not None else -signal.SIGKILL
         return int(await proc.wait())
+
+    async def _log_remote_error(self, child: Any) -> None:
+        # A callable that raised reports its exception over the channel rather
+        # than on stderr: log its traceback, as a command's would have been.
+        from .errors import RemoteError
+
+        try:
+            await child.result()
+        except RemoteError as exc:
+            self.log.error(
+                "%s raised:\n%s",
+                self.name,
+                exc.remote_traceback.rstrip("\n"),
+                extra={"program": self.name, "pid": self.pid, "stream": "stderr"},
+            )
+        except Exception:  # killed, or sys.exit: the exit status says it
+            pass
 
     async def _terminate(self, exited: asyncio.Future[int]) -> None:
         """stop_signal to the group, grace period, SIGKILL to the group."""
@@ -684,6 +733,10 @@ class _Instance:
             task.cancel()
         if pumps:
             await asyncio.wait(pumps)
+        for reader in self._own_readers:
+            reader.close()
+        self._own_readers = []
+        self._outputs = []
         if self._notify is not None:
             self._notify.close()
             self._notify = None

@@ -388,6 +388,10 @@ async def open_runtime(
     runtime._loop = loop
     _runtimes[loop] = runtime
     runtime._install_signals()
+    # Log handlers already used on this loop must flush in its LOGS phase too.
+    lifecycle = sys.modules.get("anycore.logging._lifecycle")
+    if lifecycle is not None:
+        lifecycle.note_loop(loop)
     try:
         with anyio.CancelScope() as scope:
             runtime._main_scope = scope

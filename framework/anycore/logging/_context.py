@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -60,10 +61,37 @@ def current_context() -> Mapping[str, Any]:
     return _context.get()
 
 
+def _component_context() -> dict[str, Any] | None:
+    """Context that anycore's components keep in their own ContextVars.
+
+    The connection drivers set ``connection_id`` and ``peer`` on every entry
+    into handler code, and pool workers set their id; reading them here (only
+    when those modules are loaded) keeps those hot paths free of logging work.
+    """
+    found: dict[str, Any] | None = None
+    handler = sys.modules.get("anycore._handler")
+    if handler is not None:
+        conn = handler.connection_context.get()
+        if conn:
+            found = dict(conn)
+    child = sys.modules.get("anycore._child")
+    if child is not None:
+        worker = child.WORKER_ID.get()
+        if worker is not None:
+            if found is None:
+                found = {}
+            found["worker_id"] = worker
+    return found
+
+
 def merge_context(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: add the bound context; keys already set win.
+
+    Besides what :func:`bind_context` bound, this adds what anycore's
+    components know about the running code: ``connection_id`` and ``peer``
+    inside a connection's handler, ``worker_id`` inside a pool worker.
 
     Args:
         logger: unused (structlog's processor signature).
@@ -73,11 +101,11 @@ def merge_context(
     Returns:
         ``event_dict`` with the context's keys it did not have.
     """
-    ctx = _context.get()
-    if ctx:
-        for key, value in ctx.items():
-            if key not in event_dict:
-                event_dict[key] = value
+    for ctx in (_context.get(), _component_context()):
+        if ctx:
+            for key, value in ctx.items():
+                if key not in event_dict:
+                    event_dict[key] = value
     return event_dict
 
 
@@ -90,10 +118,10 @@ class ContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = _context.get()
-        if ctx:
-            attrs = record.__dict__
-            for key, value in ctx.items():
-                if key not in attrs:
-                    attrs[key] = value
+        attrs = record.__dict__
+        for ctx in (_context.get(), _component_context()):
+            if ctx:
+                for key, value in ctx.items():
+                    if key not in attrs:
+                        attrs[key] = value
         return True

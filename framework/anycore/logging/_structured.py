@@ -38,7 +38,7 @@ import structlog
 from structlog.stdlib import ProcessorFormatter
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ._context import ContextFilter, _context as _context_var
+from ._context import ContextFilter, _component_context, _context as _context_var
 from ._sink import (
     FileHandler,
     RotatingFileHandler,
@@ -285,11 +285,11 @@ class _AnycoreBasics:
         self._stack = structlog.processors.StackInfoRenderer(additional_ignores=["anycore.logging"])
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-        ctx = _context_var.get()
-        if ctx:
-            for key, value in ctx.items():
-                if key not in event_dict:
-                    event_dict[key] = value
+        for ctx in (_context_var.get(), _component_context()):
+            if ctx:
+                for key, value in ctx.items():
+                    if key not in event_dict:
+                        event_dict[key] = value
         event_dict["level"] = _METHOD_TO_LEVEL.get(name, name)
         record = event_dict.get("_record")
         event_dict["logger"] = logger.name if record is None else record.name

@@ -546,12 +546,13 @@ class RespHandler(RawHandler):
 
     def __init__(self, commands: Commands | None = None) -> None:
         self.commands = commands or _default_commands
+        self.execute = self.commands.execute
         self.parser = RespParser()
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
         parser.feed(data)
-        execute = self.commands.execute
+        execute = self.execute
         send = self.send
         try:
             while (args := parser.next_command()) is not None:

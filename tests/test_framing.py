@@ -155,6 +155,84 @@ def test_encode_then_parse_round_trips(name: str, data: st.DataObject) -> None:
     check_framer(make, payloads, chunk_sizes=(1, 2, 7))
 
 
+def bulk_outcome(make: Callable[[], Framer], pieces: list[bytes]) -> tuple[list[bytes], str | None]:
+    """Like outcome(), the way the drivers read: next_frames() then next_frame()."""
+    framer = make()
+    frames: list[bytes] = []
+
+    def read() -> None:
+        frames.extend(framer.next_frames())
+        while (frame := framer.next_frame()) is not None:
+            frames.append(frame)
+
+    try:
+        for piece in pieces:
+            framer.feed(piece)
+            read()
+        framer.feed_eof()
+        read()
+    except RemoteProtocolError as exc:
+        return frames, type(exc).__name__
+    return frames, None
+
+
+BULK_FRAMERS: dict[str, Callable[[], Framer]] = {
+    "crlf": lambda: TerminatorFramer(b"\r\n", 12),
+    "lf-keepends": lambda: TerminatorFramer(b"\n", 12, keepends=True),
+    "lf-eof-terminates": lambda: TerminatorFramer(b"\n", 12, eof_terminates=True),
+    # Terminators that overlap themselves: frames are cut left to right.
+    "aa": lambda: TerminatorFramer(b"aa", 12),
+    "aba": lambda: TerminatorFramer(b"aba", 12),
+    "raw": lambda: RawFramer(max_chunk=5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BULK_FRAMERS))
+@given(
+    stream=st.lists(
+        st.sampled_from([b"a", b"b", b"x" * 5, b"\r", b"\n", b"\r\n"]), max_size=40
+    ).map(b"".join),
+    cut_points=cuts,
+)
+def test_bulk_frames_equal_frame_by_frame(name: str, stream: bytes, cut_points: list[int]) -> None:
+    """next_frames() returns exactly what next_frame() would, errors and limits included."""
+    make = BULK_FRAMERS[name]
+    for pieces in ([stream], split_at(stream, cut_points)):
+        assert bulk_outcome(make, pieces) == outcome(make, pieces)
+
+
+def test_bulk_frames_stop_before_an_oversized_frame() -> None:
+    framer = TerminatorFramer(b"\n", 4)
+    framer.feed(b"ab\ncd\n" + b"x" * 9 + b"\nef\n")
+    assert framer.next_frames() == [b"ab", b"cd"]
+    with pytest.raises(FrameTooLarge):
+        framer.next_frame()
+
+
+def test_bulk_frames_work_is_linear() -> None:
+    """Bulk splitting keeps the O(n) bounds of the frame-by-frame path."""
+    framer = TerminatorFramer(b"\n")
+    batch = b"".join(b"line %d\n" % i for i in range(1000))
+    framer.feed(batch + b"partial")
+    assert len(framer.next_frames()) == 1000
+    assert framer.next_frame() is None
+    framer.feed(b" more\n" + batch)
+    assert len(framer.next_frames()) == 1001
+    assert framer.bytes_copied <= 3 * len(b"partial") + len(batch) + 6
+    assert framer.bytes_scanned <= 3 * len(batch) + 20
+    # A large frame arriving in pieces, with a bulk call after every read.
+    framer = TerminatorFramer(b"\r\n", max_frame_size=1 << 20)
+    stream = b"x" * 200_000 + b"\r\nend\r\n"
+    frames: list[bytes] = []
+    for i in range(0, len(stream), 1000):
+        framer.feed(stream[i : i + 1000])
+        frames += framer.next_frames()
+        frames += drain(framer)
+    assert frames == [b"x" * 200_000, b"end"]
+    assert framer.bytes_scanned < 4 * len(stream)
+    assert framer.bytes_copied < 4 * len(stream)
+
+
 @given(payloads=st.lists(st.binary(max_size=20), max_size=5))
 def test_raw_framer_concatenation_is_the_stream(payloads: list[bytes]) -> None:
     check_framer(lambda: RawFramer(max_chunk=7), payloads, split_invariant=False)

@@ -195,6 +195,55 @@ async def test_framer_switch_mid_stream(asynchronous: bool) -> None:
         await close_client(w)
 
 
+async def test_close_in_the_middle_of_a_batch_stops_its_frames() -> None:
+    """Frames after the one whose handler closed the connection are not handled,
+    even when the whole batch was split at once; the reply before close is sent."""
+
+    class Quits(LineHandler):
+        def connection_made(self) -> None:
+            self.seen: list[bytes] = []
+
+        def line_received(self, line: bytes) -> None:
+            self.seen.append(line)
+            self.send_line(b"ok " + line)
+            if line == b"QUIT":
+                self.close()
+
+    async with running(Quits) as (port, made):
+        r, w = await open_client(port)
+        w.write(b"a\r\nQUIT\r\nb\r\nc\r\n")
+        assert await asyncio.wait_for(r.read(), 5) == b"ok a\r\nok QUIT\r\n"
+        handler = await made.nth(0)
+        assert isinstance(handler, Quits)
+        assert handler.seen == [b"a", b"QUIT"]
+        assert handler.statistics().frames_in == 2
+        await close_client(w)
+
+
+async def test_frames_in_counts_handled_frames_across_a_switch() -> None:
+    class Switch(LineHandler):
+        def line_received(self, line: bytes) -> None:
+            if line == b"RAW":
+                self.set_framer(FixedSizeFramer(2))
+            else:
+                self.send_line(line)
+
+        def frame_received(self, frame: bytes) -> None:
+            if isinstance(self.framer, FixedSizeFramer):
+                self.send_line(b"rec " + frame)
+            else:
+                self.line_received(frame)
+
+    async with running(Switch) as (port, made):
+        r, w = await open_client(port)
+        w.write(b"x\r\nRAW\r\nabcd")
+        assert await asyncio.wait_for(r.readline(), 5) == b"x\r\n"
+        assert await asyncio.wait_for(r.readline(), 5) == b"rec ab\r\n"
+        assert await asyncio.wait_for(r.readline(), 5) == b"rec cd\r\n"
+        assert (await made.nth(0)).statistics().frames_in == 4
+        await close_client(w)
+
+
 async def test_ready_made_handlers() -> None:
     class Len(LengthPrefixedHandler):
         prefix_format = "!H"

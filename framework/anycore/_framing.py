@@ -167,6 +167,21 @@ class Framer:
         """
         raise NotImplementedError
 
+    def next_frames(self) -> list[bytes]:
+        """Return complete frames in bulk, in order (an optional fast path).
+
+        The frames returned are exactly the ones :meth:`next_frame` would
+        return next, one after the other; the list may hold fewer than are
+        buffered, down to none (the default: framers without a bulk path).
+        It never raises: frames after a bad one, the unterminated rest and the
+        end of stream are left to :meth:`next_frame`, so callers call it until
+        it returns None afterwards.
+
+        Returns:
+            The frames, possibly an empty list.
+        """
+        return []
+
     def feed_eof(self) -> None:
         """Mark the end of the stream; :meth:`next_frame` then drains the rest."""
         self._eof = True
@@ -315,9 +330,46 @@ class TerminatorFramer(Framer):
                 return buf[pos : i + self._keep]
         return self._next_slow()
 
+    def next_frames(self) -> list[bytes]:
+        """Every complete frame of the bytes buffer, split at once (see
+        :meth:`Framer.next_frames`): one ``bytes.split`` instead of a search
+        and a slice per frame.  Frames are cut left to right exactly as
+        :meth:`next_frame` cuts them; the list stops before the first frame
+        over the limit, which :meth:`next_frame` then reports.  Frames kept
+        with their ends (``keepends``) and large frames built in the
+        accumulator take the frame-by-frame path.
+        """
+        buf = self._buf
+        scan = self._scan
+        term = self._term
+        i = buf.find(term, scan)  # b"" while the accumulator or a failure holds
+        if i < 0 or self._keep:
+            return []
+        pos = self._pos
+        region = buf[pos:] if pos else buf
+        frames = region.split(term)
+        tail = frames.pop()  # after the last terminator: the next frame's start
+        # Work booked: the search up to i, then the split over the region (the
+        # part before ``scan`` again: paid for by the batch that was joined to it).
+        self._scanned += self._scan - self._origin + i - scan + len(region)
+        self.bytes_copied += len(tail) + (len(region) if pos else 0)
+        end = len(buf) - len(tail)
+        limit = self.max_frame_size
+        if end - pos > limit and max(map(len, frames)) > limit:
+            k = next(j for j, f in enumerate(frames) if len(f) > limit)
+            del frames[k:]
+            end = pos + sum(map(len, frames)) + k * self._tlen
+        self._pos = self._scan = self._origin = end
+        return frames
+
     def _next_slow(self) -> bytes | None:
         if self._failed is not None:
             raise self._failed
+        if self._pos == len(self._buf) and self._acc is None:
+            # Nothing pending (after a batch that ended with a terminator).
+            self._scanned += self._scan - self._origin
+            self._scan = self._origin = self._pos
+            return None
         data, pos = self._pending()
         term, tlen, limit = self._term, self._tlen, self.max_frame_size
         scan = self._scan
@@ -732,6 +784,10 @@ class RawFramer(Framer):
     Frame boundaries follow the reads, so only the concatenation of the frames
     is meaningful.  Nothing is ever left over at end of stream.
 
+    The chunk queue is created on first use: the stream drivers hand a chunk
+    that fits straight to the handler while the framer is empty, so most
+    connections never need it (an idle connection stays small).
+
     Args:
         max_chunk: the largest frame returned; longer chunks are split.
     """
@@ -742,13 +798,28 @@ class RawFramer(Framer):
         if max_chunk <= 0:
             raise ValueError(f"max_chunk must be > 0, not {max_chunk}")
         super().__init__(max_chunk)
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes] | None = None
         self._size = 0
 
     @property
     def max_chunk(self) -> int:
         """The largest frame returned."""
         return self.max_frame_size
+
+    def passes_through(self, data: bytes) -> bool:
+        """Whether ``data`` would come out of :meth:`next_frame` unchanged as
+        the only frame (the framer is empty and ``data`` fits in one chunk).
+
+        Drivers use it to skip the framer: ``feed(data)`` then ``next_frame()``
+        would return ``data`` itself.
+
+        Args:
+            data: the bytes of one read.
+
+        Returns:
+            True when the framer can be skipped for ``data``.
+        """
+        return not self._size and 0 < len(data) <= self.max_frame_size and not self._eof
 
     def feed(self, data: bytes) -> None:
         """See :meth:`Framer.feed`."""
@@ -759,12 +830,15 @@ class RawFramer(Framer):
             return
         if type(data) is not bytes:
             data = bytes(data)
+        chunks = self._chunks
+        if chunks is None:
+            self._chunks = chunks = deque()
         limit = self.max_frame_size
         if n <= limit:
-            self._chunks.append(data)
+            chunks.append(data)
         else:
             view = memoryview(data)
-            self._chunks.extend(bytes(view[i : i + limit]) for i in range(0, n, limit))
+            chunks.extend(bytes(view[i : i + limit]) for i in range(0, n, limit))
             self.bytes_copied += n
         self._size += n
 
@@ -777,10 +851,23 @@ class RawFramer(Framer):
             return chunk
         return None
 
+    def next_frames(self) -> list[bytes]:
+        """See :meth:`Framer.next_frames`: every chunk held."""
+        chunks = self._chunks
+        if not chunks:
+            return []
+        frames = list(chunks)
+        chunks.clear()
+        self._size = 0
+        return frames
+
     def take_buffer(self) -> bytes:
         """See :meth:`Framer.take_buffer`."""
-        data = b"".join(self._chunks)
-        self._chunks.clear()
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = b"".join(chunks)
+        chunks.clear()
         self._size = 0
         return data
 

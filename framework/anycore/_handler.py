@@ -45,7 +45,7 @@ import itertools
 import logging
 import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -631,6 +631,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     # Slots: thousands of idle connections should cost little memory.
     __slots__ = (
+        "_batch",
         "_cb",
         "_closing",
         "_drain_waiters",
@@ -652,6 +653,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         "_queue",
         "_queue_full",
         "_reading_paused",
+        "_special",
         "_stop",
         "_task",
         "_task_mode",
@@ -690,6 +692,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self.loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
+        self._batch: Iterator[bytes] | None = None  # frames of the batch in progress
         self._in_batch = False
         self._closing = False  # close()/abort() asked, or the transport is gone
         self._stop = False  # ends the current batch loop: closing, or a framer switch
@@ -709,6 +712,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self._pending_exc: RemoteProtocolError | None = None
         self._task: asyncio.Task[None] | None = None
         self._task_mode = False
+        self._special = False  # idle timeout or task mode: the hot path tests one flag
         self._waiter: asyncio.Future[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
@@ -745,11 +749,12 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             return
         self._made = True
         if self.idle_timeout is not None:
+            self._special = True
             self._last_activity = self.loop.time()
             self._idle_handle = self.loop.call_later(self.idle_timeout, self._check_idle)
         info = self._info
         if info.made_async or info.frame_async:
-            self._task_mode = True
+            self._task_mode = self._special = True
             self._queue = collections.deque()
             if not info.made_async and not self._call_sync(
                 "connection_made", handler.connection_made
@@ -766,49 +771,108 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         connection_context.set(self.log_context)
         self.bytes_in += len(data)
         self.reads += 1
-        if self.idle_timeout is not None:
-            self._last_activity = self.loop.time()
-        if self._task_mode:
-            self._enqueue(data)
-            return
+        if self._special:  # an idle timeout, or frames handled by a task
+            if self.idle_timeout is not None:
+                self._last_activity = self.loop.time()
+            if self._task_mode:
+                self._enqueue(data)
+                return
         if self._closing:
             return
-        # The hot loop: one framer call and one handler call per frame.  During
-        # the batch the handler's send() is the reply list's append (when not
-        # overridden); ``_stop`` is raised by close()/abort() and set_framer().
+        # The hot path: one handler call per frame, frames cut in bulk when the
+        # framer can (``next_frames``), a RawHandler's chunk handed over without
+        # the framer.  During the batch the handler's send() is the reply list's
+        # append (when not overridden); ``_stop`` is raised by close()/abort()
+        # and set_framer(), which also take back the frames of the batch not
+        # handled yet (``_take_back_batch``).
         handler = self.handler
+        out = self._out
         fast = self._fast_send
         if fast:
-            handler.send = self._out.append  # type: ignore[method-assign,assignment]
+            handler.send = out.append  # type: ignore[method-assign,assignment]
         self._in_batch = True
         cb = self._cb
         n = 0
+        framer = self.framer
         try:
-            framer = self.framer
-            framer.feed(data)
-            next_frame = framer.next_frame
-            while True:
+            # RawFramer.passes_through(data), inlined: the chunk is the frame.
+            if (
+                type(framer) is RawFramer
+                and not framer._size
+                and len(data) <= framer.max_frame_size
+            ):
+                n = 1
+                cb(data)
                 if self._stop:
-                    if self.is_closing():
-                        break
-                    self._stop = False  # the handler switched framers
-                    next_frame = self.framer.next_frame
-                frame = next_frame()
-                if frame is None:
-                    break
-                n += 1
-                cb(frame)
+                    n += self._frame_loop(cb)
+            else:
+                framer.feed(data)
+                frames = framer.next_frames()
+                if frames:
+                    n = len(frames)
+                    self._batch = batch = iter(frames)
+                    for frame in batch:
+                        cb(frame)
+                    self._batch = None
+                if self._stop or n == 0 or framer.buffered:
+                    n += self._frame_loop(cb)
         except RemoteProtocolError as exc:
+            self._take_back_batch(None)
             self._protocol_error(exc)
         except Exception as exc:
+            self._take_back_batch(None)
             self._handler_error("frame handler", exc)
         finally:
             if fast:
                 handler.send = self.send  # type: ignore[method-assign]
             self._in_batch = False
             self.frames_in += n
-            if self._out:
-                self._flush()
+            if out:
+                # _flush() inlined for the common case: one reply, nothing special.
+                transport = self._transport
+                if len(out) == 1 and not (self._closing or self._special):
+                    data = out.pop()
+                    if transport is not None and not transport.is_closing():
+                        self.bytes_out += len(data)
+                        self.writes += 1
+                        transport.write(data)
+                        if self._write_paused:
+                            self._check_write_limit(transport)
+                else:
+                    self._flush()
+
+    def _frame_loop(self, cb: Callable[[bytes], Any]) -> int:
+        """Frames one at a time, following framer switches; returns the count."""
+        n = 0
+        next_frame = self.framer.next_frame
+        while True:
+            if self._stop:
+                if self._closing:
+                    break
+                self._stop = False  # the handler switched framers
+                next_frame = self.framer.next_frame
+            frame = next_frame()
+            if frame is None:
+                break
+            n += 1
+            cb(frame)
+        return n
+
+    def _take_back_batch(self, framer: Framer | None) -> None:
+        """The batch in progress must stop: drop its frames not yet handled, or
+        hand them (re-encoded, exact for byte framers) to ``framer``."""
+        batch = self._batch
+        if batch is None:
+            return
+        self._batch = None
+        rest = list(batch)  # ends the driver's loop over the batch
+        self.frames_in -= len(rest)
+        if framer is not None:
+            old = self.framer
+            leftover = old.take_buffer()
+            data = b"".join([*map(old.encode, rest), leftover]) if rest else leftover
+            if data:
+                framer.feed(data)
 
     def eof_received(self) -> bool | None:
         connection_context.set(self.log_context)
@@ -846,6 +910,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self._lost = True
         self._closing = self._stop = True
         self._lost_exc = exc
+        if self._batch is not None:
+            self._take_back_batch(None)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
@@ -899,8 +965,12 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         transport.write(data)
         if self.idle_timeout is not None:
             self._last_activity = self.loop.time()
+        if self._write_paused:  # set by write() itself when the buffer passed high water
+            self._check_write_limit(transport)
+
+    def _check_write_limit(self, transport: asyncio.Transport) -> None:
         limit = self.write_buffer_limit
-        if limit is not None and self._write_paused and transport.get_write_buffer_size() > limit:
+        if limit is not None and transport.get_write_buffer_size() > limit:
             logger.warning(
                 "connection %s: write buffer above its limit of %d bytes (the peer is "
                 "not reading); aborting the connection",
@@ -953,7 +1023,9 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         old = self.framer
         if old is framer:
             return
-        if self._queue:
+        if self._batch is not None:
+            self._take_back_batch(framer)
+        elif self._queue:
             requeue(old, framer, self._queue)
         else:
             leftover = old.take_buffer()
@@ -970,6 +1042,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         if self._closing:
             return
         self._closing = self._stop = True
+        if self._batch is not None:
+            self._take_back_batch(None)
         if self._out:
             # Write what is buffered (also inside a batch: the batch's own flush is
             # skipped once _closing is set).
@@ -988,6 +1062,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     def abort(self) -> None:
         self._closing = self._stop = True
+        if self._batch is not None:
+            self._take_back_batch(None)
         self._out.clear()
         if self._transport is not None:
             self._transport.abort()
@@ -1160,6 +1236,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         queue = self._queue
         try:
             framer.feed(data)
+            queue.extend(framer.next_frames())
             while True:
                 frame = framer.next_frame()
                 if frame is None:
@@ -1228,6 +1305,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                 if not frame_async:
                     # Only connection_made was async: switch to the inline path.
                     self._task_mode = False
+                    self._special = self.idle_timeout is not None
                     break
                 self._waiter = self.loop.create_future()
                 try:

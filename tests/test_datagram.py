@@ -15,14 +15,9 @@ from anycore import (
     LocalProtocolError,
     RuntimeStateError,
 )
-from anycore._datagram import (
-    Address,
-    DatagramHandler,
-    DatagramServer,
-    _Glue,
-    open_datagram_endpoint,
-    serve_datagram,
-)
+from anycore._datagram import Address, DatagramHandler, _Glue
+from anycore._datagram_client import open_datagram_endpoint
+from anycore._datagram_server import DatagramServer, serve_datagram
 from anycore._runtime import Phase, open_runtime
 
 

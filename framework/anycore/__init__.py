@@ -67,11 +67,11 @@ _LAZY: dict[str, str] = {
     "parse_endpoint": "._endpoints",
     "run_handler": "._portable",
     "DatagramHandler": "._datagram",
-    "DatagramServer": "._datagram",
-    "DatagramEndpoint": "._datagram",
+    "DatagramServer": "._datagram_server",
+    "DatagramEndpoint": "._datagram_client",
     "DatagramStatistics": "._datagram",
-    "serve_datagram": "._datagram",
-    "open_datagram_endpoint": "._datagram",
+    "serve_datagram": "._datagram_server",
+    "open_datagram_endpoint": "._datagram_client",
     # -- subprocesses, pipelines, pty --
     "Process": "._subprocess",
     "ProcessStatus": "._subprocess",
@@ -167,11 +167,15 @@ if TYPE_CHECKING:
     # -- protocol handlers, servers, clients, datagrams --
     from ._client import connect as connect
     from ._datagram import (
-        DatagramEndpoint as DatagramEndpoint,
         DatagramHandler as DatagramHandler,
-        DatagramServer as DatagramServer,
         DatagramStatistics as DatagramStatistics,
+    )
+    from ._datagram_client import (
+        DatagramEndpoint as DatagramEndpoint,
         open_datagram_endpoint as open_datagram_endpoint,
+    )
+    from ._datagram_server import (
+        DatagramServer as DatagramServer,
         serve_datagram as serve_datagram,
     )
     from ._endpoints import Endpoint as Endpoint, parse_endpoint as parse_endpoint

@@ -625,26 +625,24 @@ How to read these numbers:
   1.0x against the raw Protocol is such noise: the anycore server runs the same
   parser and commands plus its own layer, so it cannot be faster.  The
   in-process table is the stable measure of what the layer costs.
-- Where anycore's extra time goes (in process, per read batch): about 1.2 us
-  fixed in the connection driver (`_ProtocolDriver.data_received`): the
-  RawFramer round trip that RawHandler pays (feed plus two next_frame calls,
-  about 0.4-0.6 us), bookkeeping (context variable, counters, batch flags) and
-  `_flush` (join, write, statistics, a transport.is_closing() call).  With 16
-  requests per batch that is about 5%: the P=16 target holds.  With one
-  request per batch (no pipelining, and the echo benchmark) it is paid per
-  request, on a request that costs the raw server 8-15 us of CPU with its
-  system calls, so the "within 10%" CPU target for P=1 is at best borderline
-  and missed in most rounds.  A RawHandler fast path that hands the chunk to
-  data_received without the framer would remove about half of it.
+- Where anycore's extra time goes (in process, per read batch): about
+  0.6-0.8 us fixed in the connection driver (`_ProtocolDriver.data_received`):
+  the logging context variable, counters, the per-batch switch of the
+  handler's send() to the reply list, and the write.  A RawHandler's chunk
+  goes to data_received without the framer; line framers cut a batch's frames
+  with one bytes.split (`Framer.next_frames`).  With 16 requests per batch
+  that is a few percent; with one request per batch (no pipelining, and the
+  echo benchmark) it is paid per request, on a request that costs the raw
+  server 8-15 us of CPU with its system calls.
 - The echo load comes from a Python client (one process on core 1, 100
   connections): it spends about as much CPU per message as the server, so
   msg/s and latency are bounded by the client as much as by the server; the
   server's CPU per message is the comparison that holds.
-- Memory: tracemalloc counts about 1.9 KB of Python objects per idle anycore
-  connection (driver, handler, framer, logging context); the largest single
-  piece is the RawFramer's deque (about 0.75 KB, allocated up front).  The
-  RSS growth per connection in the table also includes the allocator's
-  slack and the per-connection task that set the connection up.
+- Memory: the driver, handler, framer and logging context of an idle
+  connection are small Python objects (the RawFramer's chunk queue is created
+  only when a chunk must wait); the RSS growth per connection in the table
+  also includes the allocator's slack and the per-connection task that set
+  the connection up.
 """
 
 

@@ -631,6 +631,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     # Slots: thousands of idle connections should cost little memory.
     __slots__ = (
+        "_append",
         "_batch",
         "_cb",
         "_closing",
@@ -728,9 +729,11 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         self._max_queued = max(1, handler.max_queued_frames)
         handler._conn = self
         # The fast send path: skip Handler.send's indirection unless overridden.
-        self._fast_send = type(handler).send is Handler.send
-        if self._fast_send:
-            handler.send = self.send  # type: ignore[method-assign]
+        # Bound once: the batch swaps these in and out without allocating.
+        self._fast_send: Callable[[bytes], None] | None = None
+        self._append = self._out.append
+        if type(handler).send is Handler.send:
+            handler.send = self._fast_send = self.send  # type: ignore[method-assign]
 
     # -- asyncio.Protocol callbacks ---------------------------------------------
 
@@ -788,8 +791,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         handler = self.handler
         out = self._out
         fast = self._fast_send
-        if fast:
-            handler.send = out.append  # type: ignore[method-assign,assignment]
+        if fast is not None:
+            handler.send = self._append  # type: ignore[method-assign,assignment]
         self._in_batch = True
         cb = self._cb
         n = 0
@@ -823,8 +826,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self._take_back_batch(None)
             self._handler_error("frame handler", exc)
         finally:
-            if fast:
-                handler.send = self.send  # type: ignore[method-assign]
+            if fast is not None:
+                handler.send = fast  # type: ignore[method-assign,assignment]
             self._in_batch = False
             self.frames_in += n
             if out:

@@ -102,10 +102,12 @@ def _children() -> dict[int, str]:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        # The command name is in parentheses and may contain spaces.
+        # The command name is in parentheses and may contain spaces; unlike
+        # the command line, it survives in a zombie.
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         if fields[1] == me and not any(word in cmdline for word in _INFRASTRUCTURE):
-            found[int(entry)] = f"{fields[0]} {cmdline.strip()}"
+            found[int(entry)] = f"{fields[0]} ({comm}) {cmdline.strip()}"
     return found
 
 

@@ -426,7 +426,7 @@ async def _serve_main(
             )
             bound += [str(e) for e in server.endpoints]
         else:
-            from ._datagram import serve_datagram
+            from ._datagram_server import serve_datagram
 
             dgram = await stack.enter_async_context(
                 serve_datagram(target, *endpoints, reuse_port=reuse_port)

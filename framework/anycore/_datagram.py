@@ -573,23 +573,3 @@ class _Awaited:
         close = getattr(self.awaitable, "close", None)
         if close is not None:
             close()
-
-
-# Servers and client endpoints moved to their own modules; ``from ._datagram
-# import serve_datagram`` (used by _cli) keeps working through this lazy
-# forward, which cannot be an import at the top (those modules import this one).
-_MOVED = {
-    "DatagramServer": "._datagram_server",
-    "serve_datagram": "._datagram_server",
-    "DatagramEndpoint": "._datagram_client",
-    "open_datagram_endpoint": "._datagram_client",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module, __package__), name)

@@ -65,12 +65,12 @@ _get_running_loop = asyncio._get_running_loop
 
 def _in_async_run() -> bool:
     # A trio (or other non-asyncio) loop thread must not wait either.  Only
-    # asked when the queue is full, so sniffio's cost does not matter.
-    try:
-        import sniffio
+    # asked when the queue is full, so the lookup's cost does not matter.
+    from .._backend import current_backend
 
-        sniffio.current_async_library()
-    except Exception:
+    try:
+        current_backend()
+    except RuntimeError:
         return False
     return True
 

@@ -60,13 +60,13 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         log, ready = Path(tmp) / "log", Path(tmp) / "ready"
-        async with ChildProcess(serve_forever, str(log), str(ready), daemon=True) as child:
+        async with ChildProcess(serve_forever, str(log), str(ready), daemon=True) as daemon:
             for _ in range(2000):  # bounded wait for the child to come up
                 if ready.exists():
                     break
                 await asyncio.sleep(0.005)
-            print(f"daemon child {child.pid} running: {child.is_alive()}")
-        print(f"daemon child stopped at scope end: exit code {child.exitcode}")
+            print(f"daemon child {daemon.pid} running: {daemon.is_alive()}")
+        print(f"daemon child stopped at scope end: exit code {daemon.exitcode}")
         print(f"its exit-flush hook wrote: {log.read_text().strip()}")
     print("done")
 

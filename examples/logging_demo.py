@@ -27,6 +27,7 @@ from pathlib import Path
 import anycore
 from anycore.logging import (
     SocketHandler,
+    aflush_all,
     bind_context,
     configure,
     get_logger,
@@ -42,7 +43,7 @@ def blocking_call() -> None:
 async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="anycore-logging-demo-"))
     logfile = workdir / "app.log"
-    (file_handler,) = configure("INFO", "json", file=logfile)
+    configure("INFO", "json", file=logfile)
 
     log = get_logger("demo")
     db = logging.getLogger("demo.db")  # a plain stdlib logger: same pipeline
@@ -80,7 +81,7 @@ async def main() -> None:
         await asyncio.sleep(0.1)
     print(f"loop lag seen: {monitor.statistics().max_lag:.2f} s")
 
-    await file_handler.aflush()
+    await aflush_all()  # everything written so far reaches the file
     lines = [json.loads(line) for line in logfile.read_text().splitlines()]
     for line in lines:
         keys = {k: v for k, v in line.items() if k in ("conn_id", "peer", "items")}

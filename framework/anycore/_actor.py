@@ -32,7 +32,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from ._queues import Queue
 from .errors import BrokenError, QueueClosed, QueueEmpty, RuntimeStateError
@@ -75,6 +75,24 @@ class Actor(Generic[M, R]):
             ``0`` means unbounded.
         name: the task's name (defaults to the handler's).
     """
+
+    @overload
+    def __init__(
+        self: Actor[M, R],
+        handler: Callable[[M], Awaitable[R]],
+        *,
+        mailbox_size: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Actor[M, R],
+        handler: Callable[[M], R],
+        *,
+        mailbox_size: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
 
     def __init__(
         self,

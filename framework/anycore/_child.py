@@ -50,7 +50,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from .errors import ChildProcessFailed, FrameTooLarge, RemoteError, RuntimeStateError
 
@@ -206,10 +206,10 @@ def rebuild_exception(
 
 # -- exit flush hooks ---------------------------------------------------------
 
-_EXIT_FLUSH: list[Callable[[], None]] = []
+_EXIT_FLUSH: list[Callable[[], object]] = []
 
 
-def register_exit_flush(fn: Callable[[], None]) -> Callable[[], None]:
+def register_exit_flush(fn: Callable[[], object]) -> Callable[[], object]:
     """Run *fn* in this process before an anycore child or pool worker exits.
 
     multiprocessing ends children with ``os._exit``, which skips ``atexit``
@@ -979,6 +979,44 @@ class ChildProcess(Generic[T]):
     Raises:
         NotADirectoryError, FileNotFoundError: ``cwd`` is not a directory.
     """
+
+    @overload
+    def __init__(
+        self: ChildProcess[T],
+        target: Callable[..., Awaitable[T]],
+        *args: Any,
+        kwargs: Mapping[str, Any] | None = ...,
+        name: str | None = ...,
+        daemon: bool = ...,
+        context: str | Any | None = ...,
+        new_process_group: bool = ...,
+        grace: float = ...,
+        max_result_size: int = ...,
+        register: bool = ...,
+        stdout: socket.socket | None = ...,
+        stderr: socket.socket | None = ...,
+        env: Mapping[str, str] | None = ...,
+        cwd: str | os.PathLike[str] | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: ChildProcess[T],
+        target: Callable[..., T],
+        *args: Any,
+        kwargs: Mapping[str, Any] | None = ...,
+        name: str | None = ...,
+        daemon: bool = ...,
+        context: str | Any | None = ...,
+        new_process_group: bool = ...,
+        grace: float = ...,
+        max_result_size: int = ...,
+        register: bool = ...,
+        stdout: socket.socket | None = ...,
+        stderr: socket.socket | None = ...,
+        env: Mapping[str, str] | None = ...,
+        cwd: str | os.PathLike[str] | None = ...,
+    ) -> None: ...
 
     def __init__(
         self,

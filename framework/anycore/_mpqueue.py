@@ -57,7 +57,7 @@ import queue as _stdlib_queue
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -364,7 +364,7 @@ class ProcessQueue(Generic[T]):
             return
         mpq.cancel_join_thread()
 
-    async def __aenter__(self) -> ProcessQueue[T]:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -119,3 +119,11 @@ async def async_double(x: int) -> int:
 
 def exit_with(code: int) -> None:
     raise SystemExit(code)
+
+
+def log_from_worker(message: str) -> int:
+    import logging
+    import os
+
+    logging.getLogger("test.children").warning(message)
+    return os.getpid()

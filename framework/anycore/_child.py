@@ -259,14 +259,35 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated(-signal.SIGTERM)
 
 
-def child_prologue(new_process_group: bool) -> None:
-    """Set a freshly started child up: own process group, SIGTERM handling."""
+def child_prologue(new_process_group: bool, log_forwarding: dict[str, Any] | None = None) -> None:
+    """Set a freshly started child up: own process group, SIGTERM handling,
+    and its log records sent to the parent's handlers (see
+    :func:`log_forwarding_config`)."""
     if new_process_group:
         try:
             os.setpgid(0, 0)
         except OSError:
             pass
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if log_forwarding is not None:
+        from .logging._children import install_child_forwarding
+
+        install_child_forwarding(log_forwarding)
+
+
+def log_forwarding_config() -> dict[str, Any] | None:
+    """Parent side: where a new child should send its log records.
+
+    A forkserver or spawn child starts with no logging configuration, so its
+    records would reach nobody.  When this process's root logger has handlers,
+    children forward their records to it (anycore.logging's listener, started
+    on first use); otherwise there is nothing to forward to and no listener.
+    """
+    if not logging.getLogger().handlers:
+        return None
+    from .logging._children import child_logging_config
+
+    return child_logging_config()
 
 
 def die_of_sigterm() -> None:
@@ -896,10 +917,14 @@ def _child_setup(setup: _Setup) -> None:
 
 
 def _child_entry(
-    sock: socket.socket, payload: bytes, new_group: bool, setup: _Setup | None = None
+    sock: socket.socket,
+    payload: bytes,
+    new_group: bool,
+    setup: _Setup | None = None,
+    log_forwarding: dict[str, Any] | None = None,
 ) -> None:
     """Body of a ChildProcess (runs in the child)."""
-    child_prologue(new_group)
+    child_prologue(new_group, log_forwarding)
     if setup is not None:
         _child_setup(setup)
     channel = FrameSocket(sock)
@@ -1102,7 +1127,7 @@ class ChildProcess(Generic[T]):
             self._handle = await ProcessHandle.start(
                 ctx,
                 _child_entry,
-                (child_sock, payload, self._group, self._setup),
+                (child_sock, payload, self._group, self._setup, log_forwarding_config()),
                 name=self._name,
                 daemon=self.daemon,
                 group=self._group,

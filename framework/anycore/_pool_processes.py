@@ -61,6 +61,7 @@ from ._child import (
     dumps,
     dumps_callable,
     exception_payload,
+    log_forwarding_config,
     picklable_snapshot,
     rebuild_exception,
     restore_snapshot,
@@ -85,9 +86,11 @@ _FN_CACHE = 64
 # -- worker side ----------------------------------------------------------------
 
 
-def _worker_main(sock: socket.socket, boot: bytes) -> None:
+def _worker_main(
+    sock: socket.socket, boot: bytes, log_forwarding: dict[str, Any] | None = None
+) -> None:
     """Body of a pool worker process."""
-    child_prologue(True)
+    child_prologue(True, log_forwarding)
     run_child_body(sock, lambda: _serve(sock, boot))
 
 
@@ -249,7 +252,12 @@ class ProcessBackend(Backend):
         parent, child = socket.socketpair()
         try:
             handle = await ProcessHandle.start(
-                self._ctx, _worker_main, (child, boot), name=wid, daemon=True, group=True
+                self._ctx,
+                _worker_main,
+                (child, boot, log_forwarding_config()),
+                name=wid,
+                daemon=True,
+                group=True,
             )
         except BaseException as exc:
             parent.close()

@@ -33,7 +33,12 @@
 #   for every byte framer, whose encode() is the inverse of parsing).
 #
 # The portable driver (anyio byte streams, any backend) lives in ``_portable`` and
-# runs the same Handler classes through the same ``_Connection`` interface.
+# runs the same Handler classes.  ``_Connection`` is the base class of both
+# drivers: the interface Handler calls, plus the state, counters and policy they
+# share (handler errors, malformed input, framer switches, the async-handler
+# queue, end of stream, statistics); each driver keeps only its I/O.  Rejected:
+# moving the read loop itself into the base class behind per-driver hooks (one
+# more call per read batch on the fast path, which stays inline here).
 
 from __future__ import annotations
 
@@ -168,57 +173,6 @@ def class_info(cls: type[Handler]) -> _ClassInfo:
         )
         _class_info[cls] = info
     return info
-
-
-class _Connection:
-    """What a Handler needs from the driver that runs it (asyncio or portable)."""
-
-    __slots__ = ("__weakref__", "connection_id", "framer", "log_context")
-
-    connection_id: int
-    framer: Framer
-    log_context: dict[str, object]
-
-    def send(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    async def drain(self) -> None:
-        raise NotImplementedError
-
-    def set_framer(self, framer: Framer) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        raise NotImplementedError
-
-    def is_closing(self) -> bool:
-        raise NotImplementedError
-
-    async def wait_closed(self) -> None:
-        raise NotImplementedError
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        raise NotImplementedError
-
-    async def start_tls(
-        self,
-        ssl_context: _ssl.SSLContext,
-        *,
-        server_side: bool | None = None,
-        server_hostname: str | None = None,
-        handshake_timeout: float | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def statistics(self) -> ConnectionStatistics:
-        raise NotImplementedError
-
-    @property
-    def transport(self) -> asyncio.BaseTransport | None:
-        return None
 
 
 def _not_connected() -> ClosedError:
@@ -626,32 +580,324 @@ def requeue(old: Framer, new: Framer, queued: collections.deque[bytes]) -> None:
         new.feed(data)
 
 
-class _ProtocolDriver(asyncio.Protocol, _Connection):
-    """Runs one Handler on an asyncio (or uvloop) transport."""
+class _Connection:
+    """What a Handler needs from the driver that runs it, and what both drivers share.
 
-    # Slots: thousands of idle connections should cost little memory.
+    The two drivers (``_ProtocolDriver`` here, ``_StreamDriver`` in ``_portable``)
+    differ in I/O only; the connection state, the counters and the policy for
+    handler errors, malformed input, framer switches and end of stream live here
+    once.  Nothing here runs per frame on the asyncio fast path: the drivers'
+    read loops stay inline and call into this class only on errors, framer
+    switches, end of stream and the async-handler queue.
+    """
+
+    # Slots: thousands of idle connections should cost little memory (the
+    # portable driver adds a __dict__; it holds a task group per connection anyway).
     __slots__ = (
-        "_append",
-        "_batch",
+        "__weakref__",
         "_cb",
         "_closing",
-        "_drain_waiters",
         "_draining",
         "_eof",
-        "_fast_send",
-        "_finished",
-        "_finished_waiter",
-        "_idle_handle",
         "_in_batch",
         "_info",
         "_last_activity",
         "_lost",
         "_lost_exc",
-        "_made",
-        "_max_queued",
         "_out",
         "_pending_exc",
         "_queue",
+        "bytes_in",
+        "bytes_out",
+        "connection_id",
+        "framer",
+        "frames_in",
+        "handler",
+        "idle_timeout",
+        "log_context",
+        "reads",
+        "write_buffer_limit",
+        "writes",
+    )
+
+    connection_id: int
+    framer: Framer
+    log_context: dict[str, object]
+
+    def _setup(
+        self,
+        handler: Handler,
+        peer: str,
+        queue: collections.deque[bytes],
+        idle_timeout: float | None,
+        write_buffer_limit: int | None,
+    ) -> None:
+        """Initialise the state both drivers keep; binds ``handler`` to this driver."""
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.write_buffer_limit = write_buffer_limit
+        self.connection_id = next(_connection_ids)
+        self.log_context = {"connection_id": self.connection_id, "peer": peer}
+        self._out: list[bytes] = []
+        self._in_batch = False
+        self._closing = False  # close()/abort() asked, or the connection is gone
+        self._draining = False  # the server is shutting down gracefully
+        self._lost = False
+        self._lost_exc: BaseException | None = None
+        self._eof = False
+        self._queue = queue  # frames parsed, not yet handled (async handlers)
+        self._pending_exc: RemoteProtocolError | None = None
+        self._last_activity = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.frames_in = 0
+        self.reads = 0
+        self.writes = 0
+        info = class_info(type(handler))
+        self._info = info
+        self._cb: Callable[[bytes], Any] = getattr(handler, info.frame_method)
+        self.framer = handler.make_framer()
+        handler._conn = self
+
+    # -- the interface Handler calls -------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        raise NotImplementedError
+
+    def set_framer(self, framer: Framer) -> None:
+        old = self.framer
+        if old is not framer:
+            self._hand_over(old, framer)
+            self.framer = framer
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    async def wait_closed(self) -> None:
+        raise NotImplementedError
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        raise NotImplementedError
+
+    async def start_tls(
+        self,
+        ssl_context: _ssl.SSLContext,
+        *,
+        server_side: bool | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
+        # The portable driver's answer (its reader owns the stream while it waits
+        # in receive()); the asyncio driver overrides it.
+        raise LocalProtocolError(
+            "start_tls is not available on the portable driver; use a tls:// endpoint"
+        )
+
+    def statistics(self) -> ConnectionStatistics:
+        write_buffer_size, reading_paused, writing_paused = self._write_state()
+        return ConnectionStatistics(
+            connection_id=self.connection_id,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            frames_in=self.frames_in,
+            reads=self.reads,
+            writes=self.writes,
+            queued_frames=len(self._queue),
+            write_buffer_size=write_buffer_size,
+            reading_paused=reading_paused,
+            writing_paused=writing_paused,
+        )
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None:
+        return None
+
+    # -- what each driver provides -------------------------------------------------
+
+    def _flush(self) -> None:
+        """Push the buffered replies (``_out``, not empty) towards the peer."""
+        raise NotImplementedError
+
+    def _fail(self) -> None:
+        """Count a handler failure or malformed input with the owner."""
+        raise NotImplementedError
+
+    def _write_state(self) -> tuple[int, bool, bool]:
+        """(write buffer size, reading paused, writing paused) for statistics()."""
+        raise NotImplementedError
+
+    # -- shared policy -------------------------------------------------------------
+
+    def _raise_closed(self) -> None:
+        exc = self._lost_exc
+        if exc is not None:
+            raise BrokenError(f"connection lost: {exc}") from exc
+        raise ClosedError("the connection is closed")
+
+    def _hand_over(self, old: Framer, new: Framer) -> None:
+        """Move the frames queued for an async handler and ``old``'s unconsumed
+        bytes into ``new`` (a framer switch)."""
+        if self._queue:
+            requeue(old, new, self._queue)
+        else:
+            leftover = old.take_buffer()
+            if leftover:
+                new.feed(leftover)
+
+    def _handler_error(self, what: str, exc: BaseException) -> None:
+        log_handler_error(what, exc, self.connection_id)
+        self._fail()
+        self.close()
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        self._fail()
+        if isinstance(exc, FrameTooLarge):
+            try:
+                self.handler.frame_too_large(exc)
+            except Exception as hook_exc:
+                self._handler_error("frame_too_large", hook_exc)
+                return
+            if not self._closing:
+                # The hook kept the connection: a failed framer stays failed, so
+                # continue with a fresh one (the oversized frame's bytes are gone).
+                self._queue.clear()
+                self.framer = self.handler.make_framer()
+            return
+        if isinstance(exc, IncompleteFrame):
+            logger.warning(
+                "connection %s: peer closed the stream inside a frame (%d bytes pending)",
+                self.connection_id,
+                len(exc.data),
+                extra={"anycore_connection": self.log_context},
+            )
+        else:
+            logger.error(
+                "connection %s: malformed input from the peer: %s; closing it",
+                self.connection_id,
+                exc,
+                extra={"anycore_connection": self.log_context},
+            )
+        self.close()
+
+    def _write_limit_exceeded(self, limit: int) -> None:
+        logger.warning(
+            "connection %s: write buffer above its limit of %d bytes (the peer is "
+            "not reading); aborting the connection",
+            self.connection_id,
+            limit,
+            extra={"anycore_connection": self.log_context},
+        )
+        self._fail()
+        self.abort()
+
+    def _close_idle(self, seconds: float) -> None:
+        logger.info(
+            "connection %s: idle for %.1f s; closing it",
+            self.connection_id,
+            seconds,
+            extra={"anycore_connection": self.log_context},
+        )
+        self.close()
+
+    def _queue_frames(self, data: bytes) -> None:
+        """Async handlers: parse ``data`` into the frame queue (a parse error is
+        kept in ``_pending_exc`` until the frames before it are handled)."""
+        framer = self.framer
+        queue = self._queue
+        try:
+            framer.feed(data)
+            queue.extend(framer.next_frames())
+            while True:
+                frame = framer.next_frame()
+                if frame is None:
+                    break
+                queue.append(frame)
+        except RemoteProtocolError as exc:
+            self._pending_exc = exc
+
+    def _reparse(self) -> bool:
+        """Parse frames left in the (possibly new) framer; True when some were found."""
+        found = False
+        try:
+            while True:
+                frame = self.framer.next_frame()
+                if frame is None:
+                    break
+                self._queue.append(frame)
+                found = True
+        except RemoteProtocolError as exc:
+            self._pending_exc = exc
+        return found
+
+    def _refill(self) -> bool:
+        """Async handlers, the queue just ran empty: queue the frames the framer
+        still holds (a framer switch may have left complete ones), else act on a
+        parse error kept until the frames before it were handled.  True when
+        there is more to do."""
+        if self._reparse():
+            return True
+        exc = self._pending_exc
+        if exc is not None:
+            self._pending_exc = None
+            self._protocol_error(exc)
+            return True
+        return False
+
+    def _deliver(self, data: bytes | None) -> None:
+        """Sync handlers, frame by frame: a read batch, or (``None``) the end of
+        the stream and the final frames it allows.  Replies leave once at the end.
+
+        The asyncio driver's read batches do not come here: they take the inline
+        path in ``data_received``.
+        """
+        self._in_batch = True
+        cb = self._cb
+        n = 0
+        try:
+            if data is None:
+                self.framer.feed_eof()
+            else:
+                self.framer.feed(data)
+            while not self._closing:
+                frame = self.framer.next_frame()
+                if frame is None:
+                    break
+                n += 1
+                cb(frame)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+        except Exception as exc:
+            self._handler_error("frame handler", exc)
+        finally:
+            self._in_batch = False
+            self.frames_in += n
+            if self._out:
+                self._flush()
+
+
+class _ProtocolDriver(asyncio.Protocol, _Connection):
+    """Runs one Handler on an asyncio (or uvloop) transport."""
+
+    # The shared state's slots are _Connection's.
+    __slots__ = (
+        "_append",
+        "_batch",
+        "_drain_waiters",
+        "_fast_send",
+        "_finished",
+        "_finished_waiter",
+        "_idle_handle",
+        "_made",
+        "_max_queued",
         "_queue_full",
         "_reading_paused",
         "_special",
@@ -661,17 +907,9 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         "_transport",
         "_waiter",
         "_write_paused",
-        "bytes_in",
-        "bytes_out",
-        "frames_in",
-        "handler",
-        "idle_timeout",
         "loop",
         "owner",
-        "reads",
         "server_side",
-        "write_buffer_limit",
-        "writes",
     )
 
     def __init__(
@@ -683,51 +921,27 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         idle_timeout: float | None = None,
         write_buffer_limit: int | None = None,
     ) -> None:
-        self.handler = handler
         self.owner = owner
         self.server_side = server_side
-        self.idle_timeout = idle_timeout
-        self.write_buffer_limit = write_buffer_limit
-        self.connection_id = next(_connection_ids)
-        self.log_context = {"connection_id": self.connection_id, "peer": "?"}
         self.loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._out: list[bytes] = []
         self._batch: Iterator[bytes] | None = None  # frames of the batch in progress
-        self._in_batch = False
-        self._closing = False  # close()/abort() asked, or the transport is gone
         self._stop = False  # ends the current batch loop: closing, or a framer switch
-        self._lost = False
-        self._lost_exc: BaseException | None = None
         self._finished = False
         self._finished_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._reading_paused = False
         self._queue_full = False
-        self._draining = False  # the server is shutting down gracefully
-        self._eof = False
         self._made = False
         # Created on first use: an idle connection should cost little memory.
         self._drain_waiters: list[asyncio.Future[None]] | None = None
-        self._queue: collections.deque[bytes] = _NO_FRAMES
-        self._pending_exc: RemoteProtocolError | None = None
         self._task: asyncio.Task[None] | None = None
         self._task_mode = False
         self._special = False  # idle timeout or task mode: the hot path tests one flag
         self._waiter: asyncio.Future[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.frames_in = 0
-        self.reads = 0
-        self.writes = 0
-        info = class_info(type(handler))
-        self._info = info
-        self._cb: Callable[[bytes], Any] = getattr(handler, info.frame_method)
-        self.framer = handler.make_framer()
         self._max_queued = max(1, handler.max_queued_frames)
-        handler._conn = self
+        self._setup(handler, "?", _NO_FRAMES, idle_timeout, write_buffer_limit)
         # The fast send path: skip Handler.send's indirection unless overridden.
         # Bound once: the batch swaps these in and out without allocating.
         self._fast_send: Callable[[bytes], None] | None = None
@@ -885,27 +1099,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             # Keep the write side open until the queued frames are answered (TLS
             # transports ignore this and close; asyncio logs a warning if asked).
             return not self._is_ssl()
-        if self._closing:
-            return None
-        self._in_batch = True
-        n = 0
-        try:
-            self.framer.feed_eof()
-            while not self._closing:
-                frame = self.framer.next_frame()
-                if frame is None:
-                    break
-                n += 1
-                self._cb(frame)
-        except RemoteProtocolError as exc:
-            self._protocol_error(exc)
-        except Exception as exc:
-            self._handler_error("frame handler", exc)
-        finally:
-            self._in_batch = False
-            self.frames_in += n
-            if self._out:
-                self._flush()
+        if not self._closing:
+            self._deliver(None)
         return None  # the transport closes itself after writing what is buffered
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -974,15 +1169,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
     def _check_write_limit(self, transport: asyncio.Transport) -> None:
         limit = self.write_buffer_limit
         if limit is not None and transport.get_write_buffer_size() > limit:
-            logger.warning(
-                "connection %s: write buffer above its limit of %d bytes (the peer is "
-                "not reading); aborting the connection",
-                self.connection_id,
-                limit,
-                extra={"anycore_connection": self.log_context},
-            )
-            self.owner.handler_failed()
-            self.abort()
+            self._write_limit_exceeded(limit)
 
     async def drain(self) -> None:
         if self._out and not self._in_batch:
@@ -1008,12 +1195,6 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         if self._lost:
             self._raise_closed()
 
-    def _raise_closed(self) -> None:
-        exc = self._lost_exc
-        if exc is not None:
-            raise BrokenError(f"connection lost: {exc}") from exc
-        raise ClosedError("the connection is closed")
-
     def _release_drain_waiters(self) -> None:
         waiters = self._drain_waiters
         if waiters:
@@ -1028,12 +1209,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             return
         if self._batch is not None:
             self._take_back_batch(framer)
-        elif self._queue:
-            requeue(old, framer, self._queue)
         else:
-            leftover = old.take_buffer()
-            if leftover:
-                framer.feed(leftover)
+            self._hand_over(old, framer)
         self.framer = framer
         self._stop = True
         if self._task_mode and self._queue_full:
@@ -1071,9 +1248,6 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         if self._transport is not None:
             self._transport.abort()
 
-    def is_closing(self) -> bool:
-        return self._closing
-
     async def wait_closed(self) -> None:
         if self._finished:
             return
@@ -1086,20 +1260,10 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             return default
         return self._transport.get_extra_info(name, default)
 
-    def statistics(self) -> ConnectionStatistics:
+    def _write_state(self) -> tuple[int, bool, bool]:
         t = self._transport
-        return ConnectionStatistics(
-            connection_id=self.connection_id,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            frames_in=self.frames_in,
-            reads=self.reads,
-            writes=self.writes,
-            queued_frames=len(self._queue),
-            write_buffer_size=0 if t is None or self._lost else t.get_write_buffer_size(),
-            reading_paused=self._reading_paused,
-            writing_paused=self._write_paused,
-        )
+        size = 0 if t is None or self._lost else t.get_write_buffer_size()
+        return size, self._reading_paused, self._write_paused
 
     async def start_tls(
         self,
@@ -1154,48 +1318,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                 self._flush()
         return not self._closing
 
-    def _handler_error(self, what: str, exc: BaseException) -> None:
-        log_handler_error(what, exc, self.connection_id)
+    def _fail(self) -> None:
         self.owner.handler_failed()
-        self.close()
-
-    def _protocol_error(self, exc: RemoteProtocolError) -> None:
-        if isinstance(exc, FrameTooLarge):
-            self._frame_too_large(exc)
-        elif isinstance(exc, IncompleteFrame):
-            self._incomplete(exc)
-        else:
-            logger.error(
-                "connection %s: malformed input from the peer: %s; closing it",
-                self.connection_id,
-                exc,
-                extra={"anycore_connection": self.log_context},
-            )
-            self.owner.handler_failed()
-            self.close()
-
-    def _frame_too_large(self, exc: FrameTooLarge) -> None:
-        self.owner.handler_failed()
-        try:
-            self.handler.frame_too_large(exc)
-        except Exception as hook_exc:
-            self._handler_error("frame_too_large", hook_exc)
-            return
-        if not self._closing:
-            # The hook kept the connection: a failed framer stays failed, so
-            # continue with a fresh one (the oversized frame's bytes are gone).
-            self._queue.clear()
-            self.framer = self.handler.make_framer()
-
-    def _incomplete(self, exc: IncompleteFrame) -> None:
-        logger.warning(
-            "connection %s: peer closed the stream inside a frame (%d bytes pending)",
-            self.connection_id,
-            len(exc.data),
-            extra={"anycore_connection": self.log_context},
-        )
-        self.owner.handler_failed()
-        self.close()
 
     def _update_reading(self) -> None:
         t = self._transport
@@ -1219,13 +1343,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         busy = self._task is not None and not self._task.done() and self._waiter is None
         elapsed = self.loop.time() - self._last_activity
         if elapsed >= self.idle_timeout and not busy:
-            logger.info(
-                "connection %s: idle for %.1f s; closing it",
-                self.connection_id,
-                elapsed,
-                extra={"anycore_connection": self.log_context},
-            )
-            self.close()
+            self._close_idle(elapsed)
             return
         delay = self.idle_timeout - elapsed if elapsed < self.idle_timeout else self.idle_timeout
         self._idle_handle = self.loop.call_later(delay, self._check_idle)
@@ -1235,18 +1353,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
     def _enqueue(self, data: bytes) -> None:
         if self._closing or self._pending_exc is not None:
             return
-        framer = self.framer
+        self._queue_frames(data)
         queue = self._queue
-        try:
-            framer.feed(data)
-            queue.extend(framer.next_frames())
-            while True:
-                frame = framer.next_frame()
-                if frame is None:
-                    break
-                queue.append(frame)
-        except RemoteProtocolError as exc:
-            self._pending_exc = exc
         if len(queue) > self._max_queued:
             self._queue_full = True
             self._update_reading()
@@ -1291,13 +1399,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                                 self._flush()
                 if self.is_closing():  # the handler may have closed it
                     break
-                # Re-parse: a framer switch may have left complete frames buffered.
-                if self._reparse():
-                    continue
-                exc = self._pending_exc
-                if exc is not None:
-                    self._pending_exc = None
-                    self._protocol_error(exc)
+                if self._refill():
                     continue
                 if self._eof:
                     await self._finish_eof(cb, frame_async)
@@ -1321,20 +1423,6 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self._protocol_error(exc)
         except Exception as exc:
             self._handler_error(what, exc)
-
-    def _reparse(self) -> bool:
-        """Parse frames left in the (possibly new) framer; True when some were found."""
-        found = False
-        try:
-            while True:
-                frame = self.framer.next_frame()
-                if frame is None:
-                    break
-                self._queue.append(frame)
-                found = True
-        except RemoteProtocolError as exc:
-            self._pending_exc = exc
-        return found
 
     async def _finish_eof(self, cb: Callable[[bytes], Any], frame_async: bool) -> None:
         try:

@@ -38,28 +38,18 @@ from anyio.streams.tls import TLSStream
 from ._backend import current_backend
 from ._endpoints import Endpoint
 from ._handler import (
-    ConnectionStatistics,
     Handler,
     _Connection,
-    class_info,
     connection_context,
     log_handler_error,
-    logger,
     peer_string,
-    requeue,
 )
 from .errors import (
-    BrokenError,
-    ClosedError,
     ConnectError,
-    FrameTooLarge,
-    IncompleteFrame,
-    LocalProtocolError,
     RemoteProtocolError,
 )
 
 if TYPE_CHECKING:
-    from ._framing import Framer
     from ._server import Server
 
 __all__ = ["PortableEngine", "connect_portable", "run_handler"]
@@ -83,35 +73,15 @@ class _StreamDriver(_Connection):
         write_buffer_limit: int | None = None,
         on_error: Callable[[], None] | None = None,
     ) -> None:
-        from ._handler import _connection_ids
-
-        self.handler = handler
         self.stream = stream
-        self.idle_timeout = idle_timeout
-        self.write_buffer_limit = write_buffer_limit
         self.on_error = on_error
-        self.connection_id = next(_connection_ids)
         peer: Any = None
         try:
             peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
         except anyio.TypedAttributeLookupError:
             pass
         self._peer = peer
-        self.log_context = {"connection_id": self.connection_id, "peer": peer_string(peer)}
-        info = class_info(type(handler))
-        self._info = info
-        self._cb: Callable[[bytes], Any] = getattr(handler, info.frame_method)
-        self.framer = handler.make_framer()
-        self._out: list[bytes] = []
         self._out_size = 0
-        self._in_batch = False
-        self._closing = False
-        self._draining = False
-        self._lost = False
-        self._lost_exc: BaseException | None = None
-        self._eof = False
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._pending_exc: RemoteProtocolError | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake_writer = anyio.Event()
         self._progress = anyio.Event()  # set (and replaced) whenever bytes leave
@@ -120,13 +90,10 @@ class _StreamDriver(_Connection):
         self._made = anyio.Event()
         self._finished = anyio.Event()
         self._processor_done = anyio.Event()
+        self._setup(
+            handler, peer_string(peer), collections.deque(), idle_timeout, write_buffer_limit
+        )
         self._last_activity = anyio.current_time()
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.frames_in = 0
-        self.reads = 0
-        self.writes = 0
-        handler._conn = self
 
     # -- _Connection interface -----------------------------------------------------
 
@@ -137,16 +104,7 @@ class _StreamDriver(_Connection):
         self._out_size += len(data)
         limit = self.write_buffer_limit
         if limit is not None and self._out_size > limit:
-            logger.warning(
-                "connection %s: write buffer above its limit of %d bytes (the peer is "
-                "not reading); aborting the connection",
-                self.connection_id,
-                limit,
-                extra={"anycore_connection": self.log_context},
-            )
-            if self.on_error is not None:
-                self.on_error()
-            self.abort()
+            self._write_limit_exceeded(limit)
             return
         if not self._in_batch:
             self._wake_writer.set()
@@ -158,22 +116,7 @@ class _StreamDriver(_Connection):
             self._wake_writer.set()
             await event.wait()
         if self._lost or (self._closing and self._out_size):
-            exc = self._lost_exc
-            if exc is not None:
-                raise BrokenError(f"connection lost: {exc}") from exc
-            raise ClosedError("the connection is closed")
-
-    def set_framer(self, framer: Framer) -> None:
-        old = self.framer
-        if old is framer:
-            return
-        if self._queue:
-            requeue(old, framer, self._queue)
-        else:
-            leftover = old.take_buffer()
-            if leftover:
-                framer.feed(leftover)
-        self.framer = framer
+            self._raise_closed()
 
     def close(self) -> None:
         if self._closing:
@@ -187,9 +130,6 @@ class _StreamDriver(_Connection):
         self._out_size = 0
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     async def wait_closed(self) -> None:
         await self._finished.wait()
@@ -212,31 +152,11 @@ class _StreamDriver(_Connection):
         except anyio.TypedAttributeLookupError:
             return default
 
-    async def start_tls(
-        self,
-        ssl_context: _ssl.SSLContext,
-        *,
-        server_side: bool | None = None,
-        server_hostname: str | None = None,
-        handshake_timeout: float | None = None,
-    ) -> None:
-        raise LocalProtocolError(
-            "start_tls is not available on the portable driver; use a tls:// endpoint"
-        )
+    def _write_state(self) -> tuple[int, bool, bool]:
+        return self._out_size, False, self._out_size > self.handler.write_high_water
 
-    def statistics(self) -> ConnectionStatistics:
-        return ConnectionStatistics(
-            connection_id=self.connection_id,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            frames_in=self.frames_in,
-            reads=self.reads,
-            writes=self.writes,
-            queued_frames=len(self._queue),
-            write_buffer_size=self._out_size,
-            reading_paused=False,
-            writing_paused=self._out_size > self.handler.write_high_water,
-        )
+    def _flush(self) -> None:
+        self._wake_writer.set()
 
     # -- running ----------------------------------------------------------------
 
@@ -284,9 +204,7 @@ class _StreamDriver(_Connection):
                 self._in_batch = False
                 await result
         except Exception as exc:
-            log_handler_error(what, exc, self.connection_id)
-            self._fail()
-            self.close()
+            self._handler_error(what, exc)
         finally:
             self._in_batch = False
             if self._out:
@@ -304,13 +222,7 @@ class _StreamDriver(_Connection):
             while True:
                 left = self._last_activity + self.idle_timeout - anyio.current_time()
                 if left <= 0:
-                    logger.info(
-                        "connection %s: idle for %.1f s; closing it",
-                        self.connection_id,
-                        self.idle_timeout,
-                        extra={"anycore_connection": self.log_context},
-                    )
-                    self.close()
+                    self._close_idle(self.idle_timeout)
                     return None
                 with anyio.move_on_after(left):
                     return await self.stream.receive(_RECEIVE_SIZE)
@@ -343,8 +255,8 @@ class _StreamDriver(_Connection):
                 self._eof = True
                 if frame_async:
                     self._wake_processor.set()
-                else:
-                    self._finish_eof_sync()
+                elif not self._closing:
+                    self._deliver(None)
                 return
             self.bytes_in += len(data)
             self.reads += 1
@@ -352,96 +264,12 @@ class _StreamDriver(_Connection):
             if frame_async:
                 self._enqueue(data)
             else:
-                self._batch(data)
-
-    def _batch(self, data: bytes) -> None:
-        self._in_batch = True
-        cb = self._cb
-        n = 0
-        try:
-            self.framer.feed(data)
-            while not self._closing:
-                frame = self.framer.next_frame()
-                if frame is None:
-                    break
-                n += 1
-                cb(frame)
-        except RemoteProtocolError as exc:
-            self._protocol_error(exc)
-        except Exception as exc:
-            log_handler_error("frame handler", exc, self.connection_id)
-            self._fail()
-            self.close()
-        finally:
-            self._in_batch = False
-            self.frames_in += n
-            if self._out:
-                self._wake_writer.set()
-
-    def _finish_eof_sync(self) -> None:
-        if self._closing:
-            return
-        self._in_batch = True
-        try:
-            self.framer.feed_eof()
-            while not self._closing:
-                frame = self.framer.next_frame()
-                if frame is None:
-                    break
-                self.frames_in += 1
-                self._cb(frame)
-        except RemoteProtocolError as exc:
-            self._protocol_error(exc)
-        except Exception as exc:
-            log_handler_error("frame handler", exc, self.connection_id)
-            self._fail()
-            self.close()
-        finally:
-            self._in_batch = False
-            if self._out:
-                self._wake_writer.set()
-
-    def _protocol_error(self, exc: RemoteProtocolError) -> None:
-        self._fail()
-        if isinstance(exc, FrameTooLarge):
-            try:
-                self.handler.frame_too_large(exc)
-            except Exception as hook_exc:
-                log_handler_error("frame_too_large", hook_exc, self.connection_id)
-                self.close()
-                return
-            if not self._closing:
-                self._queue.clear()
-                self.framer = self.handler.make_framer()
-            return
-        if isinstance(exc, IncompleteFrame):
-            logger.warning(
-                "connection %s: peer closed the stream inside a frame (%d bytes pending)",
-                self.connection_id,
-                len(exc.data),
-                extra={"anycore_connection": self.log_context},
-            )
-        else:
-            logger.error(
-                "connection %s: malformed input from the peer: %s; closing it",
-                self.connection_id,
-                exc,
-                extra={"anycore_connection": self.log_context},
-            )
-        self.close()
+                self._deliver(data)
 
     def _enqueue(self, data: bytes) -> None:
         if self._pending_exc is not None:
             return
-        try:
-            self.framer.feed(data)
-            while True:
-                frame = self.framer.next_frame()
-                if frame is None:
-                    break
-                self._queue.append(frame)
-        except RemoteProtocolError as exc:
-            self._pending_exc = exc
+        self._queue_frames(data)
         self._wake_processor.set()
 
     async def _processor(self) -> None:
@@ -457,25 +285,13 @@ class _StreamDriver(_Connection):
                     try:
                         await cb(frame)
                     except Exception as exc:
-                        log_handler_error("frame handler", exc, self.connection_id)
-                        self._fail()
-                        self.close()
+                        self._handler_error("frame handler", exc)
                         return
                     if self._out:
                         self._wake_writer.set()
                 if self.is_closing():
                     return
-                try:
-                    while (more := self.framer.next_frame()) is not None:
-                        queue.append(more)
-                except RemoteProtocolError as parse_exc:
-                    self._pending_exc = parse_exc
-                if queue:
-                    continue
-                pending = self._pending_exc
-                if pending is not None:
-                    self._pending_exc = None
-                    self._protocol_error(pending)
+                if self._refill():
                     continue
                 if self._eof:
                     try:
@@ -486,9 +302,7 @@ class _StreamDriver(_Connection):
                     except RemoteProtocolError as exc:
                         self._protocol_error(exc)
                     except Exception as exc:
-                        log_handler_error("frame handler", exc, self.connection_id)
-                        self._fail()
-                        self.close()
+                        self._handler_error("frame handler", exc)
                     return
                 if self._draining:
                     self.close()  # the reader is parked in receive(); the writer ends it

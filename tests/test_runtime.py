@@ -148,9 +148,11 @@ async def test_shutdown_runs_phases_in_order() -> None:
 async def test_api_shutdown_drains_before_cancelling_main() -> None:
     order: list[str] = []
     drained = asyncio.Event()
+    draining = asyncio.Event()
 
     async def drain() -> None:
         order.append("drain started")
+        draining.set()
         await drained.wait()
         order.append("drain done")
 
@@ -158,7 +160,7 @@ async def test_api_shutdown_drains_before_cancelling_main() -> None:
         runtime.add_shutdown_step(Phase.DRAIN, "connections", drain)
         runtime.shutdown("test")
         try:
-            await asyncio.sleep(0.01)
+            await draining.wait()
             order.append("main still running during drain")
             drained.set()
             await asyncio.Event().wait()

@@ -15,7 +15,6 @@ import logging
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -32,6 +31,7 @@ from ._datagram_server import (
     _parse_udp,
 )
 from ._endpoints import Endpoint
+from ._resource import AsyncResource
 from .errors import ClosedError, EndpointError, RuntimeStateError
 
 __all__ = ["DatagramEndpoint", "open_datagram_endpoint"]
@@ -81,7 +81,7 @@ class _ReceiveQueue(DatagramHandler):
         return item
 
 
-class DatagramEndpoint:
+class DatagramEndpoint(AsyncResource):
     """A client UDP socket: send datagrams and receive answers.
 
     Create it with :func:`open_datagram_endpoint` and use it as an async
@@ -330,18 +330,6 @@ class DatagramEndpoint:
         if tg is not None and anyio.get_current_task().id == self._tg_task:
             self._tg = None
             await tg.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> DatagramEndpoint:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def open_datagram_endpoint(

@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -28,6 +27,7 @@ from ._backend import running_on_asyncio
 from ._datagram import Address, DatagramHandler, DatagramStatistics, _Glue
 from ._datagram_portable import _close_portable, _PortableGlue
 from ._endpoints import Endpoint, parse_endpoint
+from ._resource import AsyncResource
 from ._runtime import Phase, current_runtime
 from .errors import EndpointError, RuntimeStateError
 
@@ -151,7 +151,7 @@ async def _close_glues(glues: list[_Glue], drain_timeout: float | None) -> None:
 # -- servers ----------------------------------------------------------------------
 
 
-class DatagramServer:
+class DatagramServer(AsyncResource):
     """UDP sockets bound to one or more endpoints, each served by a handler.
 
     Create it with :func:`serve_datagram` and use it as an async context
@@ -363,18 +363,6 @@ class DatagramServer:
         if tg is not None and anyio.get_current_task().id == self._tg_task:
             self._tg = None
             await tg.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> DatagramServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         where = " ".join(map(str, self.endpoints or self._endpoints))

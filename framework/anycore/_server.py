@@ -32,7 +32,6 @@ import ssl as _ssl
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -40,6 +39,7 @@ import anyio
 from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
 from ._handler import Handler, _Owner, _ProtocolDriver
+from ._resource import AsyncResource
 from .errors import EndpointError, LoopUnavailable
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class _Listener:
         self.unix_inode: tuple[int, int] | None = None
 
 
-class Server(_Owner):
+class Server(_Owner, AsyncResource):
     """A stream server; create it with :func:`serve`.
 
     Use it as an async context manager (``async with serve(...) as server:``),
@@ -183,18 +183,6 @@ class Server(_Owner):
         self._engine: PortableEngine | None = None
 
     # -- lifecycle ----------------------------------------------------------------
-
-    async def __aenter__(self) -> Server:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         """Bind every endpoint and start accepting (idempotent).

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from .._resource import AsyncResource
 from . import _lifecycle
 from ._records import frame_record
 
@@ -41,7 +42,7 @@ __all__ = ["AsyncNetworkHandler", "DatagramHandler", "SocketHandler"]
 _get_running_loop = asyncio._get_running_loop
 
 
-class AsyncNetworkHandler(logging.Handler):
+class AsyncNetworkHandler(logging.Handler, AsyncResource):
     """Base of the loop-native network handlers.
 
     Subclasses implement :meth:`_prepare` (caller's thread: record -> bytes),
@@ -340,13 +341,6 @@ class AsyncNetworkHandler(logging.Handler):
             self._disconnect()
         self._connected = False
         self._finish_close()
-
-    async def __aenter__(self) -> AsyncNetworkHandler:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def close(self) -> None:
         """Close; what is still buffered is sent with a blocking last resort.

@@ -31,6 +31,7 @@ __all__ = [
     "BrokenError",
     "BusyError",
     "LoopUnavailable",
+    "BackendNotSupported",
     "RuntimeStateError",
     "ShutdownTimeout",
     "SignalError",
@@ -87,6 +88,11 @@ class BusyError(AnycoreError, anyio.BusyResourceError):
 
 class LoopUnavailable(AnycoreError):
     """The requested event loop implementation cannot be used here."""
+
+
+class BackendNotSupported(LoopUnavailable):
+    """The primitive needs asyncio (or uvloop) and the caller runs on another
+    async library (trio); the message says what to use there instead."""
 
 
 class RuntimeStateError(AnycoreError, RuntimeError):

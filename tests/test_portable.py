@@ -388,3 +388,78 @@ def test_serve_and_connect_work_without_sniffio() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "OK"
+
+
+# -- scopes: entered and left in the same task (issue 11) ----------------------
+
+
+async def serve_forever_stopped_from_outside(portable: bool | None) -> list[str]:
+    """serve_forever() ended by move_on_after, then by a task-group cancel,
+    with a client connected; every scope must unwind cleanly."""
+    lost: list[str] = []
+
+    class Tracked(Echo):
+        def connection_lost(self, exc: BaseException | None) -> None:
+            lost.append("lost")
+
+    with anyio.move_on_after(0.5) as timeout:
+        async with serve(Tracked, "tcp://127.0.0.1:0", portable=portable) as server:
+            port = server.endpoints[0].port
+            assert port is not None
+            async with await anyio.connect_tcp("127.0.0.1", port) as client:
+                await client.send(b"hi\n")
+                assert await readline(client, bytearray()) == b"hi\n"
+                await server.serve_forever()
+    assert timeout.cancelled_caught
+
+    started = anyio.Event()
+
+    async def run_server() -> None:
+        async with serve(Tracked, "tcp://127.0.0.1:0", portable=portable) as server:
+            started.set()
+            await server.serve_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_server)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    return lost
+
+
+def test_trio_serve_forever_cancelled_by_move_on_after_and_task_group() -> None:
+    # Failed with trio's "Cancel scope stack corrupted": the engine's task group
+    # was entered in start() and left by hand in aclose(), inside another scope.
+    lost: list[str] = []
+
+    async def main() -> None:
+        lost.extend(await serve_forever_stopped_from_outside(None))
+
+    anyio.run(main, backend="trio")
+    assert lost == ["lost"]
+
+
+@pytest.mark.parametrize("portable", [True, False])
+def test_asyncio_through_anyio_serve_forever_cancelled(portable: bool) -> None:
+    lost: list[str] = []
+
+    async def main() -> None:
+        lost.extend(await serve_forever_stopped_from_outside(portable))
+
+    anyio.run(main, backend="asyncio")
+    assert lost == ["lost"]
+
+
+def test_trio_server_closed_by_aclose_from_another_task() -> None:
+    async def main() -> None:
+        server = serve(Echo, "tcp://127.0.0.1:0", drain_timeout=60)
+        await server.start()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve_forever)
+            await echo_works(server.endpoints[0].port or 0)
+            # Not the task that started it, while serve_forever's own aclose
+            # runs too: both must see the connection end (no drain deadline).
+            with anyio.fail_after(10):
+                await server.aclose()
+        assert not server.is_serving()
+
+    on_trio(main)

@@ -11,14 +11,31 @@
 #
 # Trio is asked first: in trio's guest mode an asyncio loop is also running in
 # the thread, but the caller is a trio task and needs the portable path.
+#
+# It also owns the two helpers every primitive uses to be portable:
+# ``require_asyncio`` (a clear BackendNotSupported at the call, never a bare
+# "no running event loop") and ``BackgroundJob``, work that outlives the call
+# that starts it (a timer, a server's accept loops) run in a task of its own,
+# so that every cancel scope and task group it opens is entered and exited in
+# that one task (trio checks this: "Cancel scope stack corrupted").  On
+# asyncio the job is an asyncio task, on trio a system task.
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import sys
-from typing import Literal
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Literal
 
-__all__ = ["current_backend", "running_on_asyncio"]
+import anyio
+
+from .errors import BackendNotSupported, RuntimeStateError
+
+__all__ = ["BackgroundJob", "current_backend", "require_asyncio", "running_on_asyncio"]
+
+logger = logging.getLogger("anycore.tasks")
 
 Backend = Literal["asyncio", "trio"]
 
@@ -55,3 +72,79 @@ def running_on_asyncio() -> bool:
         RuntimeError: called outside any running event loop.
     """
     return current_backend() == "asyncio"
+
+
+def require_asyncio(what: str, instead: str) -> None:
+    """Raise :class:`BackendNotSupported` unless an asyncio loop runs the caller.
+
+    Args:
+        what: the primitive, as the user called it (``"spawn()"``).
+        instead: what to use on trio.
+
+    Raises:
+        BackendNotSupported: the caller is a trio task.
+        RuntimeStateError: no event loop runs the caller at all.
+    """
+    try:
+        backend = current_backend()
+    except RuntimeError:
+        raise RuntimeStateError(f"{what} must be called in async code (no loop runs)") from None
+    if backend != "asyncio":
+        raise BackendNotSupported(f"{what} needs asyncio (or uvloop), not {backend}; {instead}")
+
+
+# Jobs running on asyncio: referenced here until they end (cpython#117379).
+_jobs: set[asyncio.Task[None]] = set()
+
+
+class BackgroundJob:
+    """``await fn()`` in a task of its own, outside the caller's scopes.
+
+    The job's failure is logged on ``anycore.tasks`` and kept in
+    :attr:`exception`; :meth:`cancel` stops it; awaiting the job (or
+    :meth:`wait`) waits until it has ended.  Create it inside a running loop.
+    """
+
+    def __init__(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
+        self.name = name
+        self.exception: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._fn = fn
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        if current_backend() == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(
+                self._run, name=name, context=contextvars.copy_context()
+            )
+        else:
+            task = asyncio.get_running_loop().create_task(self._run(), name=name)
+            _jobs.add(task)
+            task.add_done_callback(_jobs.discard)
+            self.task = task
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                await self._fn()
+        except Exception as exc:
+            self.exception = exc
+            logger.error("background task %r failed", self.name, exc_info=exc)
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        """Cancel the job (idempotent; nothing happens once it has ended)."""
+        self._scope.cancel()
+
+    def done(self) -> bool:
+        """Whether the job has ended."""
+        return self._done.is_set()
+
+    async def wait(self) -> None:
+        """Wait until the job has ended (however it ended)."""
+        await self._done.wait()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.wait().__await__()

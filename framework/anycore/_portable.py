@@ -14,6 +14,10 @@
 # handler's high-water mark, nor while more than ``max_queued_frames`` frames
 # wait for an async handler.  Lifetimes are structured: each connection runs in
 # a task group; cancelling it cancels the handler, then connection_lost runs.
+# The engine's task group (accept loops and connections) lives in a task of
+# its own (a BackgroundJob) from start() to aclose(), never in the caller's
+# task: a scope entered by ``start()`` and left by ``aclose()`` in whichever
+# task calls it breaks trio's cancel-scope stack (issue 11).
 #
 # Rejected: memory object streams between reader and handler task (frames in a
 # stream cannot be re-cut when the handler switches framers; a deque can).
@@ -35,7 +39,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from ._backend import current_backend
+from ._backend import BackgroundJob, current_backend
 from ._endpoints import Endpoint
 from ._handler import (
     Handler,
@@ -394,7 +398,8 @@ class PortableEngine:
         self._slot_freed = anyio.Event()
         self._closed = anyio.Event()
         self._idle = anyio.Event()
-        self._owner: int | None = None
+        self._stop = anyio.Event()
+        self._host: BackgroundJob | None = None
 
     async def start(self) -> None:
         srv = self.server
@@ -423,12 +428,21 @@ class PortableEngine:
             for listener, _ep, _ctx in self._listeners:
                 await listener.aclose()
             raise
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._owner = anyio.get_current_task().id
         self.accepting = True
-        for listener, ep, ctx in self._listeners:
-            self._tg.start_soon(self._accept_loop, listener, ep, ctx)
+        self._host = BackgroundJob(self._run_host, name="anycore-portable-server")
+
+    async def _run_host(self) -> None:
+        """The engine's own task: its task group is entered and left here."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for listener, ep, ctx in self._listeners:
+                    tg.start_soon(self._accept_loop, listener, ep, ctx)
+                await self._stop.wait()
+                tg.cancel_scope.cancel()  # aclose() drained or aborted the connections
+        finally:
+            self._tg = None
+            self.stop_accepting()
 
     async def _accept_loop(
         self, listener: anyio.abc.SocketListener, ep: Endpoint, ctx: _ssl.SSLContext | None
@@ -443,7 +457,10 @@ class PortableEngine:
             while True:
                 limit = srv.max_connections
                 while limit is not None and srv.on_limit == "hold" and self._live() >= limit:
-                    self._slot_freed = anyio.Event()
+                    # Several loops (and aclose calls) may wait on one event:
+                    # replace it only once it has fired, never under a waiter.
+                    if self._slot_freed.is_set():
+                        self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()
                 try:
                     stream = await listener.accept()
@@ -536,13 +553,10 @@ class PortableEngine:
                 await self.server.aclose()
 
     async def aclose(self, timeout: float) -> None:
-        if self._tg is None:
+        host = self._host
+        if host is None:
             return
         self.stop_accepting()
-        # The task group belongs to the task that started the server: another
-        # task (a shutdown step) drains, and the owner's ``async with`` exits it.
-        owner = anyio.get_current_task().id == self._owner
-        aborted = False
         try:
             for listener, _ep, _ctx in self._listeners:
                 await listener.aclose()
@@ -551,7 +565,8 @@ class PortableEngine:
                 driver.begin_graceful_close()
             with anyio.move_on_after(timeout):
                 while self._drivers or self._pending:
-                    self._idle = anyio.Event()
+                    if self._idle.is_set():
+                        self._idle = anyio.Event()
                     await self._idle.wait()
         finally:
             if self._drivers:
@@ -561,12 +576,11 @@ class PortableEngine:
                 )
                 for driver in list(self._drivers):
                     driver.abort()
-                aborted = True
-            if owner and self._tg is not None:
-                tg, self._tg = self._tg, None
-                if aborted:
-                    tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
+            # The host task ends the task group; wait for it (connection_lost
+            # callbacks included), even when this aclose() is being cancelled.
+            self._stop.set()
+            with anyio.CancelScope(shield=True):
+                await host.wait()
 
     def handlers(self) -> list[Handler]:
         return [d.handler for d in self._drivers]

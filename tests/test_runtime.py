@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import os
 import signal
 import subprocess
 import sys
 import threading
+import warnings
+from collections.abc import Awaitable
 from pathlib import Path
 
 import anyio
@@ -36,6 +40,52 @@ def test_run_raises_main_error() -> None:
 
     with pytest.raises(KeyError, match="boom"):
         anycore.run(main)
+
+
+def test_run_given_a_coroutine_says_pass_the_function() -> None:
+    async def main() -> None:
+        pass
+
+    coro = main()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 'never awaited' warning would fail here
+        with pytest.raises(TypeError, match=r"pass the function, not a coroutine.*run\(.*main\)"):
+            anycore.run(coro)  # type: ignore[arg-type]
+        assert coro.cr_frame is None  # closed: nothing left to warn about
+        del coro
+        gc.collect()
+
+
+def test_run_given_a_sync_function_says_use_async_def() -> None:
+    calls: list[int] = []
+
+    def main(x: int) -> int:
+        calls.append(x)
+        return x
+
+    with pytest.raises(TypeError, match=r"main returned int, not a coroutine.*async def"):
+        anycore.run(main, 1)  # type: ignore[arg-type]
+    assert calls == [1]
+
+
+def test_run_given_neither_function_nor_coroutine() -> None:
+    with pytest.raises(TypeError, match="takes an async function, not 42"):
+        anycore.run(42)  # type: ignore[arg-type]
+    future: asyncio.Future[None] = asyncio.Future(loop=asyncio.new_event_loop())
+    with pytest.raises(TypeError, match="not an awaitable Future"):
+        anycore.run(future)  # type: ignore[arg-type]
+    future.get_loop().close()
+
+
+def test_run_accepts_a_sync_wrapper_that_returns_a_coroutine() -> None:
+    async def inner(x: int) -> int:
+        return x * 2
+
+    def wrapper(x: int) -> Awaitable[int]:
+        return inner(x)
+
+    assert anycore.run(wrapper, 21) == 42
+    assert anycore.run(functools.partial(inner, 4)) == 8
 
 
 def test_run_unwraps_single_exception_group() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import logging
 import os
 import signal
@@ -428,6 +429,34 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _check_main(main: object) -> None:
+    """Refuse what ``run()`` cannot call, with what to pass instead (as trio does)."""
+    if inspect.iscoroutine(main):
+        name = getattr(main, "__qualname__", "main")
+        main.close()  # never awaited by design: no RuntimeWarning about it
+        raise TypeError(
+            f"anycore.run() takes an async function, but got the coroutine {name}() "
+            f"that calling it made: pass the function, not a coroutine "
+            f"(anycore.run({name}), arguments after it: anycore.run({name}, arg1, ...))"
+        )
+    if inspect.isawaitable(main):
+        raise TypeError(
+            f"anycore.run() takes an async function, not an awaitable {type(main).__name__}: "
+            "wrap it in an async def and pass that function"
+        )
+    if not callable(main):
+        raise TypeError(f"anycore.run() takes an async function, not {main!r}")
+
+
+def _not_async(main: object, result: object) -> TypeError:
+    name = getattr(main, "__qualname__", repr(main))
+    return TypeError(
+        f"anycore.run() takes an async function, but {name} returned "
+        f"{type(result).__name__}, not a coroutine: define it with 'async def' "
+        f"(plain code can run in async code through anyio.to_thread.run_sync)"
+    )
+
+
 def run(
     main: Callable[..., Awaitable[T]],
     *args: Any,
@@ -453,7 +482,10 @@ def run(
         unwrapped to that error.
         GracefulExit: a graceful shutdown cancelled main.
         LoopUnavailable: ``loop="uvloop"`` but uvloop is not installed.
+        TypeError: ``main`` is a coroutine (``run(main())``) or not a
+            coroutine function; the message says what to pass instead.
     """
+    _check_main(main)
     factory = _loop_factory(loop)
     runtime_box: list[Runtime] = []
 
@@ -464,7 +496,12 @@ def run(
             handle_signals=handle_signals,
         ) as runtime:
             runtime_box.append(runtime)
-            return await main(*args)
+            # Called first, then checked (as trio does): a sync function that
+            # returns an awaitable, such as a decorator's wrapper, is fine.
+            result = main(*args)
+            if not inspect.isawaitable(result):
+                raise _not_async(main, result)
+            return await result
         # Reached only when shutdown cancelled main.
         raise _MainCancelled
 

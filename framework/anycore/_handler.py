@@ -8,12 +8,23 @@
 # The hot path is deliberately flat: per read batch the driver calls
 # ``framer.feed(data)``, then ``framer.next_frame()`` in a loop with one handler
 # call per frame; replies go into a list and leave in one ``transport.write`` at
-# the end of the batch.  Synchronous handlers never cost a task, a future or an
-# await.  A class whose frame method (or connection_made) is ``async def`` is
-# detected once per class and its frames are awaited in order by one task per
-# connection, with reading paused while more than ``max_queued_frames`` wait.
+# the end of the batch.  The batch's ``send`` counts those bytes: at
+# ``write_high_water`` the batch stops, the frames not handled yet go back into
+# the framer, reading pauses, and handling resumes (``writing_resumed``) once the
+# transport has drained, so one small read cannot build unbounded output.
+# Synchronous handlers never cost a task, a future or an await.  A class whose
+# frame method (or connection_made) is ``async def`` is detected once per class
+# and its frames are awaited in order by one task per connection, with reading
+# paused while more than ``max_queued_frames`` wait.
+#
+# When a connection has finished, the driver drops its references to the handler
+# (and the handler's bound ``send``), so no reference cycle keeps a closed
+# connection's state alive until the cyclic GC runs.
 #
 # Rejected alternatives:
+# - Counting output bytes per frame in the batch loop, or a bytearray output
+#   buffer checked per frame: the loop stays a bare ``for frame in batch``; the
+#   count is in the batch's send (about 40 ns more per reply than list.append).
 # - asyncio streams (StreamReader/StreamWriter) under the handler: one await and
 #   one write per message; 0.05-0.2x of a batched Protocol server on pipelined
 #   request/response (the team's measurements in shared/PERFORMANCE.md).
@@ -233,6 +244,20 @@ class Handler:
         """
         return None
 
+    def writing_resumed(self) -> None:
+        """Hook: output that reached ``write_high_water`` has drained.
+
+        While the replies built in one read batch are at or above
+        ``write_high_water``, :attr:`output_blocked` is true and the driver
+        stops handing frames to the handler; the frames left wait in the
+        framer.  Once the output has drained, the waiting frames are handled
+        and then this hook is called (with sends coalesced as in a read batch).
+        A handler that parses its own input (a :class:`RawHandler` running a
+        protocol parser) stops parsing while :attr:`output_blocked` is true and
+        continues here.  The default does nothing.
+        """
+        return
+
     def frame_too_large(self, exc: FrameTooLarge) -> None:
         """Hook: the peer sent a frame larger than ``max_frame_size``.
 
@@ -339,6 +364,17 @@ class Handler:
         """Whether the connection is closed or closing."""
         conn = self._conn
         return conn is None or conn.is_closing()
+
+    @property
+    def output_blocked(self) -> bool:
+        """Whether the replies built in this read batch reached ``write_high_water``.
+
+        Frame handling has then stopped for the batch and continues once the
+        output has drained (see :meth:`writing_resumed`).  Always false on the
+        portable driver and for async handlers (they ``await drain()``).
+        """
+        conn = self._conn
+        return conn is not None and conn.is_held()
 
     async def wait_closed(self) -> None:
         """Wait until the connection is gone and ``connection_lost`` has run."""
@@ -682,6 +718,10 @@ class _Connection:
     def is_closing(self) -> bool:
         return self._closing
 
+    def is_held(self) -> bool:
+        """Whether frame handling waits for the output to drain (asyncio driver)."""
+        return False
+
     async def wait_closed(self) -> None:
         raise NotImplementedError
 
@@ -889,17 +929,21 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     # The shared state's slots are _Connection's.
     __slots__ = (
-        "_append",
         "_batch",
+        "_batch_send",
         "_drain_waiters",
         "_fast_send",
         "_finished",
         "_finished_waiter",
+        "_held",
+        "_high",
         "_idle_handle",
         "_made",
         "_max_queued",
+        "_out_size",
         "_queue_full",
         "_reading_paused",
+        "_resume_handle",
         "_special",
         "_stop",
         "_task",
@@ -945,7 +989,14 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         # The fast send path: skip Handler.send's indirection unless overridden.
         # Bound once: the batch swaps these in and out without allocating.
         self._fast_send: Callable[[bytes], None] | None = None
-        self._append = self._out.append
+        self._batch_send = self._send_in_batch
+        # Back-pressure inside a read batch: the bytes of replies built in this
+        # batch; at write_high_water the batch stops (``_held``) and the frames
+        # left go back to the framer until the transport has drained.
+        self._high = max(1, handler.write_high_water)
+        self._out_size = 0
+        self._held = False
+        self._resume_handle: asyncio.Handle | None = None
         if type(handler).send is Handler.send:
             handler.send = self._fast_send = self.send  # type: ignore[method-assign]
 
@@ -988,11 +1039,19 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         connection_context.set(self.log_context)
         self.bytes_in += len(data)
         self.reads += 1
-        if self._special:  # an idle timeout, or frames handled by a task
+        if self._special:  # an idle timeout, frames handled by a task, or held
             if self.idle_timeout is not None:
                 self._last_activity = self.loop.time()
             if self._task_mode:
                 self._enqueue(data)
+                return
+            if self._held:
+                # Reading is paused; bytes still delivered wait in the framer.
+                if not self._closing:
+                    try:
+                        self.framer.feed(data)
+                    except RemoteProtocolError as exc:
+                        self._protocol_error(exc)
                 return
         if self._closing:
             return
@@ -1006,7 +1065,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         out = self._out
         fast = self._fast_send
         if fast is not None:
-            handler.send = self._append  # type: ignore[method-assign,assignment]
+            handler.send = self._batch_send  # type: ignore[method-assign]
         self._in_batch = True
         cb = self._cb
         n = 0
@@ -1049,6 +1108,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                 transport = self._transport
                 if len(out) == 1 and not (self._closing or self._special):
                     data = out.pop()
+                    self._out_size = 0
                     if transport is not None and not transport.is_closing():
                         self.bytes_out += len(data)
                         self.writes += 1
@@ -1057,6 +1117,71 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                             self._check_write_limit(transport)
                 else:
                     self._flush()
+            if self._held:
+                self._after_hold()
+
+    def is_held(self) -> bool:
+        return self._held
+
+    def _send_in_batch(self, data: bytes) -> None:
+        """``handler.send`` during a read batch: collect, and stop the batch at
+        ``write_high_water`` (the frames left wait until the output drained)."""
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= self._high:
+            self._hold()
+
+    def _hold(self) -> None:
+        if self._held or self._closing or self._task_mode:
+            return
+        self._held = self._stop = self._special = True
+        if self._batch is not None:
+            # The frames of this batch not handled yet go back into the framer.
+            self._take_back_batch(self.framer)
+
+    def _after_hold(self) -> None:
+        """The batch stopped at write_high_water: pause reading, and continue
+        when the transport has drained (at once if it never filled)."""
+        if self._closing:
+            return
+        self._update_reading()
+        if not self._write_paused and self._resume_handle is None:
+            self._resume_handle = self.loop.call_soon(self._resume_held)
+
+    def _resume_held(self) -> None:
+        self._resume_handle = None
+        if self._closing or not self._held or self._write_paused:
+            return
+        connection_context.set(self.log_context)
+        self._held = self._stop = False
+        self._special = self._task_mode or self.idle_timeout is not None
+        handler = self.handler
+        fast = self._fast_send
+        if fast is not None:
+            handler.send = self._batch_send  # type: ignore[method-assign]
+        self._in_batch = True
+        n = 0
+        try:
+            n = self._frame_loop(self._cb)
+            if not (self._held or self._closing):
+                handler.writing_resumed()
+        except RemoteProtocolError as exc:
+            self._take_back_batch(None)
+            self._protocol_error(exc)
+        except Exception as exc:
+            self._take_back_batch(None)
+            self._handler_error("frame handler", exc)
+        finally:
+            if fast is not None:
+                handler.send = fast  # type: ignore[method-assign,assignment]
+            self._in_batch = False
+            self.frames_in += n
+            if self._out:
+                self._flush()
+        if self._held:
+            self._after_hold()
+        else:
+            self._update_reading()
 
     def _frame_loop(self, cb: Callable[[bytes], Any]) -> int:
         """Frames one at a time, following framer switches; returns the count."""
@@ -1064,7 +1189,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         next_frame = self.framer.next_frame
         while True:
             if self._stop:
-                if self._closing:
+                if self._closing or self._held:
                     break
                 self._stop = False  # the handler switched framers
                 next_frame = self.framer.next_frame
@@ -1113,6 +1238,9 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
         self._out.clear()
         self._release_drain_waiters()
         if not self._made:
@@ -1132,6 +1260,10 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._release_drain_waiters()
+        if self._held:
+            if self._resume_handle is None:
+                self._resume_handle = self.loop.call_soon(self._resume_held)
+            return  # reading resumes once the held frames are handled
         self._update_reading()
 
     # -- _Connection interface ---------------------------------------------------
@@ -1143,16 +1275,19 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
     def send(self, data: bytes) -> None:
         if self._closing:
             return
+        self._out.append(data)
         if self._in_batch:
-            self._out.append(data)
+            self._out_size += len(data)
+            if self._out_size >= self._high:
+                self._hold()
         else:
-            self._out.append(data)
             self._flush()
 
     def _flush(self) -> None:
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self._out_size = 0
         transport = self._transport
         if self._closing or transport is None or transport.is_closing():
             # is_closing(): the transport failed and connection_lost is on its
@@ -1325,7 +1460,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         t = self._transport
         if t is None or self._lost:
             return
-        want = self._write_paused or self._queue_full or self._draining
+        want = self._write_paused or self._queue_full or self._draining or self._held
         if want == self._reading_paused:
             return
         if t.is_closing():
@@ -1473,10 +1608,24 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
+            self._break_cycles()
             waiter = self._finished_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             self.owner.connection_finished(self)
+
+    def _break_cycles(self) -> None:
+        """The connection is over: drop the driver's references to the handler
+        and to itself, so refcounting frees both as soon as the user's last
+        reference goes (no wait for the cyclic GC).  The handler keeps its
+        reference to the driver: its id, statistics and state stay readable."""
+        if self._fast_send is not None:
+            self.handler.__dict__.pop("send", None)  # the bound self.send
+            self._fast_send = None
+        self._batch_send = _dropped_send
+        self._cb = _dropped_frame
+        self.handler = _FINISHED_HANDLER
+        self._task = None  # a cancelled task's traceback refers to our frames
 
     # -- used by the server ------------------------------------------------------
 
@@ -1490,6 +1639,18 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self.close()
         else:
             self._wake()
+
+
+def _dropped_send(data: bytes) -> None:
+    """``send`` of a finished connection (its data is dropped)."""
+
+
+def _dropped_frame(frame: bytes) -> None:
+    """The frame callback of a finished connection."""
+
+
+# What a finished driver points at instead of its handler (see _break_cycles).
+_FINISHED_HANDLER = Handler()
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:

@@ -81,7 +81,7 @@ def _no_unhandled_loop_errors(request: pytest.FixtureRequest) -> object:
 
 # -- leak checks ------------------------------------------------------------------
 
-_INFRASTRUCTURE = ("forkserver", "resource_tracker", "semaphore_tracker")
+_INFRASTRUCTURE = ("forkserver", "resource_tracker", "semaphore_tracker", "anycore-guard")
 
 
 def _children() -> dict[int, str]:

@@ -40,6 +40,10 @@ def _helpers() -> set[int]:
     rt = getattr(resource_tracker, "_resource_tracker", None)
     if rt is not None and getattr(rt, "_pid", None):
         pids.add(rt._pid)
+    from anycore._spawn import _guard
+
+    if _guard.pid > 0:
+        pids.add(_guard.pid)  # the die_with_parent guard lives as long as we do
     return pids
 
 

@@ -52,6 +52,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
+from ._spawn import forget_with_parent, set_parent_death_signal, watch_with_parent
 from .errors import ChildProcessFailed, FrameTooLarge, RemoteError, RuntimeStateError
 
 __all__ = [
@@ -738,8 +739,14 @@ class ProcessHandle:
         name: str | None,
         daemon: bool,
         group: bool,
+        die_with_parent: bool = False,
     ) -> ProcessHandle:
         """Start ``target(*args)`` in a child process.
+
+        With ``die_with_parent`` the child (its process group when ``group``)
+        is SIGKILLed if this process dies: the spawn guard watches it, and a
+        forkserver child also gets PR_SET_PDEATHSIG against the fork server,
+        which the guard watches too (so does the resource tracker).
 
         ``Process.start()`` talks to the fork server (or execs a new
         interpreter), which can take a while the first time: it runs in a
@@ -748,10 +755,27 @@ class ProcessHandle:
         """
         import anyio
 
-        process = context.Process(target=target, args=args, name=name, daemon=daemon)
+        def create() -> Any:
+            if not die_with_parent:
+                process = context.Process(target=target, args=args, name=name, daemon=daemon)
+            else:
+                expected = _watch_start_method_helpers(context)
+                process = context.Process(
+                    target=_die_with_parent_entry,
+                    args=(expected, target, args),
+                    name=name,
+                    daemon=daemon,
+                )
+            process.start()
+            if die_with_parent:
+                watch_with_parent(process.pid, group=group)
+            return process
+
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(process.start)
+            process = await anyio.to_thread.run_sync(create)
         handle = cls(process, group)
+        if die_with_parent:
+            handle.add_exit_callback(lambda h: forget_with_parent(h.pid))
         try:
             await asyncio.sleep(0)
         except BaseException:
@@ -787,6 +811,11 @@ class ProcessHandle:
     def _set_exit(self, code: int) -> None:
         if self.exited.done():
             return
+        if self.group:
+            # What the child left in its process group (a `sleep` it started,
+            # say) goes with it: nothing outlives a worker or a ChildProcess.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
         self.exitcode = code
         self.exited.set_result(code)
         callbacks, self._exit_callbacks = self._exit_callbacks, []
@@ -859,6 +888,41 @@ class ProcessHandle:
             self.process.close()
         except ValueError:
             pass
+
+
+def _watch_start_method_helpers(context: Any) -> int | None:
+    """Start the fork server now and have the guard watch it and the resource
+    tracker; return the pid a forkserver child's parent must have (its
+    PR_SET_PDEATHSIG applies to it), or None for the other start methods.
+
+    A spawn or fork child is not given PR_SET_PDEATHSIG: it is started from a
+    worker thread, and the kernel signals the child when that *thread* ends.
+    The guard covers it.
+    """
+    if context.get_start_method() != "forkserver":
+        return None
+    from multiprocessing import forkserver, resource_tracker
+
+    forkserver.ensure_running()
+    server_pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    tracker_pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+    for pid in (server_pid, tracker_pid):
+        if isinstance(pid, int) and pid not in _WATCHED_HELPERS:
+            _WATCHED_HELPERS.add(pid)
+            watch_with_parent(pid, group=False)
+    return server_pid if isinstance(server_pid, int) else None
+
+
+_WATCHED_HELPERS: set[int] = set()
+
+
+def _die_with_parent_entry(
+    expected_parent: int | None, target: Callable[..., object], args: tuple[Any, ...]
+) -> object:
+    """Child side of ``die_with_parent``: PR_SET_PDEATHSIG, then the target."""
+    if expected_parent is not None:
+        set_parent_death_signal(expected_parent)
+    return target(*args)
 
 
 # -- runtime integration ------------------------------------------------------
@@ -1000,6 +1064,11 @@ class ChildProcess(Generic[T]):
         env: the child's whole environment (``os.environ`` is replaced before
             the target runs); ``None`` keeps the one it starts with.
         cwd: the child's working directory, entered before the target runs.
+        die_with_parent: SIGKILL the child (and its process group) if this
+            process dies, even by SIGKILL: PR_SET_PDEATHSIG against the fork
+            server, which dies with us too, plus the spawn guard (see
+            docs/pools.md for the limits).  ``False`` lets a non-daemon child
+            outlive a crashed parent.
 
     Raises:
         NotADirectoryError, FileNotFoundError: ``cwd`` is not a directory.
@@ -1022,6 +1091,7 @@ class ChildProcess(Generic[T]):
         stderr: socket.socket | None = ...,
         env: Mapping[str, str] | None = ...,
         cwd: str | os.PathLike[str] | None = ...,
+        die_with_parent: bool = ...,
     ) -> None: ...
 
     @overload
@@ -1041,6 +1111,7 @@ class ChildProcess(Generic[T]):
         stderr: socket.socket | None = ...,
         env: Mapping[str, str] | None = ...,
         cwd: str | os.PathLike[str] | None = ...,
+        die_with_parent: bool = ...,
     ) -> None: ...
 
     def __init__(
@@ -1059,6 +1130,7 @@ class ChildProcess(Generic[T]):
         stderr: socket.socket | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         cwd_text = None if cwd is None else os.fspath(cwd)
         if cwd_text is not None and not os.path.isdir(cwd_text):
@@ -1082,6 +1154,7 @@ class ChildProcess(Generic[T]):
         self._outcome_error: BaseException | None = None
         self._hooks: list[Any] = []
         self._use_runtime = register
+        self._die_with_parent = die_with_parent
         self._closed = False
 
     # introspection
@@ -1131,6 +1204,7 @@ class ChildProcess(Generic[T]):
                 name=self._name,
                 daemon=self.daemon,
                 group=self._group,
+                die_with_parent=self._die_with_parent,
             )
         except BaseException:
             parent_sock.close()

@@ -258,6 +258,7 @@ class ProcessBackend(Backend):
                 name=wid,
                 daemon=True,
                 group=True,
+                die_with_parent=True,
             )
         except BaseException as exc:
             parent.close()

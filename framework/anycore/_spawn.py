@@ -40,9 +40,12 @@ __all__ = [
     "ExitWatcher",
     "ProcessStatus",
     "forget_executable",
+    "forget_with_parent",
     "reap",
     "resolve_executable",
+    "set_parent_death_signal",
     "spawn",
+    "watch_with_parent",
 ]
 
 logger = logging.getLogger("anycore.subprocess")
@@ -224,18 +227,52 @@ def spawn(
     umask: int = -1,
     restore_signals: bool = True,
     ctty: str | None = None,
+    die_with_parent: bool = False,
 ) -> int:
     """Start ``executable`` with ``argv``; return the pid.
 
     ``stdin`` / ``stdout`` / ``stderr`` are descriptors to install as 0 / 1 / 2 (-1:
     inherit).  ``ctty`` is a terminal device path opened as 0, 1 and 2 after
     ``setsid`` so it becomes the child's controlling terminal (used by the pty
-    module; it implies ``start_new_session``).
+    module; it implies ``start_new_session``).  ``die_with_parent``: the child,
+    and its process group when it leads one, is SIGKILLed if this process dies
+    (see :func:`watch_with_parent`); :func:`reap` ends the watch.
 
     Raises:
         ExecutableNotFound: exec could not find / run the program.
         OSError: anything else the kernel refused (bad cwd, permissions, ...).
     """
+    pid = _spawn(
+        argv, executable, env, stdin, stdout, stderr, stderr_to_stdout, cwd, close_fds,
+        pass_fds, start_new_session, process_group, uid, gid, extra_groups, umask,
+        restore_signals, ctty,
+    )  # fmt: skip
+    if die_with_parent:
+        leads = start_new_session or ctty is not None or process_group == 0
+        watch_with_parent(pid, group=leads)
+    return pid
+
+
+def _spawn(
+    argv: Sequence[str | bytes],
+    executable: str,
+    env: Mapping[str, str] | None,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    stderr_to_stdout: bool,
+    cwd: str | bytes | None,
+    close_fds: bool,
+    pass_fds: Sequence[int],
+    start_new_session: bool,
+    process_group: int | None,
+    uid: int | None,
+    gid: int | None,
+    extra_groups: Sequence[int] | None,
+    umask: int,
+    restore_signals: bool,
+    ctty: str | None,
+) -> int:
     env_map: Mapping[str, str] | Mapping[bytes, bytes] = _current_environ() if env is None else env
     needs_fork = (
         not _HAS_POSIX_SPAWN
@@ -377,6 +414,8 @@ def _fork_exec(
 
 def reap(pid: int) -> ProcessStatus | None:
     """Collect the zombie ``pid`` (never blocks for long: call after exit was seen)."""
+    if _guard.watched:
+        _guard.forget(pid)
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
@@ -458,3 +497,162 @@ class ExitWatcher:
             except RuntimeError:  # loop already closed
                 pass
             os.close(fd)
+
+
+# -- children that die with their parent ---------------------------------------------
+
+# The guard: one small watcher process per parent, started at the first
+# ``die_with_parent`` spawn.  The parent tells it, one line each, which process
+# groups ("g<pgid>") and single processes ("p<pid>") to kill and which to forget;
+# when the parent is gone (its pipe reads EOF, or the guard's parent pid changed:
+# a forked child may still hold the pipe) it SIGKILLs every one still listed.
+# The group kill is what takes a ``sh -c 'a & b'`` family along, which the
+# kernel's PR_SET_PDEATHSIG (one process, and only the thread that forked it)
+# cannot do.  Its own race is handled on start: a parent already gone when the
+# guard first looks means cleanup at once.
+_GUARD_SOURCE = r"""
+import os, select, signal, sys
+parent = int(sys.argv[2])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+targets = set()
+buf = b""
+while True:
+    gone = os.getppid() != parent
+    ready = select.select([0], [], [], 0 if gone else 0.25)[0]
+    if not ready:
+        if gone:  # what the parent wrote before dying has been read
+            break
+        continue
+    data = os.read(0, 65536)
+    if not data:
+        break
+    lines = (buf + data).split(b"\n")
+    buf = lines.pop()[-64:]
+    for line in lines:
+        if len(line) < 3 or line[1:2] not in b"gp" or not line[2:].isdigit():
+            continue
+        key = (line[1:2], int(line[2:]))
+        if line[:1] == b"+":
+            targets.add(key)
+        else:
+            targets.discard(key)
+for kind, num in targets:
+    for kill in (os.killpg, os.kill) if kind == b"g" else (os.kill,):
+        try:
+            kill(num, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _Guard:
+    """This process's guard (see ``_GUARD_SOURCE``); restarted after a fork."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._owner = -1
+        self.pid = -1
+        self.watched: dict[int, bool] = {}  # pid -> its group too
+
+    def _ensure(self) -> int:
+        if self._fd >= 0 and self._owner == os.getpid():
+            return self._fd
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        argv = [sys.executable, "-I", "-S", "-c", _GUARD_SOURCE, "anycore-guard", str(os.getpid())]
+        try:
+            self.pid = spawn(
+                argv,
+                sys.executable,
+                env=None,
+                stdin=read_end,
+                stdout=null,
+                start_new_session=True,  # a terminal's Ctrl-C does not reach it
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+            os.close(null)
+        self.watched.clear()
+        self._fd, self._owner = write_end, os.getpid()
+        return write_end
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            try:
+                os.write(self._ensure(), line.encode())
+            except OSError as exc:  # the guard died: start a new one next time
+                logger.warning("die_with_parent guard is gone (%s); restarting it", exc)
+                os.close(self._fd)
+                self._fd = -1
+
+    def watch(self, pid: int, *, group: bool) -> None:
+        """Kill ``pid`` (its process group when ``group``) if this process dies."""
+        self._send(f"+{'g' if group else 'p'}{pid}\n")
+        self.watched[pid] = group
+
+    def forget(self, pid: int) -> None:
+        """``pid`` ended: take it off the list."""
+        group = self.watched.pop(pid, None)
+        if group is not None and self._fd >= 0 and self._owner == os.getpid():
+            self._send(f"-{'g' if group else 'p'}{pid}\n")
+
+
+_guard = _Guard()
+
+
+def _forget_guard_after_fork() -> None:
+    # The child of a fork holds a copy of the pipe but is not the guard's parent:
+    # it drops the copy (so EOF still comes when the parent dies) and starts its own.
+    if _guard._fd >= 0:
+        try:
+            os.close(_guard._fd)
+        except OSError:
+            pass
+    _guard._fd = -1
+    _guard._lock = threading.Lock()
+    _guard.watched = {}
+
+
+os.register_at_fork(after_in_child=_forget_guard_after_fork)
+
+
+def watch_with_parent(pid: int, *, group: bool) -> None:
+    """SIGKILL ``pid`` (or its process group) when this process dies, even by SIGKILL.
+
+    A guard process does it (any POSIX system).  :func:`reap` takes ``pid``
+    off the list again; a child that is not ours to reap (a forkserver
+    child) is taken off with :func:`forget_with_parent`.
+    """
+    _guard.watch(pid, group=group)
+
+
+def forget_with_parent(pid: int) -> None:
+    """Undo :func:`watch_with_parent` (``pid`` ended)."""
+    _guard.forget(pid)
+
+
+def set_parent_death_signal(expected_parent: int, sig: int = signal.SIGKILL) -> bool:
+    """In a child: have the kernel send ``sig`` when the parent exits (Linux).
+
+    The race with a parent that died before the call is closed by comparing
+    ``getppid()`` with ``expected_parent`` afterwards: a mismatch means it is
+    already gone, and this process exits at once.  Returns False where the
+    system has no PR_SET_PDEATHSIG (macOS, the BSDs).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != expected_parent:
+        os._exit(128 + int(sig))
+    return True

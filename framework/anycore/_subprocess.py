@@ -286,6 +286,11 @@ class Process(_Killable):
             exit.  ``False`` leaves it out of both: its owner (a supervisor
             stopping programs in dependency order, say) takes responsibility
             for stopping it, forced exits included.
+        die_with_parent: SIGKILL the child, and its process group when it leads
+            one (the default), if this process dies - even by SIGKILL or the
+            OOM killer.  A small guard process started with the first such
+            child does it (see docs/subprocess.md for what it cannot catch: a
+            grandchild that leaves the group with ``setsid``).
 
     Raises:
         TypeError, ValueError: invalid arguments (nothing was spawned).
@@ -324,6 +329,7 @@ class Process(_Killable):
         kill_group: bool = True,
         limiter: anyio.CapacityLimiter | None = None,
         register: bool = True,
+        die_with_parent: bool = False,
     ) -> None:
         self.args = args
         self._argv = _normalize_args(args, shell, executable)
@@ -372,6 +378,7 @@ class Process(_Killable):
         self._kill_group = kill_group
         self._limiter = limiter
         self._use_runtime = register
+        self._die_with_parent = bool(die_with_parent)
 
         self.pid: int = -1
         self.stdin: ProcessWriter | None = None
@@ -474,6 +481,7 @@ class Process(_Killable):
                 extra_groups=self._extra_groups,
                 umask=self._umask,
                 restore_signals=self._restore_signals,
+                die_with_parent=self._die_with_parent,
             )
         except BaseException:
             for fd in parent_fds:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
-from ._handler import Handler, _ProtocolDriver
+from ._handler import Handler, _ProtocolDriver, check_handler_factory, checked_handler
 from .errors import ConnectError, EndpointError
 
 __all__ = ["connect"]
@@ -79,8 +79,11 @@ async def connect(
 
     Raises:
         ConnectError: every attempt failed; the last error is chained.
+        HandlerError: ``handler_factory`` is not a Handler subclass or a function
+            returning a Handler (checked before connecting).
         EndpointError: the endpoint is malformed or a datagram endpoint.
     """
+    check_handler_factory(handler_factory, "connect")
     ep = parse_endpoint(endpoint)
     if not ep.is_stream:
         raise EndpointError(f"{ep}: connect() takes stream endpoints (tcp, tls, unix)")
@@ -159,7 +162,7 @@ async def _connect_once(
 ) -> H:
     loop = asyncio.get_running_loop()
     handler = handler_factory()
-    driver = _ProtocolDriver(handler, server_side=False)
+    driver = _ProtocolDriver(checked_handler(handler, handler_factory), server_side=False)
     tls: dict[str, Any] = {}
     if ctx is not None:
         tls = {

@@ -172,10 +172,21 @@ def parse_endpoint(endpoint: str | Endpoint) -> Endpoint:
     try:
         parts = urlsplit(f"{scheme}://{rest}")
         host = parts.hostname
-        port = parts.port
-    except ValueError as exc:
-        raise EndpointError(f"{endpoint!r}: {exc} (IPv6 addresses go in brackets)") from exc
+    except ValueError:
+        raise EndpointError(
+            f"{endpoint!r}: malformed address (IPv6 addresses go in brackets: "
+            f"{scheme}://[::1]:port)"
+        ) from None
     netloc = parts.netloc
+    if netloc.count(":") > 1 and not netloc.startswith("["):
+        raise EndpointError(f"{endpoint!r}: IPv6 addresses go in brackets: {scheme}://[::1]:port")
+    try:
+        port = parts.port
+    except ValueError:
+        raw = netloc.rpartition(":")[2]
+        if raw.isdigit():
+            raise EndpointError(f"{endpoint!r}: port {raw} is out of range (0-65535)") from None
+        raise EndpointError(f"{endpoint!r}: the port {raw!r} is not a number") from None
     if parts.path not in ("", "/") or parts.fragment:
         raise EndpointError(f"{endpoint!r}: unexpected path {parts.path!r}")
     if parts.username is not None or parts.password is not None:
@@ -184,8 +195,6 @@ def parse_endpoint(endpoint: str | Endpoint) -> Endpoint:
         raise EndpointError(
             f"{endpoint!r}: missing host (use 127.0.0.1, or 0.0.0.0 / [::] for every interface)"
         )
-    if netloc.count(":") > 1 and not netloc.startswith("["):
-        raise EndpointError(f"{endpoint!r}: IPv6 addresses go in brackets: {scheme}://[::1]:port")
     if port is None:
         raise EndpointError(f"{endpoint!r}: missing port (use :0 for any free port)")
     options: list[tuple[str, str]] = []

@@ -77,6 +77,7 @@ from .errors import (
     BrokenError,
     ClosedError,
     FrameTooLarge,
+    HandlerError,
     IncompleteFrame,
     LocalProtocolError,
     RemoteProtocolError,
@@ -188,6 +189,76 @@ def class_info(cls: type[Handler]) -> _ClassInfo:
 
 def _not_connected() -> ClosedError:
     return ClosedError("the handler is not connected")
+
+
+def _not_bytes(what: str, data: object) -> HandlerError:
+    hint = (
+        "; for str lines use anycore.TextLineHandler (or encode them)"
+        if isinstance(data, str)
+        else ""
+    )
+    return HandlerError(f"{what} takes bytes, not {type(data).__name__}{hint}")
+
+
+def check_handler_factory(factory: object, caller: str) -> None:
+    """Refuse, before any socket is opened, a handler factory that cannot work.
+
+    Args:
+        factory: what was passed to ``serve()`` / ``connect()``.
+        caller: the function's name, for the message.
+
+    Raises:
+        HandlerError: an instance instead of a class, a class that is not a
+            Handler, something not callable, or a misconfigured class.
+    """
+    if isinstance(factory, Handler):
+        name = type(factory).__name__
+        raise HandlerError(
+            f"{caller}() got a {name} instance; pass the class ({name}) or a function "
+            "that returns a new handler: each connection needs its own"
+        )
+    if isinstance(factory, type):
+        if not issubclass(factory, Handler):
+            raise HandlerError(
+                f"{caller}(): {factory.__qualname__} is not a Handler subclass; "
+                "subclass anycore.Handler (or LineHandler, RawHandler, ...)"
+            )
+        check_handler_class(factory)
+        return
+    if not callable(factory):
+        raise HandlerError(
+            f"{caller}() needs a Handler subclass or a function returning a handler, "
+            f"not {type(factory).__name__}"
+        )
+
+
+def check_handler_class(cls: type[Handler]) -> None:
+    """Check a handler class's configuration attributes (see check_handler_factory)."""
+    name = cls.__qualname__
+    if issubclass(cls, LineHandler):
+        delimiter: object = cls.delimiter
+        if isinstance(delimiter, str):
+            raise HandlerError(
+                f"{name}.delimiter is a str ({delimiter!r}); LineHandler works on bytes: "
+                f"write delimiter = {delimiter.encode()!r}, or subclass "
+                "anycore.TextLineHandler for str lines"
+            )
+        if not isinstance(delimiter, bytes) or not delimiter:
+            raise HandlerError(f"{name}.delimiter must be non-empty bytes, not {delimiter!r}")
+    for attr in ("max_frame_size", "max_queued_frames", "write_high_water", "write_low_water"):
+        value: object = getattr(cls, attr)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise HandlerError(f"{name}.{attr} must be a non-negative int, not {value!r}")
+
+
+def checked_handler(handler: object, factory: object) -> Handler:
+    """The factory's result, refused with a clear error when it is not a Handler."""
+    if not isinstance(handler, Handler):
+        raise HandlerError(
+            f"the handler factory {getattr(factory, '__qualname__', factory)!r} returned "
+            f"{type(handler).__name__}, not a Handler"
+        )
+    return handler
 
 
 class Handler:
@@ -496,8 +567,16 @@ class LineHandler(Handler):
 
         Args:
             line: the line, without a delimiter.
+
+        Raises:
+            HandlerError: ``line`` is not bytes (for ``str`` lines use
+                :class:`~anycore.TextLineHandler`).
         """
-        self.send(line + self.delimiter)
+        try:
+            data = line + self.delimiter
+        except TypeError:
+            raise _not_bytes("send_line()", line) from None
+        self.send(data)
 
     def make_framer(self) -> Framer:
         return TerminatorFramer(self.delimiter, max_frame_size=self.max_line_length)
@@ -1112,7 +1191,10 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
                     if transport is not None and not transport.is_closing():
                         self.bytes_out += len(data)
                         self.writes += 1
-                        transport.write(data)
+                        try:
+                            transport.write(data)
+                        except TypeError:
+                            self._not_bytes_sent(data)
                         if self._write_paused:
                             self._check_write_limit(transport)
                 else:
@@ -1285,7 +1367,13 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     def _flush(self) -> None:
         out = self._out
-        data = out[0] if len(out) == 1 else b"".join(out)
+        try:
+            data = out[0] if len(out) == 1 else b"".join(out)
+        except TypeError:
+            bad = next(d for d in out if not isinstance(d, (bytes, bytearray, memoryview)))
+            out.clear()
+            self._not_bytes_sent(bad)
+            return
         out.clear()
         self._out_size = 0
         transport = self._transport
@@ -1295,11 +1383,19 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             return
         self.bytes_out += len(data)
         self.writes += 1
-        transport.write(data)
+        try:
+            transport.write(data)
+        except TypeError:
+            self._not_bytes_sent(data)
+            return
         if self.idle_timeout is not None:
             self._last_activity = self.loop.time()
         if self._write_paused:  # set by write() itself when the buffer passed high water
             self._check_write_limit(transport)
+
+    def _not_bytes_sent(self, data: object) -> None:
+        """The handler sent something that is not bytes: say so, and close."""
+        self._handler_error("send()", _not_bytes("send()", data))
 
     def _check_write_limit(self, transport: asyncio.Transport) -> None:
         limit = self.write_buffer_limit

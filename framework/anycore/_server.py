@@ -38,7 +38,7 @@ import anyio
 
 from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
-from ._handler import Handler, _Owner, _ProtocolDriver
+from ._handler import Handler, _Owner, _ProtocolDriver, check_handler_factory, checked_handler
 from ._resource import AsyncResource
 from .errors import EndpointError, LoopUnavailable
 
@@ -143,6 +143,7 @@ class Server(_Owner, AsyncResource):
         portable: bool | None = None,
         sockets: Sequence[socket.socket] = (),
     ) -> None:
+        check_handler_factory(handler_factory, "serve")
         if not endpoints and not sockets:
             raise EndpointError("serve() needs at least one endpoint or socket")
         for sock in sockets:
@@ -619,7 +620,7 @@ class Server(_Owner, AsyncResource):
         self._maybe_idle()
 
     def _make_driver(self) -> _ProtocolDriver:
-        handler = self.handler_factory()
+        handler = checked_handler(self.handler_factory(), self.handler_factory)
         handler.server = self
         return _ProtocolDriver(
             handler,
@@ -741,6 +742,9 @@ def serve(
     Raises:
         EndpointError: an endpoint is malformed or is not a stream endpoint, or
             a socket in ``sockets`` is not a stream socket.
+        HandlerError: ``handler_factory`` is not a Handler subclass or a
+            function (an instance, another class), or the class is
+            misconfigured (a ``str`` delimiter): checked before listening.
     """
     return Server(
         handler_factory,

@@ -43,6 +43,7 @@ __all__ = [
     "EndpointError",
     "ConnectError",
     "ConnectionLimitReached",
+    "HandlerError",
     "ProcessError",
     "ExecutableNotFound",
     "CalledProcessError",
@@ -166,6 +167,16 @@ class ConnectError(AnycoreError, OSError):
 
 class ConnectionLimitReached(AnycoreError):
     """A server refused a connection because ``max_connections`` was reached."""
+
+
+class HandlerError(AnycoreError, TypeError):
+    """A handler class, factory or call cannot work (checked before serving).
+
+    ``serve()`` and ``connect()`` raise it for a factory that is not a Handler
+    subclass or returns something else, an instance passed instead of a class,
+    or a misconfigured class attribute (a ``str`` delimiter); ``send_line`` for
+    a ``str`` line.  Also a :class:`TypeError`.
+    """
 
 
 # -- processes ----------------------------------------------------------------

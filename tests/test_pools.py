@@ -455,3 +455,31 @@ async def test_runtime_shutdown_joins_pools_and_stops_children(tmp_path: Path) -
     assert await res == 9
     assert pool.statistics().workers == 0
     assert child.exitcode == -signal.SIGTERM
+
+
+# -- messages over max_message_size (issue 19) --------------------------------------
+
+
+def big_result(n: int) -> bytes:
+    return b"x" * n
+
+
+async def test_oversized_result_is_refused_in_the_worker_which_lives_on() -> None:
+    from anycore.errors import FrameTooLarge, PoolMessageTooLarge
+
+    async with WorkerPool("processes", workers=1, max_message_size=100_000) as pool:
+        before = await pool.apply(pid_of)
+        with pytest.raises(PoolMessageTooLarge) as info:
+            await pool.apply(big_result, (200_000,))
+        err = info.value
+        assert isinstance(err, FrameTooLarge)
+        assert err.what == "result"
+        assert err.limit == 100_000
+        assert err.size > 200_000
+        assert "max_message_size of 100000 bytes" in str(err)
+        with pytest.raises(PoolMessageTooLarge) as info:
+            await pool.apply(len, (b"y" * 200_000,))
+        assert info.value.what == "arguments"
+        assert await pool.apply(pid_of) == before  # the same worker, still serving
+        assert await pool.apply(big_result, (10,)) == b"x" * 10
+        assert pool.statistics().crashed == 0

@@ -68,7 +68,7 @@ from ._child import (
     run_child_body,
 )
 from ._pools import FINISHED, RUNNING, Backend, Job, PoolConfig, run_job_body
-from .errors import ChildProcessFailed, WorkerCrashed
+from .errors import ChildProcessFailed, PoolMessageTooLarge, WorkerCrashed
 
 log = logging.getLogger("anycore.pools")
 
@@ -155,6 +155,9 @@ def _serve(sock: socket.socket, boot: bytes) -> None:
             continue
         try:
             body = dumps(value)
+            if len(body) + _HDR.size > fs.max_frame_size:
+                # Refused here, not by the channel: the worker lives on.
+                raise PoolMessageTooLarge(len(body) + _HDR.size, fs.max_frame_size, "result")
         except Exception as exc:
             fs.send_frame(_HDR.pack(_ERR, jid) + dumps(exception_payload(exc)))
             continue
@@ -373,6 +376,9 @@ class ProcessBackend(Backend):
         try:
             frame = self._encode(job)
             assert w.channel is not None
+            limit = w.channel.max_frame_size
+            if len(frame) > limit:
+                raise PoolMessageTooLarge(len(frame), limit, "arguments")
             w.channel.send_frame(frame)
         except Exception as exc:
             job.finish(False, exc)

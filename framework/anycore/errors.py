@@ -46,6 +46,7 @@ __all__ = [
     "HandlerError",
     "ProcessError",
     "ExecutableNotFound",
+    "NotExecutable",
     "CalledProcessError",
     "TimeoutExpired",
     "OutputLimitExceeded",
@@ -56,6 +57,7 @@ __all__ = [
     "QueueFull",
     "TooManyReleases",
     "WorkerCrashed",
+    "PoolMessageTooLarge",
     "PoolClosed",
     "StackFileError",
 ]
@@ -199,6 +201,21 @@ class ExecutableNotFound(ProcessError, FileNotFoundError):
         return f"executable not found: {self.executable!r}"
 
 
+class NotExecutable(ProcessError, PermissionError):
+    """The program exists but cannot be executed (no execute permission, or
+    not a program this system can run); also a :class:`PermissionError`."""
+
+    def __init__(self, executable: str, reason: str = "") -> None:
+        ProcessError.__init__(
+            self, f"not executable: {executable!r}" + (f" ({reason})" if reason else "")
+        )
+        self.executable = executable
+        self.filename = executable
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class CalledProcessError(ProcessError):
     """A process checked with ``check=True`` exited unsuccessfully.
 
@@ -314,6 +331,31 @@ class TooManyReleases(AnycoreError, ValueError):
     ``task_done()`` called more times than items were put.  A
     :class:`ValueError`, as :mod:`threading` and :mod:`queue` raise there.
     """
+
+
+class PoolMessageTooLarge(FrameTooLarge):
+    """A pool task's arguments or result pickle larger than ``max_message_size``.
+
+    Refused before anything is sent (the worker stays alive and the pool goes
+    on); a :class:`FrameTooLarge` too.
+
+    Attributes:
+        size: the pickled size in bytes.
+        limit: the pool's ``max_message_size``.
+        what: ``"arguments"`` or ``"result"``.
+    """
+
+    def __init__(self, size: int, limit: int, what: str = "result") -> None:
+        super().__init__(size, limit)
+        self.what = what
+        self.args = (
+            f"the task's {what} pickle to {size} bytes, over the pool's "
+            f"max_message_size of {limit} bytes (send less, a path to a file say, "
+            "or raise max_message_size)",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.size, self.limit, self.what))
 
 
 class WorkerCrashed(BrokenError):

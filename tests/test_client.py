@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import anycore._client as client_module
-from anycore import LineHandler, connect, serve
+from anycore import LineHandler, connect, move_on_after as anycore_move_on, serve
 from anycore._client import happy_eyeballs
 from anycore.errors import ConnectError, EndpointError
 
@@ -186,3 +186,33 @@ async def test_connect_rejects_datagram_endpoints() -> None:
 async def test_name_resolution_failure_is_a_connect_error() -> None:
     with pytest.raises(ConnectError):
         await connect("tcp://no-such-host.invalid:80", Echo, timeout=5)
+
+
+async def test_the_connected_handler_is_an_async_context_manager() -> None:
+    async with serve(Echo, "tcp://127.0.0.1:0") as server:
+        async with await connect(f"tcp://127.0.0.1:{server.port}", Collector) as handler:
+            handler.send_line(b"hi")
+            assert await asyncio.wait_for(handler.lines.get(), 5) == b"hi"
+            assert not handler.is_closing()
+        assert handler.is_closing()
+        await asyncio.wait_for(handler.wait_closed(), 1)  # already gone: returns at once
+        await handler.aclose()  # idempotent
+    await Collector().aclose()  # never connected: nothing to do
+
+
+async def test_a_cancelled_aclose_aborts_the_connection() -> None:
+    # A peer that never reads: close() would wait for the buffer to drain.
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        handler = await connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", Echo)
+        peer, _ = listener.accept()
+        with peer:
+            for _ in range(256):  # 16 MiB: more than the loopback buffers hold
+                handler.send(b"x" * 65536)
+            with anycore_move_on(0.2) as scope:
+                await handler.aclose()
+            assert scope.cancelled_caught  # the graceful close was still waiting
+            await asyncio.wait_for(handler.wait_closed(), 5)
+            assert handler.is_closing()
+    finally:
+        listener.close()

@@ -684,3 +684,12 @@ def test_trio_cancelled_close_aborts_the_sockets() -> None:
             assert server.addresses == []
 
     anyio.run(main, backend="trio")
+
+
+async def test_datagram_serve_forever_reports_started_to_a_task_group() -> None:
+    import anyio
+
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(serve_datagram(Echo, "udp://127.0.0.1:0").serve_forever)
+        assert server.endpoints
+        tg.cancel_scope.cancel()

@@ -434,3 +434,17 @@ def test_accept_loop_survives_running_out_of_file_descriptors(loop_name: str) ->
             assert "Traceback" not in err, err
         if proc.stdin:
             proc.stdin.close()
+
+
+async def test_serve_forever_reports_started_to_a_task_group() -> None:
+    import anyio
+
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(serve(Echo, "tcp://127.0.0.1:0").serve_forever)
+        assert isinstance(server, Server)
+        assert server.is_serving()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await roundtrip(reader, writer, b"started")
+        await close(writer)
+        tg.cancel_scope.cancel()
+    assert not server.is_serving()

@@ -53,8 +53,10 @@ async def connect(
     """Connect to ``endpoint`` and run ``handler_factory()`` on the connection.
 
     Returns once the connection is up and ``connection_made`` has been called
-    (an async ``connection_made`` is running by then).  Close it with
-    ``handler.close()``; ``await handler.wait_closed()`` waits until it is gone.
+    (an async ``connection_made`` is running by then).  The handler is an async
+    context manager: ``async with await connect(...) as handler:`` closes it
+    (``await handler.aclose()``) when the block ends.  ``handler.close()``
+    closes without waiting; ``await handler.wait_closed()`` waits until it is gone.
 
     Args:
         endpoint: ``tcp://host:port``, ``tls://host:port[?ca=..&cert=..&key=..]``

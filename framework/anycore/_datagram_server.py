@@ -299,13 +299,18 @@ class DatagramServer(AsyncResource):
             total = total + g.statistics()
         return total
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(
+        self, *, task_status: anyio.abc.TaskStatus[DatagramServer] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Wait until the server is closed (by :meth:`aclose` or the runtime).
 
-        Cancelling this closes the server.
+        Cancelling this closes the server.  ``await task_group.start(
+        server.serve_forever)`` returns the server once it is bound (anyio's
+        ``task_status`` protocol).
         """
         if not self._started:
             await self.start()
+        task_status.started(self)
         assert self._closed is not None
         try:
             await self._closed.wait()

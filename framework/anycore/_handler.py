@@ -63,7 +63,8 @@ import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from types import TracebackType
+from typing import Any, ClassVar, Self, cast
 
 from ._framing import (
     FixedSizeFramer,
@@ -453,6 +454,34 @@ class Handler:
         if conn is None:
             raise _not_connected()
         await conn.wait_closed()
+
+    async def aclose(self) -> None:
+        """Close after the buffered data is written and wait until the connection
+        is gone (``connection_lost`` has run).
+
+        Idempotent; does nothing on a handler that was never connected.  If
+        this is cancelled, the connection is aborted.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        conn.close()
+        try:
+            await conn.wait_closed()
+        except BaseException:
+            conn.abort()
+            raise
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def start_tls(
         self,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import anyio.abc
 
 from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
@@ -359,9 +360,20 @@ class Server(_Owner, AsyncResource):
         host, port = sock.getsockname()[:2]
         return Endpoint(ep.scheme, host=host, port=port, options=ep.options)
 
-    async def serve_forever(self) -> None:
-        """Start if needed and serve until closed; cancelling it closes gracefully."""
+    async def serve_forever(
+        self, *, task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start if needed and serve until closed; cancelling it closes gracefully.
+
+        ``server = await task_group.start(serve(...).serve_forever)`` returns
+        once the server listens (anyio's ``task_status`` protocol): the bound
+        endpoints are then in ``server.endpoints``.
+
+        Args:
+            task_status: set by ``TaskGroup.start``; reports the started server.
+        """
         await self.start()
+        task_status.started(self)
         if self._engine is not None:
             await self._engine.serve_forever()
             return

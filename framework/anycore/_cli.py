@@ -29,10 +29,10 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -177,12 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = sub.add_parser(
         "ctl",
         help="control a running supervisor",
-        description="Ask a running 'anycore supervise' for status, or to start/stop/restart.",
+        description=(
+            "Ask a running 'anycore supervise' for status, to start/stop/restart a "
+            "program, to send it a signal (signal NAME SIG) or to follow its output "
+            "(tail NAME)."
+        ),
     )
     ctl.add_argument("--socket", metavar="PATH", help="the supervisor's control socket")
     ctl.add_argument("--json", action="store_true", help="print the raw JSON reply")
-    ctl.add_argument("action", choices=("status", "start", "stop", "restart"))
+    ctl.add_argument(
+        "-n", "--lines", type=int, default=10, metavar="N", help="tail: lines of history first"
+    )
+    ctl.add_argument("action", choices=tuple(_CTL_ARGS))
     ctl.add_argument("name", nargs="?", help="program, instance (name:N) or 'all'")
+    ctl.add_argument("signal", nargs="?", help="signal: the signal (HUP, SIGUSR1, 10 ...)")
     ctl.set_defaults(handler=_cmd_ctl)
 
     ex = sub.add_parser(
@@ -217,13 +225,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def default_control_socket() -> str:
-    """``$ANYCORE_CTL_SOCKET``, else ``anycore-UID.sock`` in the runtime directory."""
+def default_control_socket(create: bool = True) -> str:
+    """``$ANYCORE_CTL_SOCKET``, else ``supervisor.sock`` in the private control directory.
+
+    The directory (``$XDG_RUNTIME_DIR/anycore`` or ``$TMPDIR/anycore-UID``) is
+    created 0700 and checked: one of another user, or open to others, is refused.
+    """
     env = os.environ.get("ANYCORE_CTL_SOCKET")
     if env:
         return env
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, f"anycore-{os.getuid()}.sock")
+    from ._supervisor import control_directory
+    from .errors import ControlSocketError
+
+    try:
+        return os.path.join(control_directory(create), "supervisor.sock")
+    except FileNotFoundError as exc:
+        if create:
+            raise CommandFailed(f"cannot create the control directory: {exc}") from None
+        return os.path.join(str(exc.filename), "supervisor.sock")
+    except ControlSocketError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 # -- logging -----------------------------------------------------------------------------
@@ -432,7 +453,7 @@ async def _serve_main(
                 serve_datagram(target, *endpoints, reuse_port=reuse_port)
             )
             bound += [str(e) for e in dgram.endpoints]
-        print(f"anycore: pid {os.getpid()} serving on {', '.join(bound)}", flush=True)
+        _emit(f"anycore: pid {os.getpid()} serving on {', '.join(bound)}")
         sd_notify(f"READY=1\nMAINPID={os.getpid()}")
         try:
             await asyncio.Event().wait()
@@ -520,10 +541,7 @@ async def _workers_main(
             if all(x.state is ProgramState.FATAL for x in snapshot):
                 raise CommandFailed("every worker failed to start (see the log above)")
             where = ", ".join(binds + [f"fd {fd}" for fd in fds])
-            print(
-                f"anycore: pid {os.getpid()} serving on {where} with {args.workers} workers",
-                flush=True,
-            )
+            _emit(f"anycore: pid {os.getpid()} serving on {where} with {args.workers} workers")
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
             await sup.wait_for("worker", lambda s: all(x.state is ProgramState.FATAL for x in s))
             raise CommandFailed("every worker is FATAL: giving up")
@@ -563,7 +581,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     width = max([10, *(len(n) for p in stack.programs for n in p.instance_names())])
     handlers = _setup_supervise_logging(args, width)
     from ._runtime import GracefulExit, run
-    from .errors import LoopUnavailable, RuntimeStateError
+    from .errors import ControlSocketError, LoopUnavailable, RuntimeStateError
 
     grace = sum(p.grace_period for p in stack.programs) + 10.0
     try:
@@ -571,7 +589,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
             shutdown_timeout=grace)  # fmt: skip
     except GracefulExit:
         return 0
-    except (RuntimeStateError, LoopUnavailable) as exc:
+    except (RuntimeStateError, LoopUnavailable, ControlSocketError) as exc:
         raise CommandFailed(str(exc)) from None
     except OSError as exc:
         raise CommandFailed(f"control socket {control}: {exc.strerror or exc}") from None
@@ -623,7 +641,7 @@ async def _supervise_main(
     from ._systemd import sd_notify
     from .errors import StackFileError
 
-    print(_banner(stack, control), flush=True)
+    _emit(_banner(stack, control))
     async with Supervisor(stack.programs, control_socket=control) as sup:
 
         async def reload() -> None:
@@ -667,50 +685,176 @@ async def _supervise_main(
 
 # -- ctl ---------------------------------------------------------------------------------------
 
+_CTL_ARGS = {"status": 0, "start": 1, "stop": 1, "restart": 1, "signal": 2, "tail": 1}
+_MAX_REPLY = 16 * 1024 * 1024
+
 
 def _cmd_ctl(args: argparse.Namespace) -> int:
-    if args.action != "status" and not args.name:
-        raise UsageError(f"{args.action} needs a program name (or 'all')")
-    path = args.socket or default_control_socket()
-    request = args.action + (f" {args.name}" if args.name else "")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(300.0)
-            sock.connect(path)
-            sock.sendall(request.encode() + b"\n")
-            data = bytearray()
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if len(data) > 16 * 1024 * 1024:
-                    raise CommandFailed("the reply is too large")
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise CommandFailed(f"no supervisor is listening on {path}") from None
-    except OSError as exc:
-        raise CommandFailed(f"{path}: {exc.strerror or exc}") from None
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise CommandFailed("the supervisor sent an unreadable reply") from None
-    if args.json:
-        print(json.dumps(reply, indent=2))
-    if not reply.get("ok"):
-        raise CommandFailed(str(reply.get("error")))
+    from ._supervisor import parse_signal
+
+    wanted = _CTL_ARGS[args.action]
+    given = [a for a in (args.name, args.signal) if a]
+    if len(given) < wanted:
+        usage = "NAME SIG (e.g. anycore ctl signal web HUP)" if wanted == 2 else "a program name"
+        raise UsageError(f"{args.action} needs {usage}" + (" (or 'all')" if wanted == 1 else ""))
+    if len(given) > max(wanted, 1):
+        raise UsageError(f"{args.action} takes {max(wanted, 1)} argument(s), not {len(given)}")
+    request = [args.action, *given]
+    if args.action == "signal":
+        try:
+            request[2] = signal.Signals(parse_signal(args.signal)).name
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.action == "tail":
+        request.append(str(args.lines))
+    path = args.socket or default_control_socket(create=False)
+    with _connect_control(path) as sock:
+        sock.sendall(" ".join(request).encode() + b"\n")
+        replies = _reply_lines(sock)
+        reply = _decode_reply(next(replies, b""))
+        if args.json and args.action != "tail":
+            _emit(json.dumps(reply, indent=2))
+        if not reply.get("ok"):
+            raise CommandFailed(_printable(reply.get("error")))
+        if args.action == "tail":
+            sock.settimeout(None)  # follow until the supervisor ends or Ctrl-C
+            for raw in replies:
+                item = _decode_reply(raw)
+                if args.json:
+                    _emit(json.dumps(item))
+                elif "dropped" in item:
+                    _emit(f"... {_printable(item['dropped'])} lines dropped (a slow reader)")
+                else:
+                    name = _printable(item.get("name", "?"))
+                    _emit(f"{name:<10} | {_printable(item.get('line', ''))}")
+            return 0
     if not args.json:
-        print(_status_table(reply.get("result", [])))
+        _emit(_status_table(reply.get("result", [])))
     return 0
 
 
-def _status_table(rows: list[dict[str, Any]]) -> str:
+def _connect_control(path: str) -> socket.socket:
+    """A connection to the supervisor at ``path``, after checking it is this user's.
+
+    The socket file must belong to this user (or root) and so must the process
+    that accepted the connection (SO_PEERCRED), before any request is sent.
+    """
+    import stat
+
+    from ._supervisor import _TRUSTED_UIDS, peer_uid
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CommandFailed(f"no supervisor is listening on {path}") from None
+    except OSError as exc:
+        raise CommandFailed(f"{path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise CommandFailed(f"{path} is not a socket")
+    if st.st_uid not in _TRUSTED_UIDS:
+        raise CommandFailed(
+            f"refusing {path}: it belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(300.0)
+        sock.connect(path)
+        uid = peer_uid(sock)
+        if uid is not None and uid not in _TRUSTED_UIDS:
+            raise CommandFailed(
+                f"refusing {path}: it is served by a process of uid {uid}, not by you"
+            )
+    except ConnectionRefusedError:
+        sock.close()
+        raise CommandFailed(f"no supervisor is listening on {path}") from None
+    except OSError as exc:
+        sock.close()
+        raise CommandFailed(f"{path}: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _reply_lines(sock: socket.socket) -> Any:
+    """The reply lines from ``sock`` (each bounded), until the supervisor closes."""
+    buffer = bytearray()
+    while True:
+        end = buffer.find(b"\n")
+        if end >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            yield line
+            continue
+        if len(buffer) > _MAX_REPLY:
+            raise CommandFailed("the reply is too large")
+        try:
+            chunk = sock.recv(65536)
+        except OSError as exc:
+            raise CommandFailed(f"reading the reply: {exc.strerror or exc}") from None
+        if not chunk:
+            if buffer:
+                yield bytes(buffer)
+            return
+        buffer += chunk
+
+
+def _decode_reply(raw: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CommandFailed("the supervisor sent an unreadable reply") from None
+    if not isinstance(reply, dict):
+        raise CommandFailed("the supervisor sent an unreadable reply")
+    return reply
+
+
+# C0 and C1 controls (terminal escapes), DEL, and the bidi overrides.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(value: object) -> str:
+    """``value`` as text with control characters shown as ``\\xNN`` escapes."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def _emit(text: str, stream: Any = None) -> None:
+    """Write ``text`` and its newline in one write(2).
+
+    ``print()`` writes the newline separately; with a log handler's thread
+    writing to the same file (``> f 2>&1``) a log line could land between the
+    two and be glued to the line a script is waiting for.
+    """
+    stream = sys.stdout if stream is None else stream
+    data = text + "\n"
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stream (tests, IDEs)
+        stream.write(data)
+        stream.flush()
+        return
+    stream.flush()
+    view = memoryview(data.encode(stream.encoding or "utf-8", "replace"))
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _status_table(rows: object) -> str:
     out = [f"{'NAME':<16} {'STATE':<9} {'PID':>7} {'UPTIME':>9} {'RESTARTS':>8}  DESCRIPTION"]
+    if not isinstance(rows, list):
+        raise CommandFailed("the supervisor sent an unreadable reply")
     for r in rows:
-        uptime = "-" if r.get("uptime") is None else _duration(float(r["uptime"]))
-        pid = "-" if r.get("pid") is None else str(r["pid"])
+        try:
+            uptime = "-" if r.get("uptime") is None else _duration(float(r["uptime"]))
+            pid = "-" if r.get("pid") is None else _printable(r["pid"])
+            fields = [_printable(r[k]) for k in ("name", "state", "restarts")]
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise CommandFailed("the supervisor sent an unreadable reply") from None
+        name, state, restarts = fields
         out.append(
-            f"{r['name']:<16} {r['state'].upper():<9} {pid:>7} {uptime:>9} "
-            f"{r['restarts']:>8}  {r.get('description', '')}"
+            f"{name:<16} {state.upper():<9} {pid:>7} {uptime:>9} "
+            f"{restarts:>8}  {_printable(r.get('description', ''))}"
         )
     return "\n".join(out)
 

@@ -38,14 +38,17 @@ import random
 import re
 import signal
 import socket
+import stat
+import struct
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
-from .errors import AnycoreError, ProcessError, RuntimeStateError
+from .errors import AnycoreError, ControlSocketError, ProcessError, RuntimeStateError
 
 __all__ = [
     "Program",
@@ -377,6 +380,11 @@ class _Instance:
         )
         self._line_seen: asyncio.Future[None] | None = None
         self.log = logging.getLogger(f"anycore.program.{name}")
+        # The last output lines (for ``ctl tail``) and the tails following them.
+        self.history: collections.deque[tuple[int, str, str, str]] = collections.deque(
+            maxlen=_HISTORY
+        )
+        self.followers: set[_Follower] = set()
 
     # -- state ------------------------------------------------------------------------
 
@@ -449,6 +457,27 @@ class _Instance:
         task = self.task
         if task is not None and not task.done():
             await asyncio.wait({task})
+
+    def send_signal(self, sig: int) -> bool:
+        """Signal the running process (a command's whole group); whether one got it."""
+        proc = self.proc
+        if proc is None or self.pid is None:
+            return False
+        try:
+            if hasattr(proc, "join"):
+                proc.send_signal(sig)
+            else:
+                proc.send_signal(sig, group=True)
+        except (OSError, ValueError, AnycoreError):
+            return False
+        return True
+
+    def _record(self, stream_name: str, text: str) -> None:
+        self.sup._sequence += 1
+        item = (self.sup._sequence, self.name, stream_name, text)
+        self.history.append(item)
+        for follower in self.followers:
+            follower.push(item)
 
     def kill_now(self) -> None:
         proc = self.proc
@@ -757,6 +786,7 @@ class _Instance:
                     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
                     text = text.rstrip("\r\n")
                     self.log.info("%s", text, extra=extra)
+                    self._record(stream_name, text)
                     seen = self._line_seen
                     regex = self._line_regex
                     if (
@@ -812,8 +842,13 @@ class Supervisor:
 
     Args:
         programs: the :class:`Program` definitions (names must be unique).
-        control_socket: a Unix socket path for ``anycore ctl`` (None: none).
+        control_socket: a Unix socket path for ``anycore ctl`` (None: none);
+            created mode 0600, each connection's peer must be this user or root.
         autostart: start the programs when entering the block.
+        forward_signals: signals (numbers or names such as ``"SIGHUP"``) that,
+            received by this process while the block runs, are sent on to every
+            running program (see :meth:`signal`).  Other handlers of them
+            (the runtime's SIGHUP reload) keep running.
 
     Raises:
         ValueError: duplicate names, unknown or cyclic dependencies.
@@ -825,6 +860,7 @@ class Supervisor:
         *,
         control_socket: str | None = None,
         autostart: bool = True,
+        forward_signals: Iterable[int | str] = (),
     ) -> None:
         self._programs: dict[str, Program] = {}
         self._instances: dict[str, list[_Instance]] = {}
@@ -837,7 +873,13 @@ class Supervisor:
         self._closed = asyncio.Event()
         self._changed: asyncio.Event | None = None
         self._handles: list[Any] = []
-        self._control: Any = None
+        self._control: socket.socket | None = None
+        self._control_accept: asyncio.Task[None] | None = None
+        self._control_path: str | None = None
+        self._control_inode = 0
+        self._control_tasks: dict[asyncio.Task[None], socket.socket] = {}
+        self.forward_signals = tuple(parse_signal(s) for s in forward_signals)
+        self._sequence = 0  # orders output lines across instances (``ctl tail``)
 
     # -- definitions ------------------------------------------------------------------
 
@@ -905,6 +947,11 @@ class Supervisor:
                     rt.add_shutdown_step(Phase.PROCESSES, "supervisor", self.aclose)
                 )
                 self._handles.append(rt.add_force_exit_hook(self.kill_all))
+            if self.forward_signals:
+                from ._signals import on_signal
+
+                first, *more = self.forward_signals
+                self._handles.append(on_signal(first, self._forward, *more))
             if self.control_socket is not None:
                 await self._start_control(self.control_socket)
             if self.autostart:
@@ -941,10 +988,7 @@ class Supervisor:
 
     async def _close(self) -> None:
         try:
-            if self._control is not None:
-                control, self._control = self._control, None
-                with contextlib.suppress(Exception):
-                    await control.aclose()
+            await self._close_control()
             await self._stop_programs(list(self._order))
         finally:
             for handle in self._handles:
@@ -1130,73 +1174,458 @@ class Supervisor:
         self._notify_change()
         return {"added": added, "changed": changed, "removed": removed}
 
+    # -- signals ------------------------------------------------------------------------
+
+    def signal(self, name: str, sig: int) -> list[ProgramStatus]:
+        """Send ``sig`` to the running instances of ``name`` (program, instance or "all").
+
+        A command's whole process group gets it (as the stop signal does); a
+        callable's process gets it.  Instances that are not running are skipped.
+
+        Raises:
+            UnknownProgram: no such program or instance.
+            RuntimeStateError: none of them is running.
+            ValueError: ``sig`` is not a signal.
+        """
+        self._check_open()
+        number = parse_signal(sig)
+        insts = self._select(name)
+        sent = [inst for inst in insts if inst.send_signal(number)]
+        if not sent:
+            raise RuntimeStateError(f"{name} is not running: no process got the signal")
+        logger.info("sent %s to %s", signal.Signals(number).name, ", ".join(i.name for i in sent))
+        return [i.status() for i in insts]
+
+    def _forward(self, sig: int) -> None:
+        running = [i for n in self._order for i in self._instances.get(n, [])]
+        sent = [inst.name for inst in running if inst.send_signal(sig)]
+        if sent:
+            logger.info("forwarded %s to %s", signal.Signals(sig).name, ", ".join(sent))
+
     # -- the control socket ------------------------------------------------------------
 
     async def _start_control(self, path: str) -> None:
-        from ._handler import LineHandler
-        from ._server import serve
+        sock = bind_private_unix(path)
+        self._control = sock
+        self._control_path = path
+        self._control_inode = os.stat(path).st_ino
+        self._control_accept = asyncio.get_running_loop().create_task(
+            self._accept_control(sock), name="supervisor control socket"
+        )
 
-        if os.path.exists(path):  # noqa: ASYNC240 - one stat, at start
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    async def _accept_control(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
             try:
-                probe.settimeout(1.0)
-                probe.connect(path)
-            except OSError:
-                pass  # stale: nobody listens; serve() replaces it
-            else:
-                raise RuntimeStateError(f"another supervisor is listening on {path}")
-            finally:
-                probe.close()
-        supervisor = self
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and friends: keep serving the others
+                logger.warning("control socket: accept failed: %s", exc)
+                await asyncio.sleep(0.5)  # back off from a descriptor shortage
+                continue
+            uid = peer_uid(conn)
+            if uid is not None and uid not in _TRUSTED_UIDS:
+                logger.warning("control socket: refused a connection from uid %d", uid)
+                conn.close()
+                continue
+            task = loop.create_task(self._serve_control(conn), name="supervisor control")
+            self._control_tasks[task] = conn
+            task.add_done_callback(self._control_done)
 
-        class ControlHandler(LineHandler):
-            delimiter = b"\n"
-            max_line_length = 4096
+    def _control_done(self, task: asyncio.Task[None]) -> None:
+        conn = self._control_tasks.pop(task, None)
+        if conn is not None:
+            conn.close()
 
-            async def line_received(self, line: bytes) -> None:
-                reply = await supervisor.handle_command(line.decode("utf-8", "replace"))
-                self.send_line(json.dumps(reply).encode())
+    async def _close_control(self) -> None:
+        listener, self._control = self._control, None
+        if listener is None:
+            return
+        accept, self._control_accept = self._control_accept, None
+        if accept is not None:
+            accept.cancel()
+            await asyncio.wait({accept})
+        listener.close()
+        tasks = list(self._control_tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        path = self._control_path
+        with contextlib.suppress(OSError):
+            if path is not None and os.stat(path).st_ino == self._control_inode:
+                os.unlink(path)  # only our own socket file, not a successor's
 
-        self._control = serve(ControlHandler, f"unix://{path}")
-        await self._control.start()
-        _chmod_quietly(path, 0o600)
+    async def _serve_control(self, conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=conn, limit=_MAX_REQUEST)
+        try:
+            for _ in range(_MAX_REQUESTS_PER_CONNECTION):
+                try:
+                    raw = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    reply: dict[str, Any] = {
+                        "ok": False,
+                        "error": f"request too long (at most {_MAX_REQUEST} bytes)",
+                    }
+                    writer.write(json.dumps(reply).encode() + b"\n")
+                    await writer.drain()
+                    return
+                if not raw:
+                    return
+                text = raw.decode("utf-8", "replace")
+                try:
+                    request = _parse_request(text)
+                except ValueError as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                else:
+                    if request["command"] == "tail":
+                        await self._tail(request, reader, writer)
+                        return
+                    reply = await self.handle_command(text)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _tail(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Stream the recent and the new output lines of the request's instances."""
+        name = request["name"]
+        try:
+            insts = self._select(name)
+        except UnknownProgram as exc:
+            writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+            await writer.drain()
+            return
+        lines = min(max(int(request.get("lines", 10)), 0), _HISTORY)
+        backlog = sorted(item for inst in insts for item in inst.history)
+        follower = _Follower()
+        for item in backlog[len(backlog) - lines :] if lines else ():
+            follower.push(item)
+        for inst in insts:
+            inst.followers.add(follower)
+        eof = asyncio.ensure_future(reader.read(1))  # EOF (or any input) ends the tail
+        try:
+            writer.write(json.dumps({"ok": True, "following": name}).encode() + b"\n")
+            while not eof.done():
+                follower.wakeup.clear()
+                while follower.lines:
+                    _, inst_name, stream, text = follower.lines.popleft()
+                    out = {"name": inst_name, "stream": stream, "line": text}
+                    writer.write(json.dumps(out).encode() + b"\n")
+                if follower.dropped:
+                    writer.write(json.dumps({"dropped": follower.dropped}).encode() + b"\n")
+                    follower.dropped = 0
+                await writer.drain()
+                if not follower.lines:
+                    wake = asyncio.ensure_future(follower.wakeup.wait())
+                    try:
+                        await asyncio.wait({eof, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        wake.cancel()
+        finally:
+            eof.cancel()
+            for inst in insts:
+                inst.followers.discard(follower)
 
     async def handle_command(self, request: str) -> dict[str, Any]:
         """Run one control request and return the JSON-ready reply.
 
         ``request`` is ``"status [NAME]"``, ``"start NAME"``, ``"stop NAME"``,
-        ``"restart NAME"`` or a JSON object ``{"command": ..., "name": ...}``.
-        The reply is ``{"ok": true, "result": [...]}`` or
-        ``{"ok": false, "error": "..."}``.
+        ``"restart NAME"``, ``"signal NAME SIG"`` or a flat JSON object
+        ``{"command": ..., "name": ..., "signal": ...}``.  ``start`` and
+        ``restart`` reply once the instances settled (ready, backing off or
+        given up; bounded by their ``ready_timeout``).  The reply is
+        ``{"ok": true, "result": [...]}`` or ``{"ok": false, "error": "..."}``;
+        a request over 4 KiB or nested JSON is refused with an error reply.
+        (``tail NAME`` streams and is served by the control socket only.)
         """
-        text = request.strip()
         try:
-            if text.startswith("{"):
-                obj = json.loads(text)
-                if not isinstance(obj, dict):
-                    raise ValueError("a request object must be a JSON object")
-                command, name = str(obj.get("command", "")), str(obj.get("name", "all"))
-            else:
-                words = text.split()
-                if not words or len(words) > 2:
-                    raise ValueError(
-                        "expected: status [NAME] | start NAME | stop NAME | restart NAME"
-                    )
-                command = words[0].lower()
-                name = words[1] if len(words) == 2 else "all"
+            req = _parse_request(request)
+            command, name = req["command"], req["name"]
             if command == "status":
                 result = self.status(name)
-            elif command in ("start", "stop", "restart"):
-                if name == "all" and len(text.split()) < 2 and not text.startswith("{"):
-                    raise ValueError(f"{command} needs a program name (or 'all')")
-                result = await getattr(self, command)(name)
+            elif command == "stop":
+                result = await self.stop(name)
+            elif command in ("start", "restart"):
+                await getattr(self, command)(name)
+                result = await self._settled(name)
+            elif command == "signal":
+                result = self.signal(name, req["signal"])
             else:
-                raise ValueError(f"unknown command {command!r}")
+                raise ValueError(f"{command} is served by the control socket only")
         except (AnycoreError, ValueError) as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True, "result": [s.to_dict() for s in result]}
 
+    async def _settled(self, name: str) -> list[ProgramStatus]:
+        """The status of ``name`` once each instance left STOPPED / plain STARTING."""
+        insts = self._select(name)
+        bound = max((i.program.ready_timeout for i in insts), default=0.0) + 5.0
 
-def _chmod_quietly(path: str, mode: int) -> None:
+        def settled(snapshot: list[ProgramStatus]) -> bool:
+            return all(
+                s.ready or s.state not in (ProgramState.STOPPED, ProgramState.STARTING)
+                for s in snapshot
+            )
+
+        try:
+            return await self.wait_for(name, settled, bound)
+        except TimeoutError:
+            return self.status(name)
+
+
+# -- control requests and the socket's safety ------------------------------------------
+
+_MAX_REQUEST = 4096  # bytes of one request line
+_MAX_REQUESTS_PER_CONNECTION = 1000
+_HISTORY = 200  # output lines kept per instance for `ctl tail`
+_TRUSTED_UIDS = frozenset({os.getuid(), 0})
+_USAGE = (
+    "expected: status [NAME] | start NAME | stop NAME | restart NAME | "
+    "signal NAME SIG | tail NAME [LINES]"
+)
+_COMMANDS = {"status": 0, "start": 1, "stop": 1, "restart": 1, "signal": 2, "tail": 1}
+
+
+def parse_signal(value: object) -> int:
+    """A signal number from a number or a name (``"TERM"``, ``"SIGHUP"``).
+
+    Raises:
+        ValueError: not a signal.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a signal: {value!r}")
+    if isinstance(value, int):
+        try:
+            return int(signal.Signals(value))
+        except ValueError:
+            raise ValueError(f"unknown signal {value}") from None
+    if isinstance(value, str):
+        if value.isdigit():
+            return parse_signal(int(value))
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            raise ValueError(f"unknown signal {value!r}") from None
+    raise ValueError(f"not a signal: {value!r}")
+
+
+def _nesting(text: str, limit: int) -> int:
+    """The bracket depth of JSON ``text`` (outside strings), scanning at most to ``limit + 1``."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _parse_request(text: str) -> dict[str, Any]:
+    """``{"command", "name", ...}`` from a request line (words or one flat JSON object).
+
+    Raises:
+        ValueError: too long, nested, not an object, an unknown command or
+            missing arguments.
+    """
+    if len(text) > _MAX_REQUEST:
+        raise ValueError(f"request too long (at most {_MAX_REQUEST} bytes)")
+    text = text.strip()
+    if text.startswith(("{", "[")):
+        # Bounded before parsing: json.loads recurses once per level.
+        if _nesting(text, 1) > 1:
+            raise ValueError("a request object must be flat: one JSON object of strings")
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"invalid JSON request: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ValueError("a request object must be a JSON object")
+        for key, value in obj.items():
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValueError(f"request field {key!r} must be a string or an integer")
+        words = [str(obj.get("command", ""))]
+        request: dict[str, Any] = {"name": str(obj.get("name", "all"))}
+        explicit_name = "name" in obj
+        if "signal" in obj:
+            request["signal"] = obj["signal"]
+        if "lines" in obj:
+            request["lines"] = obj["lines"]
+    else:
+        words = text.split()
+        if not words or len(words) > 3:
+            raise ValueError(_USAGE)
+        request = {"name": words[1] if len(words) > 1 else "all"}
+        explicit_name = len(words) > 1
+        if len(words) == 3:
+            request["signal" if words[0].lower() == "signal" else "lines"] = words[2]
+    command = words[0].lower()
+    if command not in _COMMANDS:
+        raise ValueError(f"unknown command {command!r}; {_USAGE}")
+    request["command"] = command
+    if _COMMANDS[command] and not explicit_name:
+        raise ValueError(f"{command} needs a program name (or 'all')")
+    if command == "signal":
+        if "signal" not in request:
+            raise ValueError("signal needs a program name and a signal (signal NAME SIG)")
+        request["signal"] = parse_signal(request["signal"])
+    elif "signal" in request:
+        raise ValueError(f"{command} takes no signal; {_USAGE}")
+    if "lines" in request:
+        if command != "tail":
+            raise ValueError(_USAGE)
+        try:
+            request["lines"] = int(request["lines"])
+        except ValueError:
+            raise ValueError(f"tail: not a line count: {request['lines']!r}") from None
+    return request
+
+
+class _Follower:
+    """The output lines waiting for one ``tail`` client (bounded: a slow one loses lines)."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.lines: collections.deque[tuple[int, str, str, str]] = collections.deque()
+        self.limit = limit
+        self.dropped = 0
+        self.wakeup = asyncio.Event()
+
+    def push(self, item: tuple[int, str, str, str]) -> None:
+        if len(self.lines) >= self.limit:
+            self.dropped += 1
+        else:
+            self.lines.append(item)
+        self.wakeup.set()
+
+
+def control_directory(create: bool = True) -> str:
+    """The per-user directory of control sockets, private to this user.
+
+    ``$XDG_RUNTIME_DIR/anycore`` when that variable is set, else
+    ``anycore-UID`` in the temporary directory.  It is created mode 0700; an
+    existing one must be a real directory owned by this user and reachable by
+    no one else.
+
+    Raises:
+        ControlSocketError: the directory is another user's, a symlink, or
+            open to other users.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        path = os.path.join(runtime, "anycore")
+    else:
+        path = os.path.join(tempfile.gettempdir(), f"anycore-{os.getuid()}")
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    check_private_directory(path)
+    return path
+
+
+def check_private_directory(path: str) -> None:
+    """Refuse ``path`` unless it is a directory of this user, mode 0700 or stricter.
+
+    Raises:
+        ControlSocketError: it is not.
+        FileNotFoundError: it does not exist.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlSocketError(f"{path} is not a directory (a symlink or file is refused)")
+    if st.st_uid != os.getuid():
+        raise ControlSocketError(
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): refusing it; "
+            "remove it or set XDG_RUNTIME_DIR / --socket"
+        )
+    if st.st_mode & 0o077:
+        raise ControlSocketError(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; other users may reach it: "
+            "refusing it (chmod 700 it, or remove it)"
+        )
+
+
+def peer_uid(sock: Any) -> int | None:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+
+    ``None`` where the platform does not tell (then the 0700 directory and the
+    0600 socket file are the only guard).
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None:
+        return None
+    size = struct.calcsize("3i")
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, size))
+    return int(uid)
+
+
+def bind_private_unix(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600 from its first moment.
+
+    It is bound inside a fresh 0700 directory beside ``path``, made 0600 and
+    renamed into place, so no other user can connect in between.  A stale
+    socket file of ours is replaced.
+
+    Raises:
+        RuntimeStateError: a supervisor of this user listens there already.
+        ControlSocketError: the file there is not a socket, or another user's.
+    """
+    path = os.path.abspath(path)
+    with contextlib.suppress(FileNotFoundError):
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlSocketError(f"{path} exists and is not a socket: refusing to replace it")
+        if st.st_uid not in _TRUSTED_UIDS:
+            raise ControlSocketError(
+                f"{path} belongs to uid {st.st_uid}, not to you: refusing it (remove it)"
+            )
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                pass  # stale: nobody listens; replaced below
+            else:
+                raise RuntimeStateError(f"another supervisor is listening on {path}")
+    private = tempfile.mkdtemp(prefix=".anycore-", dir=os.path.dirname(path))
+    temporary = os.path.join(private, "s")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(temporary)
+        os.chmod(temporary, 0o600)
+        sock.listen(64)
+        os.rename(temporary, path)
+    except BaseException:
+        sock.close()
+        _unlink_quietly(temporary)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
+    sock.setblocking(False)
+    return sock
+
+
+def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
-        os.chmod(path, mode)
+        os.unlink(path)

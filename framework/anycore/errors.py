@@ -67,6 +67,13 @@ __all__ = [
     "InsecureListener",
     "MethodNotExposed",
     "ManagerError",
+    "AuthenticationError",
+    "PeerClosed",
+    "BufferTooShort",
+    "UndecodableMessage",
+    "InsecureListener",
+    "MethodNotExposed",
+    "ManagerError",
     "ControlSocketError",
     "MessageTooLarge",
 ]
@@ -410,6 +417,67 @@ class ControlSocketError(AnycoreError, PermissionError):
     Raised when the directory or socket file is owned by another user, is
     reachable by other users, or is answered by a process of another user.
     """
+
+
+# -- message passing ------------------------------------------------------------
+
+
+class AuthenticationError(AnycoreError):
+    """A peer failed the HMAC challenge-response (or broke off the handshake).
+
+    Raised on both sides of a wrong authkey.  Nothing the peer sent was
+    decoded.  Not a subclass of :class:`multiprocessing.AuthenticationError`
+    (that would import :mod:`multiprocessing` with ``anycore``); catch both
+    where code handles either.
+    """
+
+
+class PeerClosed(AnycoreError, anyio.EndOfStream, EOFError):
+    """The peer closed the connection: no more messages will come.
+
+    An :class:`EOFError`, as multiprocessing raises there, and anyio's
+    ``EndOfStream``.
+    """
+
+
+class BufferTooShort(AnycoreError):
+    """``recv_bytes_into`` got a message larger than the buffer.
+
+    The whole message is ``args[0]``, as with
+    :class:`multiprocessing.BufferTooShort`.
+    """
+
+
+class UndecodableMessage(RemoteProtocolError):
+    """A message's body could not be decoded by the connection's codec."""
+
+
+class InsecureListener(AnycoreError, ValueError):
+    """A Listener would accept unauthenticated peers from beyond this host."""
+
+
+class MessageTooLarge(AnycoreError, ValueError):
+    """A shared-memory message does not fit: larger than the channel's slots
+    (refused before anything waits or is copied), or than the buffer given to
+    ``recv_into`` (the message stays in the channel).  Also a :class:`ValueError`.
+
+    Attributes:
+        size: the message's size in bytes.
+        limit: the room there is.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes does not fit in {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class MethodNotExposed(AnycoreError, AttributeError):
+    """A manager proxy was asked for a method its shared object does not expose."""
+
+
+class ManagerError(AnycoreError):
+    """A manager server refused a request (unknown type id, unknown object)."""
 
 
 # -- message passing ------------------------------------------------------------

@@ -24,8 +24,14 @@ How it is built, and why it is fast:
 * :class:`RespHandler` is an anycore :class:`~anycore.RawHandler`: per read
   batch it parses every complete command and makes one call per command;
   replies go out through ``send()``, which anycore coalesces into one write
-  per batch.  A protocol error answers ``-ERR Protocol error`` and closes only
-  that connection, like redis-server.
+  per batch.  Once the replies built reach ``write_high_water``
+  (``output_blocked``) it stops, and anycore calls ``writing_resumed()`` when
+  the client has read them: a few KB of pipelined ``GET`` of a large value
+  cannot build hundreds of MiB of replies.  A protocol error answers
+  ``-ERR Protocol error`` and closes only that connection, like redis-server.
+* Limits (see :class:`RespParser` and :class:`Commands`): 64 MiB per bulk
+  argument, 64 MiB per command (an unfinished command cannot hold more),
+  128 MiB of unparsed input per connection, 64 MiB per MGET reply.
 * :class:`Commands` is the command table over a :class:`Store` (a dict with
   lazy expiry), shared by every connection of the process.
 """
@@ -53,13 +59,32 @@ class RespError(RemoteProtocolError):
     """The client sent something that is not RESP (or is over a limit)."""
 
 
+# Limits (redis's proto-max-bulk-len is 512 MB and client-query-buffer-limit
+# 1 GB; a Python server holding that per connection is a memory bomb, so the
+# defaults here are smaller and each is a constructor argument).
+MAX_BULK = 64 * 1024 * 1024
+MAX_COMMAND = 64 * 1024 * 1024
+MAX_QUERY_BUFFER = 128 * 1024 * 1024
+ARG_OVERHEAD = 48  # what one argument costs beyond its bytes (a bytes object)
+
+
 class RespParser:
     """Sans-IO RESP request parser.
 
+    Lengths are parsed as redis does: digits only (``$ 4``, ``$+4``, ``$4_0``
+    and ``$04`` are refused, though Python's ``int()`` accepts them).
+
     Args:
         max_inline: longest inline command line, in bytes.
-        max_bulk: longest bulk argument, in bytes (redis: 512 MB).
+        max_bulk: longest bulk argument, in bytes (redis's proto-max-bulk-len;
+            64 MiB here).
         max_args: most arguments in one multibulk command.
+        max_command: most memory one command may hold: the sum of its
+            argument lengths plus 48 bytes per argument (64 MiB), checked as
+            each bulk length is announced, so an unfinished command cannot
+            hold more.
+        max_query_buffer: most unparsed input held (redis's
+            client-query-buffer-limit; 128 MiB here).
     """
 
     __slots__ = (
@@ -68,12 +93,15 @@ class RespParser:
         "_big_have",
         "_big_len",
         "_buf",
+        "_held",
         "_nargs",
         "_pos",
         "_scan",
         "max_args",
         "max_bulk",
+        "max_command",
         "max_inline",
+        "max_query_buffer",
     )
 
     # Bulks at least this large that are not complete yet are collected in a
@@ -85,12 +113,17 @@ class RespParser:
         self,
         *,
         max_inline: int = 64 * 1024,
-        max_bulk: int = 64 * 1024 * 1024,
+        max_bulk: int = MAX_BULK,
         max_args: int = 1024 * 1024,
+        max_command: int = MAX_COMMAND,
+        max_query_buffer: int = MAX_QUERY_BUFFER,
     ) -> None:
         self.max_inline = max_inline
         self.max_bulk = max_bulk
         self.max_args = max_args
+        self.max_command = max_command
+        self.max_query_buffer = max_query_buffer
+        self._held = 0  # bytes the command in progress holds (max_command)
         self._buf = b""
         self._pos = 0
         self._scan = 0  # where the search for an inline line's end resumes
@@ -106,17 +139,26 @@ class RespParser:
         return len(self._buf) - self._pos + self._big_have
 
     def feed(self, data: bytes) -> None:
-        """Append received bytes."""
+        """Append received bytes.
+
+        Raises:
+            RespError: more than ``max_query_buffer`` bytes would be held.
+        """
         if self._big is not None:
             self._big.append(data)
             self._big_have += len(data)
+            if self._big_have > self.max_query_buffer:
+                raise RespError("client query buffer limit reached")
         elif self._pos >= len(self._buf):
             self._buf = data
             self._pos = 0
             self._scan = 0
         else:
             # A partial command (bounded by the header/inline limits or by
-            # _BIG) is joined with the new data.
+            # _BIG), or commands not parsed yet while the output drains, is
+            # joined with the new data.
+            if len(self._buf) - self._pos + len(data) > self.max_query_buffer:
+                raise RespError("client query buffer limit reached")
             self._scan -= self._pos
             self._buf = self._buf[self._pos :] + data
             self._pos = 0
@@ -142,17 +184,21 @@ class RespParser:
                 if len(buf) - pos > self._MAX_HEADER:
                     raise RespError("invalid multibulk length")
                 return None
-            try:
-                n = int(buf[pos + 1 : nl])
-            except ValueError:
-                raise RespError("invalid multibulk length") from None
+            raw = buf[pos + 1 : nl]
+            if not raw.isdigit() or (raw[0] == 48 and len(raw) > 1):
+                if raw[:1] == b"-" and raw[1:].isdigit() and raw[1] != 48:
+                    self._pos = nl + 2  # "*-1": nothing to run (as redis)
+                    return self.next_command()
+                raise RespError("invalid multibulk length")
+            n = int(raw)
             if n > self.max_args:
                 raise RespError("invalid multibulk length")
             self._pos = nl + 2
-            if n <= 0:
-                return self.next_command()  # "*0" / "*-1": nothing to run (as redis)
+            if n == 0:
+                return self.next_command()
             self._args = []
             self._nargs = n
+            self._held = 0
             return self._continue_multibulk()
         return self._inline()
 
@@ -173,17 +219,25 @@ class RespParser:
                 if end - pos > self._MAX_HEADER:
                     raise RespError("invalid bulk length")
                 break
-            try:
-                length = int(buf[pos + 1 : nl])
-            except ValueError:
-                raise RespError("invalid bulk length") from None
-            if length < 0 or length > self.max_bulk:
+            raw = buf[pos + 1 : nl]
+            # Digits only, no leading zero (redis's string2ll): int() would
+            # also take " 4", "+4" and "4_0".
+            if not raw.isdigit() or (raw[0] == 48 and len(raw) > 1):
                 raise RespError("invalid bulk length")
+            length = int(raw)
+            if length > self.max_bulk:
+                raise RespError("invalid bulk length")
+            held = self._held + length + ARG_OVERHEAD
+            if held > self.max_command:
+                raise RespError(
+                    f"command larger than the {self.max_command} byte limit (max_command)"
+                )
             start = nl + 2
             stop = start + length
             if stop + 2 > end:
                 if length >= self._BIG:
                     # Collect the rest of this bulk as chunks; join once.
+                    self._held = held
                     self._big = [buf[start:]]
                     self._big_have = end - start
                     self._big_len = length
@@ -195,6 +249,7 @@ class RespParser:
             if buf[stop : stop + 2] != CRLF:
                 raise RespError("bulk argument not followed by CRLF")
             args.append(buf[start:stop])
+            self._held = held
             pos = stop + 2
             need -= 1
         self._pos = pos
@@ -320,10 +375,13 @@ class Commands:
 
     Args:
         store: the shared :class:`Store`.
+        max_reply: the largest reply one multi-key command (MGET) may build;
+            beyond it the command answers an error (64 MiB).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, max_reply: int = MAX_COMMAND) -> None:
         self.store = store
+        self.max_reply = max_reply
         self.table: dict[bytes, Callable[[list[bytes]], bytes]] = {
             b"PING": self.ping,
             b"ECHO": self.echo,
@@ -450,9 +508,18 @@ class Commands:
         if len(args) < 2:
             return wrong_args(b"mget")
         parts = [b"*%d\r\n" % (len(args) - 1)]
+        size = 0
         for k in args[1:]:
             v = self.store.get(k)
-            parts.append(NULL if v is None else bulk(v))
+            if v is None:
+                parts.append(NULL)
+                continue
+            size += len(v)
+            if size > self.max_reply:
+                # A few bytes of keys naming one large value many times would
+                # otherwise build a reply of any size.
+                return error(f"ERR reply larger than {self.max_reply} bytes (max_reply)")
+            parts.append(bulk(v))
         return b"".join(parts)
 
     def expire(self, args: list[bytes]) -> bytes:
@@ -550,21 +617,40 @@ class RespHandler(RawHandler):
         self.parser = RespParser()
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed(data)
+        except RespError as exc:
+            self._protocol_error(exc)
+            return
+        self.writing_resumed()
+
+    def writing_resumed(self) -> None:
+        """Run the commands parsed so far, until the replies built reach
+        ``write_high_water`` (``output_blocked``): anycore then writes them,
+        waits for the client to read, and calls this again."""
         parser = self.parser
-        parser.feed(data)
         execute = self.execute
         send = self.send
+        high = self.write_high_water
+        built = 0
         try:
             while (args := parser.next_command()) is not None:
                 if args[0] in (b"QUIT", b"quit"):
                     send(OK)
                     self.close()
                     return
-                send(execute(args))
+                reply = execute(args)
+                send(reply)
+                built += len(reply)
+                if built >= high and self.output_blocked:
+                    return  # the rest stays in the parser until the output drained
         except RespError as exc:
-            log.warning("connection %s from %s: %s; closing it", self.connection_id, self.peer, exc)
-            send(error(f"ERR Protocol error: {exc}"))
-            self.close()
+            self._protocol_error(exc)
+
+    def _protocol_error(self, exc: RespError) -> None:
+        log.warning("connection %s from %s: %s; closing it", self.connection_id, self.peer, exc)
+        self.send(error(f"ERR Protocol error: {exc}"))
+        self.close()
 
 
 def handler_factory(commands: Commands) -> Callable[[], RespHandler]:

@@ -120,6 +120,16 @@ def test_any_split_yields_the_same_commands(
         (b"*" + b"9" * 40, "invalid multibulk length"),
         (b"*1\r\n$" + b"9" * 40, "invalid bulk length"),
         (b"A" * 70_000, "too big inline request"),
+        # redis's string2ll: digits only (Python's int() takes all of these).
+        (b"*1\r\n$ 4\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$+4\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$4_0\r\n", "invalid bulk length"),
+        (b"*1\r\n$04\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$\r\n", "invalid bulk length"),
+        (b"* 1\r\n", "invalid multibulk length"),
+        (b"*+1\r\n", "invalid multibulk length"),
+        (b"*1_0\r\n", "invalid multibulk length"),
+        (b"*01\r\n", "invalid multibulk length"),
         (b'SET "quoted value"\r\n', "quoted inline"),
     ],
 )
@@ -139,6 +149,34 @@ def test_limits_are_configurable() -> None:
     with pytest.raises(resp.RespError):
         parse_all([b"PING " + b"x" * 20 + b"\r\n"], max_inline=10)
     assert parse_all([resp.encode_command("SET", "k", "x" * 10)], max_bulk=10)
+
+
+def test_one_command_and_the_query_buffer_are_bounded() -> None:
+    # Each argument counts its bytes plus 48: three of 400 pass 1000 only at
+    # the third header, refused before its bytes arrive.
+    parser = resp.RespParser(max_command=1000)
+    parser.feed(b"*3\r\n$400\r\n" + b"a" * 400 + b"\r\n$400\r\n" + b"b" * 400 + b"\r\n")
+    assert parser.next_command() is None
+    parser.feed(b"$400\r\n")
+    with pytest.raises(resp.RespError, match="command larger than the 1000 byte limit"):
+        parser.next_command()
+    # The same for a large bulk collected in pieces.
+    parser = resp.RespParser(max_command=200_000)
+    parser.feed(b"*2\r\n$100000\r\n" + b"a" * 1000)
+    assert parser.next_command() is None
+    parser.feed(b"a" * 99_000 + b"\r\n$100000\r\n")
+    with pytest.raises(resp.RespError, match="byte limit"):
+        parser.next_command()
+    # Unparsed input beyond max_query_buffer.
+    parser = resp.RespParser(max_query_buffer=1000)
+    parser.feed(b"*2\r\n$500\r\n" + b"a" * 400)
+    assert parser.next_command() is None
+    with pytest.raises(resp.RespError, match="client query buffer limit"):
+        parser.feed(b"a" * 700)
+    assert parse_all([b"*-1\r\n*0\r\nPING\r\n"]) == [[b"PING"]]
+    defaults = resp.RespParser()
+    assert defaults.max_bulk == defaults.max_command == 64 * 1024 * 1024
+    assert defaults.max_query_buffer == 128 * 1024 * 1024
 
 
 # -- the commands ------------------------------------------------------------------------
@@ -312,32 +350,43 @@ async def test_half_closed_client_gets_its_replies(server: Any) -> None:
     writer.close()
 
 
-async def test_client_that_never_reads_is_cut_off(server: Any) -> None:
+async def test_pipelined_gets_of_a_large_value_build_bounded_output(server: Any) -> None:
+    """200 pipelined GETs of a 512 KiB value (5 KB of requests) to a client
+    that does not read: the server stops running commands once its output
+    passed write_high_water (before: every GET of the batch ran, 100 MiB
+    built), serves everyone else, and answers every GET once the client reads."""
     setup_r, setup_w = await _open(server)
-    # 512 KiB values: any read batch holding 9+ GETs already passes the 4 MiB
-    # limit, however the kernel splits the requests.
     setup_w.write(resp.encode_command("SET", "big", b"x" * 512 * 1024))
     assert await _reply(setup_r) == "OK"
     setup_w.close()
 
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    try:
-        # 100 GETs of 512 KiB: 50 MB of replies, far past write_buffer_limit.
-        sock.sendall(resp.encode_command("GET", "big") * 100)
-        other_r, other_w = await _open(server)
-        other_w.write(resp.encode_command("PING"))
-        assert await _reply(other_r) == "PONG"
-        with anycore.fail_after(10):
-            while server.statistics().errors == 0:
-                await asyncio.sleep(0.01)  # waiting on the OS's buffers: bounded poll
-        other_w.write(resp.encode_command("PING"))
-        assert await _reply(other_r) == "PONG"
-        other_w.close()
-    finally:
-        sock.close()
-    assert server.statistics().errors == 1
+    reader, writer = await _open(server)
+    writer.write(resp.encode_command("GET", "big") * 200)
+    with anycore.fail_after(10):
+        while not any(h.statistics().writing_paused for h in server.connections()):
+            await asyncio.sleep(0.005)  # waiting on the OS's buffers: bounded poll
+    (stats,) = [h.statistics() for h in server.connections() if h.statistics().writing_paused]
+    # The kernel's loopback buffers take a few MiB; the rest was never built.
+    assert stats.bytes_out < 16 * 512 * 1024
+    assert stats.write_buffer_size < 2 * 512 * 1024
     await _assert_served(server)
+    with anycore.fail_after(30):
+        for _ in range(200):
+            assert await resp.read_reply(reader) == b"x" * 512 * 1024
+    assert server.statistics().errors == 0
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_mget_reply_is_bounded() -> None:
+    store = resp.Store()
+    commands = resp.Commands(store, max_reply=1000)
+    commands.execute([b"SET", b"v", b"x" * 400])
+    assert commands.execute([b"MGET", b"v", b"v"]).startswith(b"*2\r\n")
+    assert commands.execute([b"MGET", b"v", b"v", b"v"]) == (
+        b"-ERR reply larger than 1000 bytes (max_reply)\r\n"
+    )
+    assert resp.Commands(store).max_reply == 64 * 1024 * 1024
 
 
 async def test_quit(server: Any) -> None:

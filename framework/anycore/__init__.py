@@ -121,6 +121,13 @@ _LAZY: dict[str, str] = {
     "ProcessQueue": "._mpqueue",
     "JoinableProcessQueue": "._mpqueue",
     "ChildQueue": "._mpqueue",
+    "ProcessLock": "._psync",
+    "ProcessSemaphore": "._psync",
+    "ProcessEvent": "._psync",
+    "SharedValue": "._sharedmem",
+    "SharedArray": "._sharedmem",
+    "RawSharedArray": "._sharedmem",
+    "ShmChannel": "._sharedmem",
     "Actor": "._actor",
     "ActorStatistics": "._actor",
     # -- supervision --
@@ -218,6 +225,11 @@ if TYPE_CHECKING:
         WorkerPool as WorkerPool,
     )
     from ._portable import run_handler as run_handler
+    from ._psync import (
+        ProcessEvent as ProcessEvent,
+        ProcessLock as ProcessLock,
+        ProcessSemaphore as ProcessSemaphore,
+    )
     from ._pty import PtyProcess as PtyProcess, open_pty as open_pty
     from ._queues import (
         LifoQueue as LifoQueue,
@@ -236,6 +248,12 @@ if TYPE_CHECKING:
         run as run,
     )
     from ._server import Server as Server, ServerStatistics as ServerStatistics, serve as serve
+    from ._sharedmem import (
+        RawSharedArray as RawSharedArray,
+        SharedArray as SharedArray,
+        SharedValue as SharedValue,
+        ShmChannel as ShmChannel,
+    )
     from ._signals import (
         SignalHandle as SignalHandle,
         SignalReceiver as SignalReceiver,

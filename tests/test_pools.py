@@ -130,7 +130,8 @@ async def test_remote_traceback_attached() -> None:
         cause = info.value.__cause__
         assert isinstance(cause, RemoteError)
         assert "in fail" in cause.remote_traceback
-        assert any("Remote traceback" in n for n in info.value.__notes__)
+        assert any("raised in pool worker" in n for n in info.value.__notes__)
+        assert "_pool_processes.py" not in cause.remote_traceback  # starts in user code
         with pytest.raises(RemoteError, match="Unpicklable"):
             await pool.apply(fail_unpicklable)
 
@@ -483,3 +484,91 @@ async def test_oversized_result_is_refused_in_the_worker_which_lives_on() -> Non
         assert await pool.apply(pid_of) == before  # the same worker, still serving
         assert await pool.apply(big_result, (10,)) == b"x" * 10
         assert pool.statistics().crashed == 0
+
+
+# -- the main-module guard (issue 11) ----------------------------------------------
+
+_NO_GUARD = """\
+import asyncio
+import anycore
+
+def square(x):
+    return x * x
+
+async def main():
+    async with anycore.WorkerPool("processes", workers=2) as pool:
+        print(await pool.map(square, range(5)))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("context", ["forkserver", "spawn"])
+def test_script_without_main_guard_fails_fast_naming_the_guard(
+    tmp_path: Path, context: str
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "noguard.py"
+    script.write_text(_NO_GUARD.replace("workers=2", f'workers=2, context="{context}"'))
+    framework = Path(__file__).resolve().parent.parent / "framework"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(framework)),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert time.monotonic() - started < 30
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("anycore.errors.ChildProcessFailed: the script")
+    assert 'if __name__ == "__main__":' in last
+    assert done.stderr.count("Traceback (most recent call last)") <= 1
+
+
+# -- a failing task's traceback, once, with the user's file (issue 11) ----------------
+
+_FAILING = """\
+import asyncio
+import anycore
+
+def boom(x):
+    raise ValueError(f"bad {x}")
+
+async def main():
+    async with anycore.WorkerPool("processes", workers=1) as pool:
+        await pool.apply(boom, (3,))
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_remote_traceback_is_printed_once_with_the_users_file_and_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "failing.py"
+    script.write_text(_FAILING)
+    framework = Path(__file__).resolve().parent.parent / "framework"
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(framework)),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    err = done.stderr
+    assert f'File "{script}", line 5, in boom' in err
+    assert err.count(", in boom") == 1  # printed once
+    assert 'raise ValueError(f"bad {x}")' in err  # with the line's source
+    assert "<dynamic-code>" not in err
+    assert "_pool_processes.py" not in err
+    assert err.rstrip().endswith("its traceback is the cause above")

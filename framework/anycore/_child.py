@@ -35,10 +35,12 @@ default (it deadlocks when the parent has threads, cpython#100229).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import importlib
 import inspect
+import io
 import logging
 import os
 import pickle
@@ -47,10 +49,11 @@ import socket
 import struct
 import sys
 import traceback
+import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from ._spawn import forget_with_parent, set_parent_death_signal, watch_with_parent
 from .errors import ChildProcessFailed, FrameTooLarge, RemoteError, RuntimeStateError
@@ -138,6 +141,44 @@ def _get_cloudpickle() -> Any:
     return _cloudpickle
 
 
+_file_keeping_pickler: Any = None
+
+
+def _cloudpickle_dumps(obj: object) -> bytes:
+    """cloudpickle, but code keeps its file name.
+
+    cloudpickle writes every code object it carries by value with the file
+    name ``<dynamic-code>``, so a traceback from the child points nowhere.  A
+    pickler whose code reducer puts the real name back makes the child's
+    frames name the user's file and line (and show the line's source).
+    """
+    global _file_keeping_pickler
+    cp = _get_cloudpickle()
+    if _file_keeping_pickler is None:
+        original = cp.Pickler.dispatch_table.get(types.CodeType)
+        if original is None:  # pragma: no cover - another cloudpickle design
+            _file_keeping_pickler = cp.Pickler
+        else:
+
+            def reduce_code(code: types.CodeType) -> Any:
+                rebuild, args = original(code)
+                fixed = tuple(
+                    code.co_filename if isinstance(a, str) and a == "<dynamic-code>" else a
+                    for a in args
+                )
+                return rebuild, fixed
+
+            class FileKeepingPickler(cp.Pickler):  # type: ignore[misc, name-defined]
+                dispatch_table: ClassVar[Any] = collections.ChainMap(
+                    {types.CodeType: reduce_code}, cp.Pickler.dispatch_table
+                )
+
+            _file_keeping_pickler = FileKeepingPickler
+    buf = io.BytesIO()
+    _file_keeping_pickler(buf, protocol=_HIGHEST).dump(obj)
+    return buf.getvalue()
+
+
 def dumps(obj: object) -> bytes:
     """Pickle *obj*; fall back to cloudpickle when pickle cannot carry it."""
     try:
@@ -146,7 +187,7 @@ def dumps(obj: object) -> bytes:
         cp = _get_cloudpickle()
         if cp is None:
             raise
-        return cp.dumps(obj, _HIGHEST)  # type: ignore[no-any-return]
+        return _cloudpickle_dumps(obj)
 
 
 def dumps_callable(fn: object) -> bytes:
@@ -161,7 +202,7 @@ def dumps_callable(fn: object) -> bytes:
         module = getattr(fn, "__module__", None)
         qualname = getattr(fn, "__qualname__", "")
         if module == "__main__" or "<" in qualname:
-            return cp.dumps(fn, _HIGHEST)  # type: ignore[no-any-return]
+            return _cloudpickle_dumps(fn)
     return dumps(fn)
 
 
@@ -171,7 +212,9 @@ def exception_payload(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     Returns:
         ``(pickled exception or None, type name, message, formatted traceback)``.
     """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _drop_machinery_frames(report)
+    tb = "".join(report.format())
     try:
         data: bytes | None = dumps(exc)
     except Exception:
@@ -182,6 +225,25 @@ def exception_payload(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     except Exception:
         message = "<unprintable>"
     return data, kind, message[:10_000], tb
+
+
+_MACHINERY = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(asyncio.__file__))
+
+
+def _drop_machinery_frames(report: traceback.TracebackException) -> None:
+    """Drop the leading frames of anycore's worker loop (and ``asyncio.run``
+    around a coroutine target): the traceback starts in the user's code."""
+    seen: set[int] = set()
+    node: traceback.TracebackException | None = report
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        frames = list(node.stack)
+        start = 0
+        while start < len(frames) - 1 and frames[start].filename.startswith(_MACHINERY):
+            start += 1
+        if start:
+            node.stack = traceback.StackSummary.from_list(frames[start:])
+        node = node.__cause__ or node.__context__
 
 
 def rebuild_exception(
@@ -755,7 +817,18 @@ class ProcessHandle:
         """
         import anyio
 
+        refuse_while_bootstrapping()
+
         def create() -> Any:
+            try:
+                return start_process()
+            except Exception as exc:
+                script = main_without_guard()
+                if script is None:
+                    raise
+                raise NoMainGuard(script) from exc
+
+        def start_process() -> Any:
             if not die_with_parent:
                 process = context.Process(target=target, args=args, name=name, daemon=daemon)
             else:
@@ -888,6 +961,58 @@ class ProcessHandle:
             self.process.close()
         except ValueError:
             pass
+
+
+class NoMainGuard(ChildProcessFailed):
+    """Processes were started while a child imported the main script."""
+
+    def __init__(self, script: str | None) -> None:
+        where = f"the script {script!r}" if script else "the main module"
+        super().__init__(
+            f"{where} starts processes (a WorkerPool or ChildProcess) when it is "
+            "imported: the fork server and spawned children import it again, "
+            'which starts them again. Put that code under `if __name__ == "__main__":` '
+            "(see docs/pools.md, 'The main-module guard')"
+        )
+
+
+def refuse_while_bootstrapping() -> None:
+    """End this process with one line on stderr when called while
+    multiprocessing imports ``__main__`` in a fork server or a spawned child
+    (a script without the guard): it would start processes again, forever.
+    The parent raises :class:`NoMainGuard` when it sees the child die."""
+    import multiprocessing.process
+
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                f"anycore: child process {os.getpid()} exits: its main script has no "
+                '`if __name__ == "__main__":` guard\n'
+            )
+            sys.stderr.flush()
+        os._exit(1)
+
+
+def main_without_guard() -> str | None:
+    """The main script's path when it has no top-level ``if __name__ ==
+    "__main__":`` (then children importing it start processes again), else None."""
+    import ast
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str) or not path.endswith(".py"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.If):
+            test = ast.unparse(node.test)
+            if "__name__" in test and "__main__" in test:
+                return None
+    return path
 
 
 def _watch_start_method_helpers(context: Any) -> int | None:
@@ -1221,7 +1346,7 @@ class ChildProcess(Generic[T]):
         module = getattr(self._target, "__module__", None)
         qualname = getattr(self._target, "__qualname__", "")
         if cp is not None and (module == "__main__" or "<" in qualname):
-            return cp.dumps(triple, _HIGHEST)  # type: ignore[no-any-return]
+            return _cloudpickle_dumps(triple)
         return dumps(triple)
 
     def _register_runtime(self) -> None:
@@ -1306,6 +1431,8 @@ class ChildProcess(Generic[T]):
         if code is None:
             raise TimeoutError(f"child {self.pid} still running after {timeout} s")
         outcome = self._outcome
+        if outcome is None and code == 1 and (script := main_without_guard()) is not None:
+            raise NoMainGuard(script)
         if outcome is None:
             err = ChildProcessFailed(
                 f"child process {self.name} (pid {self.pid}) ended without a result: "

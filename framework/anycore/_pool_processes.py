@@ -52,6 +52,7 @@ from ._child import (
     WORKER_ID,
     Channel,
     FrameSocket,
+    NoMainGuard,
     ProcessHandle,
     Snapshot,
     _Terminated,
@@ -62,6 +63,7 @@ from ._child import (
     dumps_callable,
     exception_payload,
     log_forwarding_config,
+    main_without_guard,
     picklable_snapshot,
     rebuild_exception,
     restore_snapshot,
@@ -265,7 +267,7 @@ class ProcessBackend(Backend):
             )
         except BaseException as exc:
             parent.close()
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, Exception) or isinstance(exc, NoMainGuard):
                 raise
             log.error("could not start pool worker %s: %r", wid, exc)
             self._early_death(ChildProcessFailed(f"could not start a pool worker: {exc!r}"))
@@ -490,8 +492,10 @@ class ProcessBackend(Backend):
         original, remote = rebuild_exception(payload, where)
         if original is None:
             return remote
+        # The remote traceback is printed once, as the cause (what
+        # concurrent.futures does), not again in a note.
         original.__cause__ = remote
-        original.add_note(f"Remote traceback from {where}:\n{remote.remote_traceback}")
+        original.add_note(f"raised in {where}; its traceback is the cause above")
         return original
 
     def _on_eof(self, w: _Worker, exc: BaseException | None) -> None:
@@ -530,6 +534,9 @@ class ProcessBackend(Backend):
             self.crashed += 1
             log.warning("pool worker %s (pid %s) died: exit code %s", w.wid, w.handle.pid, code)
             if not w.ready:
+                script = main_without_guard()
+                if script is not None:  # spawn: each worker ran the script and refused
+                    self._break(NoMainGuard(script))
                 self._early_death(
                     ChildProcessFailed(f"pool workers keep dying at start (last exit code {code})")
                 )

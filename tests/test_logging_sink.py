@@ -91,8 +91,8 @@ class BlockingSink(ThreadedHandler):
     passed = False
 
 
-async def test_full_queue_drops_oldest_on_the_loop_and_counts(logger: logging.Logger) -> None:
-    sink = BlockingSink(queue_size=10)
+async def test_drop_oldest_on_the_loop_drops_and_counts_exactly(logger: logging.Logger) -> None:
+    sink = BlockingSink(queue_size=10, overflow="drop_oldest")
     logger.addHandler(sink)
     logger.info("rec first")
     assert await asyncio.to_thread(sink.entered.wait, 10)
@@ -108,8 +108,8 @@ async def test_full_queue_drops_oldest_on_the_loop_and_counts(logger: logging.Lo
     assert re.match(r"90 log records dropped by BlockingSink", sink.lines[11])
 
 
-def test_plain_thread_may_wait_instead_of_dropping(logger: logging.Logger) -> None:
-    sink = BlockingSink(queue_size=10, block=True)
+def test_by_default_a_full_buffer_makes_the_caller_wait(logger: logging.Logger) -> None:
+    sink = BlockingSink(queue_size=10)
     logger.addHandler(sink)
 
     def produce() -> None:
@@ -131,7 +131,7 @@ def test_plain_thread_may_wait_instead_of_dropping(logger: logging.Logger) -> No
 def test_rotation_under_load_keeps_every_record(tmp_path: Path, logger: logging.Logger) -> None:
     path = tmp_path / "r.log"
     handler = RotatingFileHandler(
-        path, maxBytes=8_000, backupCount=500, queue_size=100, block=True, max_batch=64
+        path, maxBytes=8_000, backupCount=500, queue_size=100, max_batch=64
     )
     logger.addHandler(handler)
     per_thread = 5_000
@@ -316,7 +316,7 @@ def test_forked_child_does_not_duplicate_parent_records(tmp_path: Path) -> None:
                 lg.warning("rec 2")
                 # The parent's queued "rec 1" is not ours to write; only our
                 # own record may be waiting for our (new) writer.
-                ok = fh.wait_flushed(30) and list(sink._queue) in ([], ["rec 2"])
+                ok = fh.wait_flushed(30) and list(sink._buf) in ([], ["rec 2"])
                 os._exit(0 if ok else 1)
             except BaseException:
                 os._exit(2)
@@ -370,10 +370,10 @@ def test_runtime_logs_phase_drains_before_run_returns(tmp_path: Path) -> None:
         handler.close()
 
 
-def test_a_trio_loop_thread_never_waits_either(logger: logging.Logger) -> None:
+def test_a_trio_loop_thread_with_a_lossy_policy_never_waits(logger: logging.Logger) -> None:
     import trio
 
-    sink = BlockingSink(queue_size=5, block=True)
+    sink = BlockingSink(queue_size=5, overflow="drop_oldest")
     logger.addHandler(sink)
 
     async def main() -> None:

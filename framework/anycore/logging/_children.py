@@ -236,8 +236,8 @@ class ChildForwardingHandler(ThreadedHandler):
 
     The record is pickled on the caller's thread (with the bound logging
     context merged in as attributes); the writer connects to the Unix socket
-    and sends batches.  Plain threads wait for room when the queue is full
-    (``block=True``); the loop thread drops the oldest record, counted.
+    and sends batches.  A full buffer makes the caller send it itself
+    (``overflow="block"``, the default): nothing is lost.
 
     Args:
         address: the parent's listener socket path.
@@ -246,7 +246,6 @@ class ChildForwardingHandler(ThreadedHandler):
     """
 
     def __init__(self, address: str, *, connect_timeout: float = 5.0, **options: Any) -> None:
-        options.setdefault("block", True)
         super().__init__(**options)
         self.address = address
         self.connect_timeout = connect_timeout

@@ -18,6 +18,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import IO, Any
 
+from ..errors import LoggingConfigError
+
 __all__ = ["dict_config", "file_config", "toml_config"]
 
 
@@ -75,17 +77,32 @@ def toml_config(
             ``logging`` table when there is one, else the whole document.
 
     Raises:
-        KeyError: ``key`` names no table.
+        LoggingConfigError: the file is not valid TOML, or ``key`` names no
+            table (the message names the file).
         ValueError: the stdlib rejected the configuration.
     """
+    where = "the mapping"
     if isinstance(source, Mapping):
         doc: Mapping[str, Any] = source
     else:
+        where = os.fspath(source)
         with open(source, "rb") as fh:
-            doc = tomllib.load(fh)
+            try:
+                doc = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise LoggingConfigError(f"{where}: not valid TOML: {exc}") from None
     if key is not None:
+        seen: list[str] = []
         for part in key.split("."):
-            doc = doc[part]
+            seen.append(part)
+            value = doc.get(part) if isinstance(doc, Mapping) else None
+            if not isinstance(value, Mapping):
+                tables = ", ".join(sorted(k for k, v in doc.items() if isinstance(v, Mapping)))
+                raise LoggingConfigError(
+                    f"{where}: no table [{'.'.join(seen)}] (key={key!r}); "
+                    f"tables here: {tables or 'none'}"
+                )
+            doc = value
     elif "logging" in doc and isinstance(doc["logging"], Mapping):
         doc = doc["logging"]
     dict_config(_rename_factories(doc))

@@ -17,7 +17,7 @@ import time
 from email.message import EmailMessage
 from typing import Any
 
-from ._sink import ThreadedHandler
+from ._sink import Overflow, ThreadedHandler
 
 __all__ = ["MemoryHandler", "SMTPHandler"]
 
@@ -45,7 +45,7 @@ class SMTPHandler(ThreadedHandler, logging.handlers.SMTPHandler):
         retry_delay: float = 1.0,
         queue_size: int = 1000,
         max_batch: int = 50,
-        block: bool = False,
+        overflow: Overflow = "block",
         close_timeout: float = 30.0,
     ) -> None:
         logging.handlers.SMTPHandler.__init__(
@@ -54,7 +54,10 @@ class SMTPHandler(ThreadedHandler, logging.handlers.SMTPHandler):
         self.retries = retries
         self.retry_delay = retry_delay
         self._init_sink(
-            queue_size=queue_size, max_batch=max_batch, block=block, close_timeout=close_timeout
+            queue_size=queue_size,
+            max_batch=max_batch,
+            overflow=overflow,
+            close_timeout=close_timeout,
         )
 
     def _prepare(self, record: logging.LogRecord) -> EmailMessage:

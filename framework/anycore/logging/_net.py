@@ -11,8 +11,12 @@ or a Unix stream socket, length-prefixed pickles) and :class:`DatagramHandler`
 loop, usually), appends the bytes to a ``deque`` and wakes the sender task if
 it sleeps - directly on the loop thread, through ``call_soon_threadsafe``
 from other threads.  The handler binds to the first running loop that uses
-it.  While the sink is down, records wait in the bounded buffer and the
-oldest are dropped and counted; the count is sent once the sink is back.
+it.  The buffer is bounded in records and in bytes.  While the sink is
+connected, a full buffer is written straight into the connection from the
+caller (stream sockets, and datagram sockets that take it without waiting),
+so a burst on a reachable peer loses nothing; while the sink is down or
+stalled, the oldest records are dropped and counted, and the count is sent
+once the sink is back.
 
 Rejected: the stdlib handlers' blocking ``sendall`` on the loop (one stuck
 peer freezes every coroutine, cpython#65046), a task per record, and a
@@ -54,6 +58,7 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
         level: the handler's level.
         buffer_size: most records held while the sink is slow or down; the
             oldest are dropped beyond it (see :attr:`dropped`).
+        buffer_bytes: most bytes held (the memory bound), likewise.
         max_batch: most records sent per write.
         backoff_initial: first reconnect delay, in seconds (doubles, with
             jitter, up to ``backoff_max``).
@@ -66,24 +71,29 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
         self,
         level: int | str = logging.NOTSET,
         *,
-        buffer_size: int = 10_000,
-        max_batch: int = 256,
+        buffer_size: int = 100_000,
+        buffer_bytes: int = 16 * 1024 * 1024,
+        max_batch: int = 4096,
         backoff_initial: float = 0.1,
         backoff_max: float = 30.0,
         connect_timeout: float = 5.0,
         close_timeout: float = 5.0,
     ) -> None:
         logging.Handler.__init__(self, level)
-        if buffer_size < 1 or max_batch < 1:
-            raise ValueError("buffer_size and max_batch must be at least 1")
+        if buffer_size < 1 or max_batch < 1 or buffer_bytes < 1:
+            raise ValueError("buffer_size, buffer_bytes and max_batch must be at least 1")
         self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
         self.max_batch = max_batch
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
-        self._buffer: deque[bytes] = deque(maxlen=buffer_size)
+        self._buffer: deque[bytes] = deque()
+        self._buffered_bytes = 0
+        self._buffer_lock = threading.Lock()
         self._inflight: list[bytes] = []
+        self._sending = False
         self._dropped = 0
         self._reported = 0
         self._sent = 0
@@ -104,6 +114,8 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
 
     def _after_fork_child(self) -> None:
         self._buffer.clear()
+        self._buffered_bytes = 0
+        self._buffer_lock = threading.Lock()
         self._inflight = []
         self._connected = False
         self._reset_loop_state()
@@ -158,11 +170,20 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
         self.put(item)
 
     def put(self, item: bytes) -> None:
-        """Queue rendered bytes; never blocks, drops the oldest when full."""
-        buf = self._buffer
-        if len(buf) >= self.buffer_size:
-            self._dropped += 1
-        buf.append(item)
+        """Queue rendered bytes; never blocks.
+
+        A full buffer is pushed straight into a connected sink when it takes
+        it without waiting; otherwise the oldest records are dropped (counted).
+        """
+        size = len(item)
+        with self._buffer_lock:
+            buf = self._buffer
+            full = len(buf) >= self.buffer_size or self._buffered_bytes + size > self.buffer_bytes
+            if not full:
+                buf.append(item)
+                self._buffered_bytes += size
+        if full:
+            self._overflowed(item)
         loop = self._loop
         if loop is None or self._task is None:
             self._bind()
@@ -172,6 +193,61 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
             else:
                 with contextlib.suppress(RuntimeError):  # the loop was closed
                     loop.call_soon_threadsafe(self._wake)
+
+    def _overflowed(self, item: bytes) -> None:
+        if (
+            self._connected
+            and not self._closing
+            and threading.get_ident() == self._loop_thread
+            and not self._inflight_unsent()
+        ):
+            with self._buffer_lock:
+                batch = list(self._buffer)
+                self._buffer.clear()
+                self._buffered_bytes = 0
+            batch.append(item)
+            pushed = 0
+            with contextlib.suppress(Exception):
+                pushed = self._push_now(batch)
+            self._sent += pushed
+            if pushed == len(batch):
+                return
+            rest = batch[pushed:]
+            with self._buffer_lock:  # back in front, in order
+                self._buffer.extendleft(reversed(rest))
+                self._buffered_bytes += sum(len(b) for b in rest)
+            item = b""
+        # The sink is down or stalled: drop the oldest, counted.
+        with self._buffer_lock:
+            buf = self._buffer
+            size = len(item)
+            while buf and (
+                len(buf) >= self.buffer_size or self._buffered_bytes + size > self.buffer_bytes
+            ):
+                self._buffered_bytes -= len(buf.popleft())
+                self._dropped += 1
+            if item:
+                if self._buffered_bytes + size <= self.buffer_bytes:
+                    buf.append(item)
+                    self._buffered_bytes += size
+                else:
+                    self._dropped += 1
+
+    def _inflight_unsent(self) -> bool:
+        # Whether the sender is in the middle of a send whose order a direct
+        # push would break (see _push_now).
+        return self._sending and not self._push_keeps_order
+
+    # A stream's in-flight batch is already in the transport while the sender
+    # waits for drain(); a push after it keeps the order.
+    _push_keeps_order = False
+
+    def _push_now(self, batch: list[bytes]) -> int:
+        """Hand ``batch`` to the connected sink without waiting (loop thread).
+
+        Returns how many records (from the front) the sink took; 0 by default.
+        """
+        return 0
 
     def _wake(self) -> None:
         if self._wakeup is not None:
@@ -229,6 +305,7 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
                         continue
                     self._connected = True
                 batch = self._inflight
+                self._sending = True
                 try:
                     await self._send(batch)
                 except _Refused as exc:
@@ -244,6 +321,8 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
                 else:
                     self._sent += len(batch)
                     backoff = self.backoff_initial
+                finally:
+                    self._sending = False
                 self._inflight = []
         finally:
             self._waiting = False
@@ -275,9 +354,14 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
             with contextlib.suppress(Exception):
                 batch.append(self._prepare(_drop_record(lost, self)))
         buf = self._buffer
-        with contextlib.suppress(IndexError):
-            for _ in range(self.max_batch):
-                batch.append(buf.popleft())
+        with self._buffer_lock:
+            taken = 0
+            with contextlib.suppress(IndexError):
+                for _ in range(self.max_batch):
+                    item = buf.popleft()
+                    taken += len(item)
+                    batch.append(item)
+            self._buffered_bytes -= taken
         return batch
 
     # -- flush and close --------------------------------------------------------
@@ -460,6 +544,18 @@ class _StreamMixin:
         writer.write(data)
         await writer.drain()
 
+    # The most a push may leave in the transport's write buffer.
+    push_limit = 16 * 1024 * 1024
+
+    def _push_stream(self, batch: list[bytes]) -> int:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return 0
+        if writer.transport.get_write_buffer_size() > self.push_limit:
+            return 0  # the peer does not keep up: this is a stalled sink
+        writer.write(b"".join(batch))
+        return len(batch)
+
     def _close_stream(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
@@ -499,6 +595,17 @@ class _DatagramMixin:
                     finally:
                         loop.remove_writer(sock.fileno())
 
+    def _push_datagrams(self, batch: list[bytes]) -> int:
+        sock = self._sock
+        if sock is None:
+            return 0
+        for i, data in enumerate(batch):
+            try:
+                sock.send(data)
+            except BlockingIOError:
+                return i
+        return len(batch)
+
     def _close_datagram(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -536,6 +643,11 @@ class SocketHandler(_StreamMixin, AsyncNetworkHandler):
 
     async def _send(self, batch: list[bytes]) -> None:
         await self._write_stream(b"".join(batch))
+
+    _push_keeps_order = True
+
+    def _push_now(self, batch: list[bytes]) -> int:
+        return self._push_stream(batch)
 
     def _disconnect(self) -> None:
         self._close_stream()
@@ -577,6 +689,9 @@ class DatagramHandler(_DatagramMixin, AsyncNetworkHandler):
 
     async def _send(self, batch: list[bytes]) -> None:
         await self._send_datagrams(batch)
+
+    def _push_now(self, batch: list[bytes]) -> int:
+        return self._push_datagrams(batch)
 
     def _disconnect(self) -> None:
         self._close_datagram()

@@ -1,4 +1,4 @@
-"""Non-blocking stdlib handlers: render on the caller's thread, write on one thread.
+"""Lossless, non-blocking stdlib handlers: render on the caller, write in bulk.
 
 Owns :class:`ThreadedHandler` (the engine) and its file and stream flavours:
 :class:`FileHandler`, :class:`RotatingFileHandler`,
@@ -7,26 +7,37 @@ Owns :class:`ThreadedHandler` (the engine) and its file and stream flavours:
 ``isinstance`` checks, ``namer``/``rotator`` and the rotation arithmetic keep
 their stdlib meaning, and dictConfig/fileConfig arguments are the stdlib's.
 
-How a record travels (see PERFORMANCE.md, Logging):
+How a record travels (docs/logging.md, "Design"):
 
 * ``emit`` runs on the caller's thread (the loop thread, usually): it formats
-  the record and encodes it to bytes there - rendering in the writer thread
-  would hold the GIL in bursts that stall the loop - then appends the bytes to
-  a ``collections.deque``.  The enqueue takes no lock: ``deque.append`` is
-  atomic, and the writer is woken through an :class:`threading.Event` only
-  when it sleeps.  The stdlib's per-handler lock is not taken either.
-* One writer thread per handler pops bounded batches, joins them and writes
-  them with one ``write`` on an unbuffered file (the syscall releases the
-  GIL); it also rotates and reopens.  Bytes handed to the OS survive a
-  SIGKILL or ``os._exit`` of the process, so "flushed" means "written".
-* The queue is bounded.  On the loop thread a full queue drops the *oldest*
-  record and counts it (the writer logs the count later); other threads can
-  wait for room instead (``block=True``).
+  the record and encodes it to bytes there, then appends them to one pending
+  buffer, bounded in records *and* bytes.
+* While the sink is fast (a local file, a pipe or terminal with room), the
+  loop itself writes the buffer: at most once per loop iteration (a
+  ``call_soon`` armed by the first record of the iteration), or at once when
+  64 KiB are waiting.  Plain threads (and non-asyncio loops) write their
+  record at once.  A write on the loop costs one syscall per iteration, not
+  one per record, and no other thread is involved.
+* Every write is timed.  When the writes' moving average passes
+  ``slow_write`` (a slow disk, NFS, a sink that sleeps; one hiccup of a
+  loaded machine does not count, one write ten times too slow does), or a
+  pipe has no room, the writing goes to the handler's writer thread for at
+  least ``slow_hold`` seconds; the loop then
+  only appends.  When the writer has found the sink fast again, the loop
+  takes the writing back.
+* When the buffer is full the ``overflow`` policy decides: ``"block"`` (the
+  default) makes the caller write the buffer itself, waiting for the sink as
+  the stdlib's FileHandler does, so nothing is ever lost; ``"drop_oldest"``
+  and ``"drop_newest"`` drop and count (``handler.dropped``), and the count is
+  written into the sink itself once.
 
-Rejected: ``QueueHandler`` + ``QueueListener`` (``queue.Queue`` takes a lock
-per put and convoys with the listener; the listener formats in its thread),
-``asyncio`` file I/O in executors (a thread hop per record), and a shared
-writer for all sinks (one slow sink delays the others).
+Why not a writer thread for everything (the previous design): a thread that
+writes must get the GIL back after every syscall, and a busy loop thread keeps
+it for the 5 ms switch interval, so the writer drained far slower than the
+loop produced and a burst filled any bounded queue.  Rejected as well:
+``QueueHandler`` + ``QueueListener`` (a lock per put, formatting in the
+listener, the same GIL starvation) and ``asyncio`` file I/O in executors (a
+thread hop per record).
 """
 
 from __future__ import annotations
@@ -38,14 +49,13 @@ import locale
 import logging
 import logging.handlers
 import os
+import select
 import stat
 import sys
 import threading
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import anyio
 
@@ -53,6 +63,7 @@ from . import _lifecycle
 
 __all__ = [
     "FileHandler",
+    "Overflow",
     "RotatingFileHandler",
     "StreamHandler",
     "ThreadedHandler",
@@ -61,18 +72,35 @@ __all__ = [
 ]
 
 _get_running_loop = asyncio._get_running_loop
+_perf = time.perf_counter
 
 
-def _in_async_run() -> bool:
-    # A trio (or other non-asyncio) loop thread must not wait either.  Only
-    # asked when the queue is full, so the lookup's cost does not matter.
-    from .._backend import current_backend
-
+def _on_trio() -> bool:
+    # A trio loop thread must not wait for a pipe either.  (Asked only where
+    # no asyncio loop runs; trio is never imported here.)
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
     try:
-        current_backend()
+        trio.lowlevel.current_task()
     except RuntimeError:
         return False
     return True
+
+
+Overflow = Literal["block", "drop_oldest", "drop_newest"]
+_OVERFLOWS = ("block", "drop_oldest", "drop_newest")
+
+DEFAULT_QUEUE_SIZE = 100_000
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BATCH = 4096
+# The loop writes at once, without waiting for the end of the iteration,
+# when this much is waiting.
+WRITE_SIZE = 64 * 1024
+# A pipe or terminal is written from the loop only in pieces it is sure to
+# take whole (POSIX: a write of at most PIPE_BUF bytes to a pipe that polls
+# writable does not block).
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 
 
 class _Signal:
@@ -103,26 +131,63 @@ class _Signal:
 
 _T = TypeVar("_T")
 
-DEFAULT_QUEUE_SIZE = 10_000
-DEFAULT_MAX_BATCH = 1024
+# How a sink may be written from the loop: "direct" (a regular file, an
+# in-memory stream: a write does not wait for anyone), "polled" (a pipe,
+# socket or terminal: only when it polls writable, in PIPE_BUF pieces) or
+# "thread" (never: the writer thread does all the writing).
+_Access = Literal["direct", "polled", "thread"]
+
+
+def _fd_access(fd: int) -> _Access:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return "thread"
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return "direct"
+    if stat.S_ISCHR(mode):
+        # A terminal may be paused; /dev/null and friends never block.
+        return "polled" if os.isatty(fd) else "direct"
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return "polled"
+    return "thread"
+
+
+def _writable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return False
+    return any(ev & select.POLLOUT for _, ev in events)
 
 
 class ThreadedHandler(logging.Handler):
-    """Base of the handlers whose I/O runs on their own writer thread.
+    """Base of anycore's buffered handlers: lossless by default, never a
+    write per record on the loop.
 
     Subclasses implement :meth:`_prepare` (runs on the caller's thread and
-    returns what the writer writes), :meth:`_write_batch`, and optionally
-    :meth:`_writer_flush` and :meth:`_close_sink` (writer thread).
+    returns what is written) and :meth:`_write_batch`, and optionally
+    :meth:`_writer_flush`, :meth:`_close_sink` and :meth:`_access` (whether
+    the loop may write the sink itself; by default it may not, and the
+    writer thread does all the writing).
 
     Args:
-        queue_size: most records waiting for the writer; beyond it the oldest
-            is dropped (and counted) or, with ``block=True`` on a thread that
-            runs no event loop, the caller waits for room.
-        max_batch: most records the writer takes per write.
-        block: let plain threads wait for room instead of dropping.  Threads
-            running an event loop never wait.
+        queue_size: most records waiting to be written.
+        max_bytes: most bytes waiting to be written (the memory bound).
+        max_batch: most records per write of the writer thread.
+        overflow: what a full buffer does: ``"block"`` (default: the caller
+            writes the buffer itself, nothing is lost), ``"drop_oldest"`` or
+            ``"drop_newest"`` (counted in :attr:`dropped` and reported once in
+            the sink).
+        slow_write: seconds; when the moving average of the write times
+            passes it (or one write takes ten times as long), the writer
+            thread takes the writing over.
+        slow_hold: seconds the writer thread keeps the writing after a slow
+            write before the loop may take it back.
         close_timeout: how long :meth:`close` and :meth:`flush` wait for the
-            writer to drain.
+            sink.
     """
 
     def __init__(
@@ -130,54 +195,83 @@ class ThreadedHandler(logging.Handler):
         level: int | str = logging.NOTSET,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         max_batch: int = DEFAULT_MAX_BATCH,
-        block: bool = False,
+        overflow: Overflow = "block",
+        slow_write: float = 0.0005,
+        slow_hold: float = 1.0,
         close_timeout: float = 10.0,
     ) -> None:
         logging.Handler.__init__(self, level)
         self._init_sink(
-            queue_size=queue_size, max_batch=max_batch, block=block, close_timeout=close_timeout
+            queue_size=queue_size,
+            max_bytes=max_bytes,
+            max_batch=max_batch,
+            overflow=overflow,
+            slow_write=slow_write,
+            slow_hold=slow_hold,
+            close_timeout=close_timeout,
         )
 
     # -- set-up -----------------------------------------------------------------
 
     def _init_sink(
-        self, *, queue_size: int, max_batch: int, block: bool, close_timeout: float
+        self,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        overflow: Overflow = "block",
+        slow_write: float = 0.0005,
+        slow_hold: float = 1.0,
+        close_timeout: float = 10.0,
     ) -> None:
-        if queue_size < 1 or max_batch < 1:
-            raise ValueError("queue_size and max_batch must be at least 1")
+        if queue_size < 1 or max_batch < 1 or max_bytes < 1:
+            raise ValueError("queue_size, max_bytes and max_batch must be at least 1")
+        if overflow not in _OVERFLOWS:
+            raise ValueError(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
         self.queue_size = queue_size
+        self.max_bytes = max_bytes
         self.max_batch = max_batch
-        self.block = block
+        self.overflow: Overflow = overflow
+        self.slow_write = slow_write
+        self.slow_hold = slow_hold
         self.close_timeout = close_timeout
         self.linger = 0.0005
         self._dropped = 0
         self._reported_dropped = 0
         self._failed = 0
         self._written = 0
+        self._loop_writes = 0
+        self._thread_writes = 0
         self._sink_ok = True
         self._closed = False
-        self._start_lock = threading.Lock()
-        self._sync_lock = threading.Lock()
-        self._reset_queue()
+        self._reset_state()
         _lifecycle.register(self)
 
-    def _reset_queue(self) -> None:
-        self._queue: deque[Any] = deque(maxlen=self.queue_size)
+    def _reset_state(self) -> None:
+        # Everything a fork must not share with the parent.
+        self._buf: list[Any] = []
+        self._buf_bytes = 0
+        # Held for a few bytecodes: appending, or swapping the buffer out.
+        self._buf_lock = threading.Lock()
+        # Held for a write: whoever holds it writes everything taken, in order.
+        self._write_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._access_mode: _Access | None = None
+        self._direct = True  # until the sink is known (or measured) to be slow
+        self._slow_until = 0.0
+        self._write_time = 0.0  # moving average of the writes' durations
         self._wake = _Signal()
-        self._space = threading.Condition(threading.Lock())
-        self._blocked = 0
         self._sleeping = False
         self._closing = False
-        self._waiters: deque[Callable[[], object]] = deque()
         self._thread: threading.Thread | None = None
 
     def _after_fork_child(self) -> None:
-        # Records still queued belong to the parent, which writes them.  The
-        # writer thread did not survive the fork; the next record starts one.
-        self._start_lock = threading.Lock()
-        self._sync_lock = threading.Lock()
-        self._reset_queue()
+        # Records still buffered belong to the parent, which writes them.  The
+        # writer thread did not survive the fork.
+        self._reset_state()
 
     # -- the caller's side ------------------------------------------------------
 
@@ -189,7 +283,7 @@ class ThreadedHandler(logging.Handler):
         return bool(rv)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Format ``record`` here and queue the result for the writer thread."""
+        """Format ``record`` here and buffer the result."""
         try:
             item = self._prepare(record)
         except Exception:
@@ -198,130 +292,324 @@ class ThreadedHandler(logging.Handler):
         self.put(item)
 
     def put(self, item: Any) -> None:
-        """Queue an already prepared item (bytes or str) for the writer.
+        """Buffer an already prepared item (bytes or str) for writing.
 
-        Never blocks on a thread that runs an event loop; drops the oldest
-        queued item when the queue is full (counted in :attr:`dropped`).
+        On a loop thread the write happens at the end of the loop iteration
+        (or at once past 64 KiB); elsewhere at once.  A full buffer applies
+        the :attr:`overflow` policy.
         """
-        if self._thread is None and self._start_or_write(item):
+        if self._closed:
+            self._write_after_close(item)
             return
-        queue = self._queue
+        size = self._item_size(item)
+        waiting = self._append(item, size)
         loop = _get_running_loop()
-        if len(queue) >= self.queue_size:
-            if self.block and loop is None and not self._closing and not _in_async_run():
-                self._wait_for_room()
-            else:
-                self._dropped += 1
-        queue.append(item)
-        if self._sleeping:
-            self._wake.set()
-        if loop is not _lifecycle._last_loop and loop is not None:
+        if loop is not None and loop is not _lifecycle._last_loop:
             _lifecycle.note_loop(loop)
+        if waiting < 0:
+            self._overflowed(item, size, loop)
+        elif not self._direct:
+            if self._sleeping:
+                self._wake.set()
+        elif loop is None:
+            # A plain thread (or trio's loop) writes now, as the stdlib does.
+            self._drain_here(_on_trio())
+        elif waiting >= WRITE_SIZE:
+            self._drain_here(True)
+        elif self._flush_loop is not loop:
+            self._arm(loop)
 
-    def _wait_for_room(self) -> None:
-        with self._space:
-            self._blocked += 1
-            try:
-                while len(self._queue) >= self.queue_size and not self._closing:
-                    self._wake.set()
-                    self._space.wait(0.5)
-            finally:
-                self._blocked -= 1
+    def _append(self, item: Any, size: int) -> int:
+        # The bytes now waiting, or -1 when the buffer has no room for item.
+        with self._buf_lock:
+            if self._buf_bytes + size > self.max_bytes or len(self._buf) >= self.queue_size:
+                return -1
+            self._buf.append(item)
+            self._buf_bytes += size
+            return self._buf_bytes
 
-    def _start_or_write(self, item: Any) -> bool:
-        # Slow path: the writer is not running (after a fork) or is gone
-        # (after close).  Returns True when the item was dealt with here.
-        with self._start_lock:
-            if self._thread is not None:
-                return False
-            if not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run,
-                    name=f"anycore-log-writer:{self.name or id(self)}",
-                    daemon=True,
-                )
-                self._thread.start()
-                return False
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Write at the end of this loop iteration.
+        armed = self._flush_loop
+        if armed is None or not armed.is_running():
+            self._flush_loop = loop
+            loop.call_soon(self._flush_soon)
+        else:  # another thread's loop will write; this one does not wait for it
+            self._drain_here(True)
+
+    def _item_size(self, item: Any) -> int:
+        try:
+            return len(item)
+        except TypeError:
+            return 512  # not bytes-like (an e-mail message): a nominal size
+
+    def _overflowed(self, item: Any, size: int, loop: asyncio.AbstractEventLoop | None) -> None:
+        policy = self.overflow
+        if policy == "drop_newest":
+            with self._buf_lock:
+                self._dropped += 1
+        elif policy == "drop_oldest":
+            with self._buf_lock:
+                buf = self._buf
+                dropped = 0
+                while dropped < len(buf) and (
+                    self._buf_bytes + size > self.max_bytes or len(buf) - dropped >= self.queue_size
+                ):
+                    self._buf_bytes -= self._item_size(buf[dropped])
+                    dropped += 1
+                del buf[:dropped]
+                if self._buf_bytes + size <= self.max_bytes:
+                    buf.append(item)
+                    self._buf_bytes += size
+                else:  # bigger than the whole buffer
+                    dropped += 1
+                self._dropped += dropped
+        else:
+            # "block": the caller pays for the I/O, as with the stdlib's
+            # handlers, waiting for a writer thread in the middle of a write.
+            with self._write_lock:
+                self._write_taken(self._take(), on_loop=loop is not None, may_defer=False)
+                if self._append(item, size) < 0:  # one item larger than the whole buffer
+                    self._write_taken([item], on_loop=loop is not None, may_defer=False)
+        # Make sure whoever writes now knows there is work.
+        if not self._direct:
+            self._wake.set()
+        elif loop is None:
+            self._drain_here(_on_trio())
+        elif self._flush_loop is not loop:
+            self._arm(loop)
+
+    def _take(self) -> list[Any]:
+        with self._buf_lock:
+            batch = self._buf
+            if batch:
+                self._buf = []
+                self._buf_bytes = 0
+            return batch
+
+    def _give_back(self, batch: list[Any]) -> None:
+        # Put records taken but not written back at the head of the buffer.
+        with self._buf_lock:
+            self._buf[:0] = batch
+            self._buf_bytes += sum(self._item_size(i) for i in batch)
+
+    def _flush_soon(self) -> None:
+        # End of a loop iteration in which records were buffered.
+        self._flush_loop = None
+        if self._direct:
+            self._drain_here(True)
+        else:
+            self._wake.set()
+
+    def _drain_here(self, on_loop: bool) -> None:
+        # Write everything buffered on this thread, unless the writing was
+        # handed to the writer thread meanwhile.
+        if self._access() == "thread":
+            self._go_threaded()
+            return
+        with self._write_lock:
+            if not self._direct:
+                self._wake.set()
+                return
+            self._write_taken(self._take(), on_loop=on_loop)
+
+    def _write_taken(self, batch: list[Any], *, on_loop: bool, may_defer: bool = True) -> bool:
+        """Write ``batch`` (the caller holds the write lock); False if deferred.
+
+        On the loop, a pipe or terminal is written only in pieces it takes
+        without waiting; what it cannot take goes back to the buffer and the
+        writer thread takes over (unless ``may_defer`` is false: then the
+        caller waits, as the "block" policy says).
+        """
+        if batch:
+            started = _perf()
+            if on_loop and may_defer and self._access() == "polled":
+                rest = self._write_polled(batch)
+                if rest:
+                    self._give_back(rest)
+                    self._slow_until = time.monotonic() + self.slow_hold
+                    self._go_threaded()
+                    return False
+            else:
+                self._safe_write(batch)
+                self._writer_flush_safely()
+            if on_loop:
+                self._loop_writes += 1
+            if self._timed(_perf() - started) and self._direct:
+                self._go_threaded()
+        if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
+            self._write_drop_notice()
+        return True
+
+    def _write_polled(self, batch: list[Any]) -> list[Any]:
+        # Pieces of at most PIPE_BUF bytes, each after a poll that says the
+        # sink has room: none of these writes can block.  Returns the rest.
+        fd = self._fileno()
+        if fd is None:
+            self._safe_write(batch)
+            self._writer_flush_safely()
+            return []
+        start = 0
+        n = len(batch)
+        while start < n:
+            end = start
+            size = 0
+            while end < n:
+                item = batch[end]
+                item_size = len(item) if type(item) is not str or item.isascii() else 4 * len(item)
+                if size + item_size > _PIPE_BUF and end > start:
+                    break
+                size += item_size
+                end += 1
+            if size > _PIPE_BUF or not _writable(fd):
+                return batch[start:]
+            self._safe_write(batch[start:end])
+            self._writer_flush_safely()
+            start = end
+        return []
+
+    def _go_threaded(self) -> None:
+        self._direct = False
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(
+                        target=self._run,
+                        name=f"anycore-log-writer:{self.name or id(self)}",
+                        daemon=True,
+                    )
+                    self._thread.start()
+        self._wake.set()
+
+    def _access(self) -> _Access:
+        """How the loop may write this sink (see the module's design note)."""
+        mode = self._access_mode
+        if mode is None:
+            fd = self._fileno()
+            mode = self._access_mode = self._default_access() if fd is None else _fd_access(fd)
+        return mode
+
+    def _default_access(self) -> _Access:
+        # A sink without a file descriptor (a network session, an e-mail):
+        # only the writer thread may wait for it.
+        return "thread"
+
+    def _fileno(self) -> int | None:
+        return None
+
+    def _write_after_close(self, item: Any) -> None:
         # Closed: write synchronously so that late records are not lost.
-        with self._sync_lock:
+        with self._write_lock:
             try:
                 self._write_batch([item])
                 self._writer_flush()
                 self._close_sink()
             except Exception:
                 self._report_error("writing a record after close")
-        return True
 
     # -- statistics -------------------------------------------------------------
 
     @property
     def dropped(self) -> int:
-        """Records dropped because the queue was full (or the sink failed)."""
+        """Records dropped by a lossy overflow policy, or lost to a failing sink."""
         return self._dropped + self._failed
 
     @property
     def queued(self) -> int:
-        """Records waiting for the writer now."""
-        return len(self._queue)
+        """Records waiting to be written now."""
+        return len(self._buf)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be written now."""
+        return self._buf_bytes
 
     @property
     def written(self) -> int:
-        """Records the writer has written."""
+        """Records written so far."""
         return self._written
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the writer thread does the writing now (the sink is slow)."""
+        return not self._direct
 
     # -- the writer thread ------------------------------------------------------
 
     def _run(self) -> None:
-        queue = self._queue
         wake = self._wake
-        max_batch = self.max_batch
-        linger = self.linger
         active = False
         while True:
-            if queue:
+            if self._buf:
                 active = True
-                batch: list[Any] = []
-                append = batch.append
-                pop = queue.popleft
-                try:
-                    for _ in range(max_batch):
-                        append(pop())
-                except IndexError:
-                    pass
-                if self._blocked:
-                    with self._space:
-                        self._space.notify_all()
-                self._safe_write(batch)
+                with self._write_lock:
+                    batch = self._take_batch()
+                    if batch:
+                        started = _perf()
+                        self._safe_write(batch)
+                        self._writer_flush_safely()
+                        self._thread_writes += 1
+                        slow = self._timed(_perf() - started)
+                        if not slow and not self._direct and time.monotonic() >= self._slow_until:
+                            self._give_back_writing()
                 continue
-            # Idle: report drops, flush, answer flush requests, then sleep.
+            # Idle: report drops, give the writing back to the loop when the
+            # sink has been fast for a while, then sleep.
             if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
-                self._write_drop_notice()
+                with self._write_lock:
+                    self._write_drop_notice()
                 continue
-            with contextlib.suppress(Exception):
-                self._writer_flush()
-            waiters = self._waiters
-            while waiters:
-                waiters.popleft()()
-            if self._closing and not queue:
+            if self._closing:
                 break
-            if active and linger and not self._closing:
-                # Let records accumulate instead of being woken per record:
-                # fewer wake-ups on the loop side, larger batches here.
+            if active and self.linger:
+                # Let records accumulate instead of being woken per record.
                 active = False
-                time.sleep(linger)
+                time.sleep(self.linger)
                 continue
+            if (
+                not self._direct
+                and time.monotonic() >= self._slow_until
+                and self._give_back_writing()
+                and self._buf
+            ):
+                continue  # appended while we switched: written next round
             active = False
             wake.clear()
             self._sleeping = True
-            if not queue and not self._closing and not waiters:
+            if not self._buf and not self._closing:
                 wake.wait()
             self._sleeping = False
-        try:
-            self._close_sink()
-        except Exception:
-            self._report_error("closing")
-        while self._waiters:
-            self._waiters.popleft()()
+
+    def _timed(self, took: float) -> bool:
+        """Account one write's duration; True when the sink counts as slow."""
+        average = self._write_time = 0.8 * self._write_time + 0.2 * took
+        if average > self.slow_write or took > 10 * self.slow_write:
+            self._slow_until = time.monotonic() + self.slow_hold
+            return True
+        return False
+
+    def _give_back_writing(self) -> bool:
+        # The sink has been fast for slow_hold: the loop writes again.  What
+        # is buffered stays in the one FIFO; whoever holds the write lock
+        # next writes it, so the order is kept.
+        if self._access() == "thread":
+            return False
+        self._direct = True
+        return True
+
+    def _take_batch(self) -> list[Any]:
+        # At most max_batch records per write keeps one join (which holds the
+        # GIL) short.
+        with self._buf_lock:
+            buf = self._buf
+            if len(buf) <= self.max_batch:
+                self._buf = []
+                self._buf_bytes = 0
+                return buf
+            batch = buf[: self.max_batch]
+            del buf[: self.max_batch]
+            self._buf_bytes -= sum(self._item_size(i) for i in batch)
+            return batch
 
     def _safe_write(self, batch: list[Any]) -> None:
         try:
@@ -337,7 +625,12 @@ class ThreadedHandler(logging.Handler):
             self._written += len(batch)
             self._sink_ok = True
 
+    def _writer_flush_safely(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer_flush()
+
     def _write_drop_notice(self) -> None:
+        # Caller holds _write_lock.
         total = self._dropped + self._failed
         lost = total - self._reported_dropped
         self._reported_dropped = total
@@ -346,12 +639,13 @@ class ThreadedHandler(logging.Handler):
             logging.WARNING,
             __file__,
             0,
-            "%d log records dropped by %s (queue full or sink failing; %d in all)",
-            (lost, type(self).__name__, total),
+            "%d log records dropped by %s (overflow=%s, or the sink failed; %d in all)",
+            (lost, type(self).__name__, self.overflow, total),
             None,
         )
         try:
-            self._safe_write([self._prepare(record)])
+            self._write_batch([self._prepare(record)])
+            self._writer_flush()
         except Exception:
             self._report_error("reporting dropped records")
 
@@ -366,69 +660,71 @@ class ThreadedHandler(logging.Handler):
     _accepts_text = False
 
     def _prepare(self, record: logging.LogRecord) -> Any:
-        """Turn a record into what the writer writes (caller's thread)."""
+        """Turn a record into what is written (caller's thread)."""
         raise NotImplementedError
 
     def _prepare_text(self, text: str) -> Any:
-        """Turn an already rendered line into what the writer writes."""
+        """Turn an already rendered line into what is written."""
         raise NotImplementedError
 
     def _write_batch(self, batch: list[Any]) -> None:
-        """Write prepared items, in order (writer thread)."""
+        """Write prepared items, in order (whoever holds the write lock)."""
         raise NotImplementedError
 
     def _writer_flush(self) -> None:
-        """Push buffered output to the OS (writer thread, when idle)."""
+        """Push buffered output to the OS (after each write)."""
 
     def _close_sink(self) -> None:
-        """Release the sink (writer thread, at close)."""
+        """Release the sink (at close)."""
 
     # -- flush and close --------------------------------------------------------
 
     def wait_flushed(self, timeout: float | None = None) -> bool:
-        """Block until everything queued before the call is written.
+        """Block until everything buffered before the call is written.
 
         Args:
-            timeout: seconds to wait at most (``None``: the handler's
-                ``close_timeout``).
+            timeout: seconds to wait at most for a writer in the middle of a
+                write (``None``: the handler's ``close_timeout``).
 
         Returns:
-            Whether the queue drained in time.
+            Whether everything was written in time.
         """
-        if self._thread is None:
-            return True
-        done = threading.Event()
-        self._waiters.append(done.set)
-        self._wake.set()
-        return done.wait(self.close_timeout if timeout is None else timeout)
+        wait = self.close_timeout if timeout is None else timeout
+        if not self._write_lock.acquire(timeout=max(wait, 0.0)):
+            return False
+        try:
+            on_loop = _get_running_loop() is not None or _on_trio()
+            return self._write_taken(self._take(), on_loop=on_loop)
+        finally:
+            self._write_lock.release()
 
     async def aflush(self, timeout: float | None = None) -> bool:
-        """Wait, without blocking the loop, until queued records are written.
+        """Wait, without blocking the loop, until buffered records are written.
 
         Returns:
-            Whether the queue drained in time.
+            Whether everything was written in time.
         """
-        if self._thread is None:
+        if not self._buf and not self._write_lock.locked():
             return True
+        if self._direct and self._access() == "direct" and not self._write_lock.locked():
+            return self.wait_flushed(timeout)  # a fast sink: no thread hop
         return await anyio.to_thread.run_sync(self.wait_flushed, timeout, abandon_on_cancel=True)
 
     def flush(self) -> None:
-        """Drain the queue; on an event-loop thread only wake the writer.
+        """Write what is buffered; on a loop thread only while the sink is fast.
 
         ``logging.shutdown`` and plain threads get the stdlib meaning (written
         when this returns); a coroutine should ``await handler.aflush()``.
         """
-        if self._thread is None:
-            return
-        if _get_running_loop() is not None or _in_async_run():
+        if not self._direct and (_get_running_loop() is not None or _on_trio()):
             self._wake.set()
             return
         self.wait_flushed()
 
     def close(self) -> None:
-        """Drain the queue, stop the writer and release the sink.
+        """Write everything buffered, stop the writer and release the sink.
 
-        Waits up to ``close_timeout`` for the writer (it blocks the calling
+        Waits up to ``close_timeout`` for the sink (it blocks the calling
         thread; from a coroutine use :meth:`aclose`).  Records emitted after
         close are written synchronously by the caller.
         """
@@ -442,29 +738,31 @@ class ThreadedHandler(logging.Handler):
             if thread.is_alive():
                 sys.stderr.write(
                     f"anycore.logging: {type(self).__name__} writer did not finish in "
-                    f"{self.close_timeout}s; {len(self._queue)} records not written\n"
+                    f"{self.close_timeout}s; {len(self._buf)} records not written\n"
                 )
+                self._thread = None
+                _lifecycle.unregister(self)
+                logging.Handler.close(self)
+                return
         self._thread = None
-        if thread is not None and thread.is_alive():
-            _lifecycle.unregister(self)
-            logging.Handler.close(self)
-            return
-        with self._sync_lock:
-            # Records queued while the writer was finishing are written here.
-            leftover = []
-            with contextlib.suppress(IndexError):
-                while True:
-                    leftover.append(self._queue.popleft())
+        if self._write_lock.acquire(timeout=self.close_timeout):
             try:
-                if leftover:
-                    self._write_batch(leftover)
-                    self._written += len(leftover)
-                    self._writer_flush()
+                # Records buffered while the writer was finishing are written here.
+                self._safe_write_all(self._take())
+                if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
+                    self._write_drop_notice()
+                self._writer_flush()
                 self._close_sink()
             except Exception:
                 self._report_error("closing")
+            finally:
+                self._write_lock.release()
         _lifecycle.unregister(self)
         logging.Handler.close(self)
+
+    def _safe_write_all(self, batch: list[Any]) -> None:
+        if batch:
+            self._safe_write(batch)
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the loop."""
@@ -478,13 +776,27 @@ class ThreadedHandler(logging.Handler):
 # -- files ----------------------------------------------------------------------
 
 
+_SINK_OPTIONS = (
+    "queue_size",
+    "max_bytes",
+    "max_batch",
+    "overflow",
+    "slow_write",
+    "slow_hold",
+    "close_timeout",
+)
+
+
 def _sink_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "queue_size": kwargs.pop("queue_size", DEFAULT_QUEUE_SIZE),
-        "max_batch": kwargs.pop("max_batch", DEFAULT_MAX_BATCH),
-        "block": kwargs.pop("block", False),
-        "close_timeout": kwargs.pop("close_timeout", 10.0),
-    }
+    options = {name: kwargs.pop(name) for name in _SINK_OPTIONS if name in kwargs}
+    if "block" in kwargs:
+        raise TypeError(
+            "block= was replaced by overflow=: 'block' (the default, lossless), "
+            "'drop_oldest' or 'drop_newest'"
+        )
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+    return options
 
 
 class _FileSink(ThreadedHandler):
@@ -513,6 +825,7 @@ class _FileSink(ThreadedHandler):
         mode = self.mode.replace("b", "").replace("t", "")
         fh = io.FileIO(self.baseFilename, mode if mode != "a+" else "a+")
         self._file = fh
+        self._access_mode = None  # a reopened path may be another kind of file
         st = os.fstat(fh.fileno())
         self._size = st.st_size if "a" in mode else 0
         self._regular = stat.S_ISREG(st.st_mode)
@@ -522,6 +835,13 @@ class _FileSink(ThreadedHandler):
         return fh
 
     _accepts_text = True  # configure()'s structlog fast path may hand us lines
+
+    def _default_access(self) -> Any:
+        return "direct"  # not opened yet (delay=True): decided at the first write
+
+    def _fileno(self) -> int | None:
+        fh = self._file
+        return None if fh is None else fh.fileno()
 
     def _prepare(self, record: logging.LogRecord) -> bytes:
         return (self.format(record) + self.terminator).encode(self._encoding, self._errors)
@@ -551,8 +871,9 @@ class _FileSink(ThreadedHandler):
 class FileHandler(_FileSink, logging.FileHandler):
     """Non-blocking :class:`logging.FileHandler` (same arguments).
 
-    Extra keyword arguments: ``queue_size``, ``max_batch``, ``block``,
-    ``close_timeout`` (see :class:`ThreadedHandler`).
+    Extra keyword arguments: ``queue_size``, ``max_bytes``, ``max_batch``,
+    ``overflow``, ``slow_write``, ``slow_hold``, ``close_timeout`` (see
+    :class:`ThreadedHandler`).
     """
 
     def __init__(
@@ -716,6 +1037,15 @@ class StreamHandler(ThreadedHandler, logging.StreamHandler):  # type: ignore[typ
 
     _accepts_text = True
 
+    def _default_access(self) -> Any:
+        return "direct"  # an in-memory stream (no file descriptor)
+
+    def _fileno(self) -> int | None:
+        try:
+            return int(self.stream.fileno())
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+            return None
+
     def _prepare(self, record: logging.LogRecord) -> str:
         return self.format(record) + self.terminator
 
@@ -737,4 +1067,5 @@ class StreamHandler(ThreadedHandler, logging.StreamHandler):  # type: ignore[typ
         self.wait_flushed()
         old: IO[str] = self.stream
         self.stream = stream
+        self._access_mode = None
         return old

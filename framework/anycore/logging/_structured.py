@@ -41,6 +41,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from ._context import ContextFilter, _component_context, _context as _context_var
 from ._sink import (
     FileHandler,
+    Overflow,
     RotatingFileHandler,
     StreamHandler,
     ThreadedHandler,
@@ -360,7 +361,8 @@ def configure(
     timestamp: str | None = "iso",
     utc: bool = True,
     colors: bool | None = None,
-    queue_size: int = 10_000,
+    queue_size: int = 100_000,
+    overflow: Overflow = "block",
     capture_warnings: bool = True,
 ) -> list[logging.Handler]:
     """Set up structlog and stdlib logging as one non-blocking pipeline.
@@ -387,7 +389,10 @@ def configure(
         timestamp: ``"iso"``, a strftime format, or None for no timestamp.
         utc: timestamps in UTC.
         colors: console colours (default: when the stream is a terminal).
-        queue_size: the queue bound of the handlers created here.
+        queue_size: the record bound of the handlers created here (they are
+            also bounded to 16 MiB of pending bytes).
+        overflow: what their full buffer does: ``"block"`` (the default, lossless:
+            the caller writes), ``"drop_oldest"`` or ``"drop_newest"``.
         capture_warnings: route :mod:`warnings` through logging.
 
     Returns:
@@ -398,9 +403,12 @@ def configure(
     """
     global _state_version
     if isinstance(level, str):
+        name = level
         level = logging.getLevelName(level.upper())
         if not isinstance(level, int):
-            raise ValueError(f"unknown level {level!r}")
+            raise ValueError(
+                f"unknown level {name!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL (or a number)"
+            )
     out_stream: IO[str] | None
     if stream is False:
         out_stream = None
@@ -417,11 +425,11 @@ def configure(
 
     new_handlers: list[logging.Handler] = []
     if file is not None:
-        new_handlers.append(_file_handler(file, rotate, queue_size))
+        new_handlers.append(_file_handler(file, rotate, queue_size, overflow))
     elif rotate is not None:
         raise ValueError("rotate needs file=")
     if out_stream is not None:
-        new_handlers.append(StreamHandler(out_stream, queue_size=queue_size))
+        new_handlers.append(StreamHandler(out_stream, queue_size=queue_size, overflow=overflow))
     new_handlers.extend(handlers)
 
     with _lock:
@@ -511,10 +519,13 @@ def structured_formatter(
 
 
 def _file_handler(
-    file: str | os.PathLike[str], rotate: Mapping[str, Any] | None, queue_size: int
+    file: str | os.PathLike[str],
+    rotate: Mapping[str, Any] | None,
+    queue_size: int,
+    overflow: Overflow,
 ) -> ThreadedHandler:
     if rotate is None:
-        return FileHandler(file, queue_size=queue_size)
+        return FileHandler(file, queue_size=queue_size, overflow=overflow)
     spec = dict(rotate)
     if "max_bytes" in spec:
         return RotatingFileHandler(
@@ -522,6 +533,7 @@ def _file_handler(
             maxBytes=int(spec.pop("max_bytes")),
             backupCount=int(spec.pop("backup_count", 5)),
             queue_size=queue_size,
+            overflow=overflow,
             **_check_empty(spec),
         )
     if "when" in spec:
@@ -532,6 +544,7 @@ def _file_handler(
             backupCount=int(spec.pop("backup_count", 7)),
             utc=bool(spec.pop("utc", False)),
             queue_size=queue_size,
+            overflow=overflow,
             **_check_empty(spec),
         )
     raise ValueError("rotate needs 'max_bytes' (size) or 'when' (time)")

@@ -157,6 +157,13 @@ class SysLogHandler(_StreamMixin, _DatagramMixin, AsyncNetworkHandler):
         else:
             await self._send_datagrams(batch)
 
+    def _push_now(self, batch: list[bytes]) -> int:
+        return self._push_stream(batch) if self._stream else self._push_datagrams(batch)
+
+    @property
+    def _push_keeps_order(self) -> bool:  # type: ignore[override]
+        return bool(self._stream)
+
     def _disconnect(self) -> None:
         self._close_stream()
         self._close_datagram()

@@ -21,6 +21,7 @@ This module is public (``anycore.errors``); every name is also exported from
 
 from __future__ import annotations
 
+import errno
 import queue
 
 import anyio
@@ -60,13 +61,7 @@ __all__ = [
     "PoolMessageTooLarge",
     "PoolClosed",
     "StackFileError",
-    "AuthenticationError",
-    "PeerClosed",
-    "BufferTooShort",
-    "UndecodableMessage",
-    "InsecureListener",
-    "MethodNotExposed",
-    "ManagerError",
+    "LoggingConfigError",
     "AuthenticationError",
     "PeerClosed",
     "BufferTooShort",
@@ -207,26 +202,28 @@ class ProcessError(AnycoreError):
 class ExecutableNotFound(ProcessError, FileNotFoundError):
     """The program to start does not exist or is not executable."""
 
-    def __init__(self, executable: str) -> None:
-        ProcessError.__init__(self, f"executable not found: {executable!r}")
+    def __init__(self, executable: str, hint: str = "") -> None:
+        message = f"executable not found: {executable!r}" + (f" ({hint})" if hint else "")
+        ProcessError.__init__(self, message)
         self.executable = executable
         self.filename = executable
 
     def __str__(self) -> str:
         # OSError.__str__ would print "[Errno None] None: 'name'" once filename is set.
-        return f"executable not found: {self.executable!r}"
+        return str(self.args[0])
 
 
 class NotExecutable(ProcessError, PermissionError):
     """The program exists but cannot be executed (no execute permission, or
     not a program this system can run); also a :class:`PermissionError`."""
 
-    def __init__(self, executable: str, reason: str = "") -> None:
+    def __init__(self, executable: str, reason: str = "", code: int = errno.EACCES) -> None:
         ProcessError.__init__(
             self, f"not executable: {executable!r}" + (f" ({reason})" if reason else "")
         )
         self.executable = executable
         self.filename = executable
+        self.errno = code
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -411,73 +408,17 @@ class StackFileError(AnycoreError, ValueError):
         self.reason = reason
 
 
+class LoggingConfigError(AnycoreError, ValueError):
+    """A logging configuration (TOML, dict or ini) cannot be used; the
+    message names the file and what is wrong."""
+
+
 class ControlSocketError(AnycoreError, PermissionError):
     """A supervisor's control socket (or its directory) is not safely ours.
 
     Raised when the directory or socket file is owned by another user, is
     reachable by other users, or is answered by a process of another user.
     """
-
-
-# -- message passing ------------------------------------------------------------
-
-
-class AuthenticationError(AnycoreError):
-    """A peer failed the HMAC challenge-response (or broke off the handshake).
-
-    Raised on both sides of a wrong authkey.  Nothing the peer sent was
-    decoded.  Not a subclass of :class:`multiprocessing.AuthenticationError`
-    (that would import :mod:`multiprocessing` with ``anycore``); catch both
-    where code handles either.
-    """
-
-
-class PeerClosed(AnycoreError, anyio.EndOfStream, EOFError):
-    """The peer closed the connection: no more messages will come.
-
-    An :class:`EOFError`, as multiprocessing raises there, and anyio's
-    ``EndOfStream``.
-    """
-
-
-class BufferTooShort(AnycoreError):
-    """``recv_bytes_into`` got a message larger than the buffer.
-
-    The whole message is ``args[0]``, as with
-    :class:`multiprocessing.BufferTooShort`.
-    """
-
-
-class UndecodableMessage(RemoteProtocolError):
-    """A message's body could not be decoded by the connection's codec."""
-
-
-class InsecureListener(AnycoreError, ValueError):
-    """A Listener would accept unauthenticated peers from beyond this host."""
-
-
-class MessageTooLarge(AnycoreError, ValueError):
-    """A shared-memory message does not fit: larger than the channel's slots
-    (refused before anything waits or is copied), or than the buffer given to
-    ``recv_into`` (the message stays in the channel).  Also a :class:`ValueError`.
-
-    Attributes:
-        size: the message's size in bytes.
-        limit: the room there is.
-    """
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes does not fit in {limit} bytes")
-        self.size = size
-        self.limit = limit
-
-
-class MethodNotExposed(AnycoreError, AttributeError):
-    """A manager proxy was asked for a method its shared object does not expose."""
-
-
-class ManagerError(AnycoreError):
-    """A manager server refused a request (unknown type id, unknown object)."""
 
 
 # -- message passing ------------------------------------------------------------

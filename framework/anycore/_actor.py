@@ -23,6 +23,9 @@ or cancellation cancels the actor instead of draining it.
 Rejected: logging and swallowing errors of fire-and-forget messages (a
 silently dead or silently wrong actor), and one task per message (loses the
 ordering that makes an actor useful).
+
+The actor is an asyncio task around an anycore Queue: under trio, starting one
+raises :class:`~anycore.errors.BackendNotSupported` naming the anyio recipe.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
+from ._backend import asyncio_loop
 from ._queues import Queue
 from .errors import BrokenError, QueueClosed, QueueEmpty, RuntimeStateError
 
@@ -41,6 +45,11 @@ __all__ = ["Actor", "ActorStatistics"]
 
 M = TypeVar("M")
 R = TypeVar("R")
+
+_ON_TRIO = (
+    "on trio, run a task in a task group that reads an anyio memory object stream "
+    "(anyio.create_memory_object_stream) and handles one message at a time"
+)
 
 #: Default bound of an actor's mailbox.
 DEFAULT_MAILBOX_SIZE = 256
@@ -123,7 +132,8 @@ class Actor(Generic[M, R]):
         """
         if self._task is not None:
             raise RuntimeStateError("actor already started")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"actor:{self._name}")
+        loop = asyncio_loop("Actor", _ON_TRIO)
+        self._task = loop.create_task(self._run(), name=f"actor:{self._name}")
         return self
 
     async def __aenter__(self) -> Actor[M, R]:

@@ -33,7 +33,14 @@ import anyio
 
 from .errors import BackendNotSupported, RuntimeStateError
 
-__all__ = ["BackgroundJob", "current_backend", "require_asyncio", "running_on_asyncio"]
+__all__ = [
+    "BackgroundJob",
+    "asyncio_loop",
+    "current_backend",
+    "loop_key",
+    "require_asyncio",
+    "running_on_asyncio",
+]
 
 logger = logging.getLogger("anycore.tasks")
 
@@ -74,6 +81,23 @@ def running_on_asyncio() -> bool:
     return current_backend() == "asyncio"
 
 
+def loop_key() -> object | None:
+    """What identifies the running event loop: the asyncio loop, or trio's run
+    token; ``None`` outside any loop."""
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            token: object = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+        else:
+            return token
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def require_asyncio(what: str, instead: str) -> None:
     """Raise :class:`BackendNotSupported` unless an asyncio loop runs the caller.
 
@@ -93,6 +117,15 @@ def require_asyncio(what: str, instead: str) -> None:
         raise BackendNotSupported(f"{what} needs asyncio (or uvloop), not {backend}; {instead}")
 
 
+def asyncio_loop(what: str, instead: str) -> asyncio.AbstractEventLoop:
+    """The running asyncio loop, or the clear error :func:`require_asyncio` gives."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        require_asyncio(what, instead)
+        raise  # pragma: no cover - require_asyncio raised already
+
+
 # Jobs running on asyncio: referenced here until they end (cpython#117379).
 _jobs: set[asyncio.Task[None]] = set()
 
@@ -102,7 +135,8 @@ class BackgroundJob:
 
     The job's failure is logged on ``anycore.tasks`` and kept in
     :attr:`exception`; :meth:`cancel` stops it; awaiting the job (or
-    :meth:`wait`) waits until it has ended.  Create it inside a running loop.
+    :meth:`wait`) waits until it has ended.  Create it inside a running loop
+    (in a task or in a loop callback).
     """
 
     def __init__(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
@@ -110,7 +144,9 @@ class BackgroundJob:
         self.exception: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
         self._fn = fn
-        self._scope = anyio.CancelScope()
+        # Made in the job's task: outside a task (a loop callback) anyio cannot.
+        self._scope: anyio.CancelScope | None = None
+        self._cancelled = False
         self._done = anyio.Event()
         if current_backend() == "trio":
             import trio
@@ -126,7 +162,10 @@ class BackgroundJob:
 
     async def _run(self) -> None:
         try:
-            with self._scope:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                if self._cancelled:
+                    scope.cancel()
                 await self._fn()
         except Exception as exc:
             self.exception = exc
@@ -136,7 +175,9 @@ class BackgroundJob:
 
     def cancel(self) -> None:
         """Cancel the job (idempotent; nothing happens once it has ended)."""
-        self._scope.cancel()
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     def done(self) -> bool:
         """Whether the job has ended."""

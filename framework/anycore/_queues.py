@@ -6,6 +6,10 @@ and plain threads use with blocking ``sync_put/sync_get`` (or the
 for everyone.  No sentinels: after close, puts fail with :class:`QueueClosed`,
 gets return what is left and then fail the same way; ``async for`` ends.
 
+Waiting is asyncio's (loop futures): under trio a task that would have to wait
+gets :class:`~anycore.errors.BackendNotSupported`, pointing to anyio's memory
+object streams.
+
 How the hot path stays at asyncio.Queue speed while threads are allowed:
 a queue starts in *loop-only* mode, in which the in-loop operations touch the
 deque without any lock (exactly what asyncio.Queue does).  The first time a
@@ -52,6 +56,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from ._backend import asyncio_loop
 from .errors import QueueClosed, QueueEmpty, QueueFull, RuntimeStateError, TooManyReleases
 
 __all__ = [
@@ -64,6 +69,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+_ON_TRIO = (
+    "on trio, use anyio.create_memory_object_stream() "
+    "(and anyio.from_thread to reach it from threads)"
+)
 
 #: The default ``maxsize`` of a queue: bounded, as every anycore buffer is.
 DEFAULT_MAXSIZE = 1024
@@ -272,7 +282,7 @@ class Queue(Generic[T]):
         # Lock held, in a task about to wait: the loop to make the future on.
         # A queue whose loop has closed (say, one asyncio.run after another)
         # moves to the running loop; two live loops cannot share it.
-        running = asyncio.get_running_loop()
+        running = asyncio_loop(f"waiting in {type(self).__name__}", _ON_TRIO)
         loop = self._loop
         if loop is running:
             return running

@@ -30,13 +30,13 @@ import os
 import signal
 import sys
 import threading
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import anyio
 
+from ._backend import BackgroundJob, loop_key
 from .errors import LoopUnavailable, RuntimeStateError
 
 __all__ = [
@@ -129,18 +129,14 @@ class Handle:
             self._registry.remove(self._entry)
 
 
-_runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime] = (
-    weakref.WeakKeyDictionary()
-)
+# loop_key() (an asyncio loop, trio's run token) -> the runtime open on it.
+_runtimes: dict[object, Runtime] = {}
 
 
 def current_runtime() -> Runtime | None:
     """The runtime bound to the running loop, or ``None`` when there is none."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    return _runtimes.get(loop)
+    key = loop_key()
+    return None if key is None else _runtimes.get(key)
 
 
 class Runtime:
@@ -176,9 +172,11 @@ class Runtime:
         self._force_hooks: list[Callable[[], None]] = []
         self._reload_hooks: list[Callable[[], object]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: set[BackgroundJob] = set()  # on trio: background work owned here
+        self._loop: asyncio.AbstractEventLoop | None = None  # asyncio only
+        self._open = False
         self._main_scope: anyio.CancelScope | None = None
-        self._shutdown_task: asyncio.Task[None] | None = None
+        self._shutdown_task: BackgroundJob | None = None
         self._signal_handles: list[Any] = []
         self._interrupts = 0
 
@@ -225,6 +223,14 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def track_job(self, job: BackgroundJob) -> None:
+        """Own ``job`` (any backend): cancel it in the TASKS phase."""
+        if job.task is not None:
+            self.track_task(job.task)
+        else:
+            self._jobs = {j for j in self._jobs if not j.done()}
+            self._jobs.add(job)
+
     @property
     def tasks(self) -> frozenset[asyncio.Task[Any]]:
         """The live background tasks this runtime owns."""
@@ -232,20 +238,20 @@ class Runtime:
 
     # -- triggers ---------------------------------------------------------------
 
-    def shutdown(self, reason: str = "requested") -> asyncio.Task[None]:
-        """Start the graceful shutdown (idempotent); returns the task running it.
+    def shutdown(self, reason: str = "requested") -> BackgroundJob:
+        """Start the graceful shutdown (idempotent).
 
-        Must be called on the runtime's loop (from another thread use
-        ``loop.call_soon_threadsafe(runtime.shutdown)``).
+        Returns the job running it: ``await`` it to wait until shutdown is
+        complete (it also has ``done()``).  Must be called on the runtime's
+        loop (from another thread use ``loop.call_soon_threadsafe(runtime.shutdown)``,
+        or ``anyio.from_thread.run_sync`` on trio).
         """
         if self._shutdown_task is None:
-            if self._loop is None:
+            if not self._open:
                 raise RuntimeStateError("the runtime is not running")
             self.report.reason = reason
             logger.info("shutdown started: %s", reason)
-            self._shutdown_task = self._loop.create_task(
-                self._run_shutdown(), name="anycore-shutdown"
-            )
+            self._shutdown_task = BackgroundJob(self._run_shutdown, name="anycore-shutdown")
         return self._shutdown_task
 
     async def reload(self) -> None:
@@ -303,8 +309,10 @@ class Runtime:
             self._signal_handles.pop().remove()
 
     def spawn_internal(self, coro: Coroutine[Any, Any, Any]) -> None:
-        assert self._loop is not None
-        self.track_task(self._loop.create_task(coro))
+        async def body() -> None:
+            await coro
+
+        self.track_job(BackgroundJob(body, name="anycore-runtime"))
 
     # -- the shutdown sequence --------------------------------------------------
 
@@ -334,6 +342,16 @@ class Runtime:
             self.report.steps.append(result)
 
     async def _cancel_tasks(self, timeout: float) -> None:
+        jobs = [j for j in self._jobs if not j.done()]
+        for job in jobs:
+            job.cancel()
+        with anyio.move_on_after(timeout):
+            for job in jobs:
+                await job.wait()
+        for job in jobs:
+            if not job.done():
+                logger.warning("background task %r did not stop in %.1fs", job.name, timeout)
+                self.report.steps.append(StepResult(Phase.TASKS, job.name, "timed out"))
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -375,23 +393,39 @@ async def open_runtime(
         drain_timeout: deadline for stopping servers and draining connections.
         handle_signals: install the SIGINT/SIGTERM/SIGHUP policy (main thread).
 
+    It works on asyncio, uvloop and trio (through anyio): on trio the signal
+    policy runs on anyio's signal receiver, and only the asyncio task-based
+    parts (:func:`~anycore.spawn`, :attr:`Runtime.tasks`) are unavailable.
+
     Raises:
-        RuntimeStateError: a runtime is already open on this loop.
+        RuntimeStateError: a runtime is already open on this loop, or no loop runs.
     """
-    loop = asyncio.get_running_loop()
-    if loop in _runtimes:
+    key = loop_key()
+    if key is None:
+        raise RuntimeStateError("open_runtime() must be used in async code (no loop runs)")
+    if key in _runtimes:
         raise RuntimeStateError("a runtime is already open on this loop")
     runtime = Runtime(
         shutdown_timeout=shutdown_timeout,
         drain_timeout=drain_timeout,
         handle_signals=handle_signals,
     )
+    loop = key if isinstance(key, asyncio.AbstractEventLoop) else None
     runtime._loop = loop
-    _runtimes[loop] = runtime
-    runtime._install_signals()
+    runtime._open = True
+    _runtimes[key] = runtime
+    try:
+        runtime._install_signals()
+        for handle in runtime._signal_handles:
+            await handle.wait_installed()  # on trio a background job installs them
+    except BaseException:
+        runtime._open = False
+        runtime._remove_signals()
+        del _runtimes[key]
+        raise
     # Log handlers already used on this loop must flush in its LOGS phase too.
     lifecycle = sys.modules.get("anycore.logging._lifecycle")
-    if lifecycle is not None:
+    if lifecycle is not None and loop is not None:
         lifecycle.note_loop(loop)
     try:
         with anyio.CancelScope() as scope:
@@ -405,8 +439,9 @@ async def open_runtime(
                 with anyio.CancelScope(shield=True):
                     await runtime.shutdown("main finished")
     finally:
+        runtime._open = False
         runtime._remove_signals()
-        del _runtimes[loop]
+        del _runtimes[key]
 
 
 def _loop_factory(loop: LoopName) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -18,6 +18,12 @@ is nobody to route through and :class:`~anycore.errors.SignalError` says so.
 Rejected: one ``loop.add_signal_handler`` per subscriber (the second replaces
 the first) and ``signal.signal`` handlers of our own (they run between
 bytecodes, in the main thread only, and cannot touch the loop safely).
+
+On trio (through anyio) there is no loop to install handlers on: receivers
+are anyio's ``open_signal_receiver`` (trio's), and an :func:`on_signal`
+callback runs in a background job that iterates one.  Trio's rule applies
+there: the receiver opened last gets the signal (no fan-out), and only the
+main thread can receive signals.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from .errors import ClosedError, SignalError
+import anyio
+
+from ._backend import BackgroundJob, current_backend
+from .errors import ClosedError, RuntimeStateError, SignalError
 
 __all__ = ["SignalHandle", "SignalReceiver", "next_signal", "on_signal", "open_signals"]
 
@@ -231,6 +241,21 @@ def _check(signals: Iterable[int]) -> frozenset[int]:
     return result
 
 
+def _on_trio() -> bool:
+    try:
+        return current_backend() == "trio"
+    except RuntimeError:
+        raise RuntimeStateError("signals need a running event loop") from None
+
+
+def _require_main_thread() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise SignalError(
+            "on trio, signals can only be received in the main thread "
+            "(run trio there, or route the signal through a main-thread task)"
+        )
+
+
 class SignalHandle:
     """A callback subscription made by :func:`on_signal`.
 
@@ -298,9 +323,57 @@ def on_signal(sig: int, callback: SignalCallback, *more: int) -> SignalHandle:
         SignalError: the signal cannot be caught, or this is not the main
             thread and no main-thread loop routes signals.
     """
+    signals = _check((sig, *more))
+    if _on_trio():
+        _require_main_thread()
+        return _TrioSignalHandle(signals, callback)
     loop = asyncio.get_running_loop()
-    sub = _Subscription(loop, _check((sig, *more)), callback)
+    sub = _Subscription(loop, signals, callback)
     return SignalHandle(sub, _hub.subscribe(sub))
+
+
+class _TrioSignalHandle(SignalHandle):
+    """:func:`on_signal` on trio: a background job iterating a signal receiver."""
+
+    __slots__ = ("_callback", "_error", "_job", "_ready", "_signals")
+
+    def __init__(self, signals: frozenset[int], callback: SignalCallback) -> None:
+        self._signals = signals
+        self._callback = callback
+        self._removed = False
+        self._error: BaseException | None = None
+        self._ready = anyio.Event()
+        self._job = BackgroundJob(self._receive, name=f"on_signal({callback!r})")
+
+    async def _receive(self) -> None:
+        try:
+            with anyio.open_signal_receiver(*map(signal.Signals, self._signals)) as receiver:
+                self._ready.set()
+                async for sig in receiver:
+                    try:
+                        result = self._callback(sig)
+                        if isinstance(result, Awaitable):
+                            await result
+                    except Exception:
+                        logger.exception("signal callback %r failed", self._callback)
+        except Exception as exc:
+            self._error = exc
+            raise
+        finally:
+            self._ready.set()
+
+    async def wait_installed(self) -> None:
+        await self._ready.wait()
+        if self._error is not None:
+            raise SignalError(f"cannot handle signals: {self._error}") from self._error
+
+    @property
+    def signals(self) -> frozenset[int]:
+        return self._signals
+
+    def remove(self) -> None:
+        self._removed = True
+        self._job.cancel()
 
 
 class SignalReceiver:
@@ -316,6 +389,9 @@ class SignalReceiver:
         self._waiter: asyncio.Future[None] | None = None
         self._handle: SignalHandle | None = None
         self._closed = False
+        # On trio: anyio's receiver (a sync context manager) and its iterator.
+        self._trio_cm: Any = None
+        self._trio_iter: AsyncIterator[int] | None = None
 
     @property
     def signals(self) -> frozenset[int]:
@@ -334,6 +410,11 @@ class SignalReceiver:
         Raises:
             ClosedError: the receiver is closed.
         """
+        if self._trio_iter is not None:
+            try:
+                return int(await self._trio_iter.__anext__())
+            except StopAsyncIteration:
+                raise ClosedError("signal receiver is closed") from None
         while not self._pending:
             if self._closed:
                 raise ClosedError("signal receiver is closed")
@@ -358,6 +439,11 @@ class SignalReceiver:
             raise StopAsyncIteration from None
 
     async def __aenter__(self) -> SignalReceiver:
+        if _on_trio():
+            _require_main_thread()
+            self._trio_cm = anyio.open_signal_receiver(*map(signal.Signals, self._signals))
+            self._trio_iter = self._trio_cm.__enter__()
+            return self
         self._handle = on_signal(next(iter(self._signals)), self._on_signal, *self._signals)
         try:
             await self._handle.wait_installed()
@@ -377,6 +463,9 @@ class SignalReceiver:
     def close(self) -> None:
         """Stop receiving and restore the previous handlers (idempotent)."""
         self._closed = True
+        cm, self._trio_cm, self._trio_iter = self._trio_cm, None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
@@ -410,9 +499,6 @@ async def next_signal(*signals: int, timeout: float | None = None) -> int | None
         The signal number, or ``None`` when ``timeout`` seconds passed first.
     """
     async with open_signals(*signals) as receiver:
-        if timeout is None:
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
             return await receiver.receive()
-        try:
-            return await asyncio.wait_for(receiver.receive(), timeout)
-        except TimeoutError:
-            return None
+        return None

@@ -23,7 +23,8 @@ ownership was handed to it releases it again in its cancellation path, so
 nothing leaks: the hand-off callback does nothing for a future that is already
 done, and the cancelled waiter finds itself gone from the deque and passes the
 ownership on - exactly one of them does.  These variants use asyncio futures,
-so their async side is for asyncio (and uvloop) loops; the anyio re-exports
+so their async side is for asyncio (and uvloop) loops (a trio task that would
+wait gets :class:`~anycore.errors.BackendNotSupported`); the anyio re-exports
 serve trio code.
 
 Rejected: making anyio's primitives thread-safe by wrapping them with a
@@ -45,6 +46,7 @@ from typing import Any
 import anyio
 from anyio import CapacityLimiter, Condition, Event, Lock, Semaphore
 
+from ._backend import asyncio_loop
 from .errors import RuntimeStateError, TooManyReleases
 
 __all__ = [
@@ -60,6 +62,11 @@ __all__ = [
     "ThreadSafeSemaphore",
     "ThreadSafeStatistics",
 ]
+
+_ON_TRIO = (
+    "on trio, use anyio.Lock / anyio.Semaphore / anyio.Event (anycore.Lock, ...) "
+    "in the event loop thread, and anyio.from_thread to reach them from threads"
+)
 
 # (loop, future) for a task, (None, held _thread.lock) for a thread.
 _Waiter = tuple[asyncio.AbstractEventLoop | None, Any]
@@ -283,7 +290,7 @@ class ThreadSafeEvent:
         """Wait in a task until the event is set (returns at once if it is)."""
         if self._flag:
             return
-        loop = asyncio.get_running_loop()
+        loop = asyncio_loop("ThreadSafeEvent.wait()", _ON_TRIO)
         fut: asyncio.Future[None] = loop.create_future()
         entry: _Waiter = (loop, fut)
         with self._lock:
@@ -376,7 +383,7 @@ class ThreadSafeSemaphore:
 
     async def acquire(self) -> None:
         """Acquire in a task, waiting (without blocking the loop) if needed."""
-        loop = asyncio.get_running_loop()
+        loop = asyncio_loop(f"{type(self).__name__}.acquire()", _ON_TRIO)
         with self._lock:
             if self._try():
                 return

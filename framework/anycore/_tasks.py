@@ -13,6 +13,10 @@ The threading module's vocabulary, re-expressed for tasks:
 Structured concurrency (anyio task groups) remains the first choice for work
 whose lifetime a caller owns; ``spawn`` is for work that belongs to the
 application as a whole.
+
+``spawn``, ``live_tasks`` and ``active_count`` are about asyncio tasks: under
+trio they raise :class:`~anycore.errors.BackendNotSupported`, naming the
+task-group way.  :class:`TaskLocal` works everywhere (contextvars).
 """
 
 from __future__ import annotations
@@ -24,9 +28,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from ._backend import BackgroundJob, require_asyncio
 from ._runtime import current_runtime
 
-__all__ = ["TaskLocal", "active_count", "live_tasks", "spawn"]
+__all__ = ["TaskLocal", "active_count", "live_tasks", "spawn", "start_job"]
+
+_USE_TASK_GROUPS = (
+    "on trio, start background work in a task group that outlives it "
+    "(async with anyio.create_task_group() as tg: tg.start_soon(fn))"
+)
 
 T = TypeVar("T")
 logger = logging.getLogger("anycore.tasks")
@@ -53,7 +63,11 @@ def spawn(fn: Callable[..., Awaitable[T]], *args: Any, name: str | None = None) 
 
     Returns:
         The :class:`asyncio.Task`; await or cancel it as usual.
+
+    Raises:
+        BackendNotSupported: called under trio (use a task group there).
     """
+    require_asyncio("spawn()", _USE_TASK_GROUPS)
 
     async def runner() -> T:
         return await fn(*args)
@@ -69,13 +83,36 @@ def spawn(fn: Callable[..., Awaitable[T]], *args: Any, name: str | None = None) 
     return task
 
 
+def start_job(fn: Callable[[], Awaitable[object]], *, name: str) -> BackgroundJob:
+    """Run ``fn()`` as a background job owned by the runtime (any backend).
+
+    Internal helper of timers and other primitives that start work from a
+    synchronous call; users have :func:`spawn` and task groups.
+    """
+    job = BackgroundJob(fn, name=name)
+    runtime = current_runtime()
+    if runtime is not None:
+        runtime.track_job(job)
+    return job
+
+
 def live_tasks() -> list[asyncio.Task[Any]]:
-    """The running loop's unfinished tasks, by name (``threading.enumerate``)."""
+    """The running loop's unfinished tasks, by name (``threading.enumerate``).
+
+    Raises:
+        BackendNotSupported: called under trio.
+    """
+    require_asyncio("live_tasks()", "on trio, see trio.lowlevel.current_root_task()")
     return sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
 
 
 def active_count() -> int:
-    """How many tasks are alive on the running loop (``threading.active_count``)."""
+    """How many tasks are alive on the running loop (``threading.active_count``).
+
+    Raises:
+        BackendNotSupported: called under trio.
+    """
+    require_asyncio("active_count()", "on trio, see trio.lowlevel.current_root_task()")
     return len(asyncio.all_tasks())
 
 

@@ -10,12 +10,14 @@ What the classic modules offer, on the loop:
   are anyio's cancel scopes, re-exported (they raise :class:`TimeoutError`);
 * ``signal.pause`` -> :func:`anycore.next_signal`.
 
-Time is the loop's monotonic clock (``loop.time()``).
+Time is the loop's monotonic clock (``anyio.current_time()``: ``loop.time()``
+on asyncio, so a fake clock drives it; trio's clock on trio).  Everything here
+works on asyncio, uvloop and trio: a timer runs in a background job (an
+asyncio task, or a trio system task) owned by the runtime when one is open.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import math
@@ -24,8 +26,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
+import anyio
+import anyio.lowlevel
 from anyio import fail_after as fail_after, move_on_after as move_on_after
 
+from ._backend import BackgroundJob
 from .errors import RuntimeStateError
 
 __all__ = ["Tick", "Timer", "every", "fail_after", "move_on_after"]
@@ -53,7 +58,7 @@ class Timer:
         self.args = args
         self.kwargs = kwargs
         self.exception: BaseException | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._job: BackgroundJob | None = None
         self._fired = False
 
     def start(self) -> None:
@@ -62,14 +67,15 @@ class Timer:
         Raises:
             RuntimeStateError: it was started already.
         """
-        if self._task is not None:
+        if self._job is not None:
             raise RuntimeStateError("a timer can be started only once")
-        from ._tasks import spawn
+        from ._tasks import start_job
 
-        self._task = spawn(self._run, name=f"Timer({getattr(self.func, '__name__', 'func')})")
+        name = f"Timer({getattr(self.func, '__name__', 'func')})"
+        self._job = start_job(self._run, name=name)
 
     async def _run(self) -> None:
-        await asyncio.sleep(self.interval)
+        await anyio.sleep(self.interval)
         self._fired = True
         try:
             result = self.func(*self.args, **self.kwargs)
@@ -81,8 +87,8 @@ class Timer:
 
     def cancel(self) -> None:
         """Stop the timer if it has not fired yet; a running async func is cancelled."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        if self._job is not None:
+            self._job.cancel()
 
     @property
     def fired(self) -> bool:
@@ -91,13 +97,13 @@ class Timer:
 
     def is_alive(self) -> bool:
         """Whether the timer is armed or its function is still running."""
-        return self._task is not None and not self._task.done()
+        return self._job is not None and not self._job.done()
 
     async def wait(self) -> None:
         """Wait until the timer has fired (and func finished) or was cancelled."""
-        if self._task is None:
+        if self._job is None:
             raise RuntimeStateError("the timer was not started")
-        await asyncio.wait([self._task])
+        await self._job.wait()
 
     async def __aenter__(self) -> Timer:
         self.start()
@@ -110,8 +116,8 @@ class Timer:
         tb: TracebackType | None,
     ) -> None:
         self.cancel()
-        if self._task is not None:
-            await asyncio.wait([self._task])
+        if self._job is not None:
+            await self._job.wait()
 
 
 @dataclass(frozen=True)
@@ -188,12 +194,11 @@ class every:
     async def __anext__(self) -> Tick:
         if self.limit is not None and self._delivered >= self.limit:
             raise StopAsyncIteration
-        loop = asyncio.get_running_loop()
         if self._start is None:
-            self._start = loop.time() + self.delay
+            self._start = anyio.current_time() + self.delay
         index = self._next
         due = self._start + index * self.interval
-        now = loop.time()
+        now = anyio.current_time()
         missed = 0
         if now > due + self.interval:  # at least one later tick is already due too
             behind = int((now - due) // self.interval)
@@ -205,10 +210,10 @@ class every:
                 self._start = now - index * self.interval
                 due = now
         if now >= due:
-            await asyncio.sleep(0)  # a checkpoint even when already due
+            await anyio.lowlevel.checkpoint()  # a checkpoint even when already due
         while now < due:
-            await asyncio.sleep(due - now)
-            now = loop.time()
+            await anyio.sleep(due - now)
+            now = anyio.current_time()
         self._next = index + 1
         self._delivered += 1
         return Tick(index, due, now, missed)

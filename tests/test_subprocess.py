@@ -22,6 +22,7 @@ from anycore import (
     STDOUT,
     CalledProcessError,
     ExecutableNotFound,
+    NotExecutable,
     FrameTooLarge,
     OutputLimitExceeded,
     Process,
@@ -179,8 +180,16 @@ async def test_missing_executable_names_it(tmp_path: Path) -> None:
         await run_process([str(tmp_path / "missing")])
     plain = tmp_path / "not-executable"
     plain.write_text("echo hi\n")
-    with pytest.raises(ExecutableNotFound):
-        await run_process([str(plain)])
+    plain.chmod(0o644)
+    for kwargs in ({}, {"cwd": tmp_path}):  # posix_spawn and fork_exec paths
+        with pytest.raises(NotExecutable) as noexec:
+            await run_process([str(plain)], **kwargs)
+        assert isinstance(noexec.value, PermissionError)
+        assert str(noexec.value).startswith(f"not executable: {str(plain)!r}")
+        assert "chmod +x" in str(noexec.value)
+    # Found on PATH but not executable: the same, not "not found".
+    with pytest.raises(NotExecutable):
+        await run_process(["not-executable"], env={"PATH": str(tmp_path)})
     # The fork path (cwd is set) reports the same error.
     with pytest.raises(ExecutableNotFound):
         await run_process(["anycore-no-such-program"], cwd=tmp_path)
@@ -188,6 +197,16 @@ async def test_missing_executable_names_it(tmp_path: Path) -> None:
     with pytest.raises(ExecutableNotFound):
         await proc.start()
     assert proc.pid == -1
+
+
+async def test_a_command_string_without_shell_hints_at_a_list() -> None:
+    with pytest.raises(ExecutableNotFound) as info:
+        await run_process("ls -l")
+    assert str(info.value) == (
+        "executable not found: 'ls -l' "
+        "(a string is one program name: pass a list, ['ls', '-l'], or shell=True)"
+    )
+    assert (await run_process("ls -l /", shell=True, stdout=DEVNULL)).returncode == 0
 
 
 async def test_exec_format_error_is_reported(tmp_path: Path) -> None:

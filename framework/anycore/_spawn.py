@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import ExecutableNotFound
+from .errors import ExecutableNotFound, NotExecutable
 
 __all__ = [
     "ExitWatcher",
@@ -147,12 +147,15 @@ def resolve_executable(name: str, env: Mapping[str, str] | None, *, verify: bool
     if "/" in name:
         if not verify or (os.access(name, os.X_OK) and not os.path.isdir(name)):
             return name
+        if os.path.isfile(name):
+            raise NotExecutable(name, _NO_X_BIT)
         raise ExecutableNotFound(name)
     path = (env if env is not None else os.environ).get("PATH", os.defpath)
     key = (name, path)
     found = _which_cache.get(key)
     if found is not None and (not verify or os.access(found, os.X_OK)):
         return found
+    unrunnable = None
     for directory in path.split(os.pathsep):
         candidate = os.path.join(directory or ".", name)
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
@@ -160,7 +163,25 @@ def resolve_executable(name: str, env: Mapping[str, str] | None, *, verify: bool
                 _which_cache.clear()
             _which_cache[key] = candidate
             return candidate
+        if unrunnable is None and os.path.isfile(candidate):
+            unrunnable = candidate
+    if unrunnable is not None:
+        raise NotExecutable(unrunnable, _NO_X_BIT)
     raise ExecutableNotFound(name)
+
+
+_NO_X_BIT = "the file has no execute permission: chmod +x it, or run it with its interpreter"
+
+
+def exec_error(executable: str, code: int | None) -> OSError:
+    """The error for exec failing with ``code`` (errno) on ``executable``."""
+    if code == errno.ENOEXEC:
+        return NotExecutable(
+            executable, "not a program this system can run: does a script lack its #! line?", code
+        )
+    if code == errno.EACCES and os.path.isfile(executable):
+        return NotExecutable(executable, _NO_X_BIT)
+    return ExecutableNotFound(executable)
 
 
 def forget_executable(name: str, env: Mapping[str, str] | None) -> bool:
@@ -333,7 +354,11 @@ def _spawn(
             **kwargs,  # type: ignore[arg-type]
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-        raise ExecutableNotFound(executable) from exc
+        raise exec_error(executable, exc.errno) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOEXEC:
+            raise exec_error(executable, exc.errno) from exc
+        raise
     finally:
         for fd in temporaries:
             os.close(fd)
@@ -404,8 +429,8 @@ def _fork_exec(
             raise OSError(code, os.strerror(code), cwd)
         if message.startswith(b"noexec"):
             raise OSError(code, os.strerror(code) if code else message.decode())
-        if code in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
-            raise ExecutableNotFound(executable)
+        if code in (errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENOEXEC):
+            raise exec_error(executable, code)
         if code:
             raise OSError(code, os.strerror(code), executable)
         raise OSError(f"child failed before exec: {name.decode(errors='replace')}")

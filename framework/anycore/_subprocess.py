@@ -429,12 +429,22 @@ class Process(_Killable):
 
     def _spawn(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            self._spawn_once(loop, resolve_executable(self._executable, self._env, verify=False))
-        except ExecutableNotFound:
-            # A cached PATH lookup may be stale (the program moved): look again once.
-            if not forget_executable(self._executable, self._env):
-                raise
-            self._spawn_once(loop, resolve_executable(self._executable, self._env))
+            try:
+                self._spawn_once(
+                    loop, resolve_executable(self._executable, self._env, verify=False)
+                )
+            except ExecutableNotFound:
+                # A cached PATH lookup may be stale (the program moved): look again once.
+                if not forget_executable(self._executable, self._env):
+                    raise
+                self._spawn_once(loop, resolve_executable(self._executable, self._env))
+        except ExecutableNotFound as exc:
+            name = self._executable
+            if isinstance(self.args, (str, bytes)) and len(self._argv) == 1 and " " in name:
+                words = name.split()
+                hint = f"a string is one program name: pass a list, {words!r}, or shell=True"
+                raise ExecutableNotFound(name, hint) from exc
+            raise
 
     def _spawn_once(self, loop: asyncio.AbstractEventLoop, executable: str) -> None:
         parent_fds: list[int] = []  # our ends, kept

@@ -10,6 +10,15 @@ which runs arbitrary code for anyone who can connect.  :func:`loads_record`
 uses an :class:`pickle.Unpickler` whose ``find_class`` refuses every global,
 so only plain containers and scalars (dict, list, tuple, str, bytes, int,
 float, bool, None) can be built; the result must be a dict with string keys.
+Records from the network are untrusted in two more ways, both bounded here:
+a small pickle can describe a huge or deep structure (memo references make
+``x = [x, x]`` forty times a graph with 2**40 paths: formatting it never
+ends), so the rebuilt value is walked, iteratively, with a budget of visits
+and a depth limit; and a small message can ask for a huge one (``"%0200000000d"
+% 1``), so the receiver merges the message itself, refusing widths and
+precisions beyond :data:`MAX_FORMAT_WIDTH` and capping the result at
+:data:`MAX_MESSAGE_SIZE`.
+
 Rejected: JSON on the wire (the stdlib's receivers and senders speak pickle,
 and interoperating with them is the point).
 """
@@ -19,12 +28,18 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import re
+import reprlib
 import struct
 from typing import Any
 
 from ..errors import RemoteProtocolError
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_FORMAT_WIDTH",
+    "MAX_MESSAGE_SIZE",
+    "MAX_NODES",
     "MAX_RECORD_SIZE",
     "dict_to_record",
     "dumps_record",
@@ -34,7 +49,18 @@ __all__ = [
 ]
 
 MAX_RECORD_SIZE = 1 << 20
+# A received record's value: at most this many visits of a container or
+# scalar (shared references count each time they are reached), this deep.
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+# A received message: % widths and precisions up to this, at most this long.
+MAX_FORMAT_WIDTH = 1_000
+MAX_MESSAGE_SIZE = 64 * 1024
 _LENGTH = struct.Struct(">L")
+_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
+_repr = reprlib.Repr()
+_repr.maxstring = 1_000
+_repr.maxother = 1_000
 
 
 def record_to_dict(
@@ -115,7 +141,59 @@ def loads_record(data: bytes) -> dict[str, Any]:
         raise RemoteProtocolError(f"not a plain pickled log record: {exc}") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise RemoteProtocolError("a log record must be a dict with string keys")
+    _check_bounded(obj)
     return obj
+
+
+def _check_bounded(obj: Any) -> None:
+    # Iterative walk: a deep structure must not cost a RecursionError here,
+    # and a graph of shared references must not cost 2**n steps.
+    budget = MAX_NODES
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise RemoteProtocolError(f"log record holds more than {MAX_NODES} values")
+        if isinstance(value, dict):
+            children: Any = [*value.keys(), *value.values()]
+        elif isinstance(value, list | tuple | set | frozenset):
+            children = value
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise RemoteProtocolError(f"log record nested deeper than {MAX_DEPTH}")
+        if len(children) > budget:
+            raise RemoteProtocolError(f"log record holds more than {MAX_NODES} values")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def safe_message(msg: Any, args: Any) -> str:
+    """Merge ``msg % args`` the way ``LogRecord.getMessage`` does, with bounds.
+
+    A % width or precision beyond :data:`MAX_FORMAT_WIDTH` (or a ``*``) is not
+    formatted: the message and a short repr of the arguments are kept
+    instead.  The result is cut at :data:`MAX_MESSAGE_SIZE` characters.
+    """
+    text = msg if isinstance(msg, str) else _repr.repr(msg)
+    if args:
+        reasonable = True
+        for match in _SPEC.finditer(text):
+            for part in match.groups():
+                if part is not None and (part == "*" or int(part) > MAX_FORMAT_WIDTH):
+                    reasonable = False
+        merged = None
+        if reasonable:
+            try:
+                merged = text % args
+            except Exception:
+                merged = None
+        if merged is None:
+            merged = f"{text} {_repr.repr(args)}"
+        text = merged
+    if len(text) > MAX_MESSAGE_SIZE:
+        text = text[:MAX_MESSAGE_SIZE] + f"... [{len(text) - MAX_MESSAGE_SIZE} characters cut]"
+    return text
 
 
 def dict_to_record(d: dict[str, Any]) -> logging.LogRecord:
@@ -124,10 +202,21 @@ def dict_to_record(d: dict[str, Any]) -> logging.LogRecord:
     Missing essentials get safe defaults so that formatters do not fail.
     """
     d.setdefault("name", "remote")
-    d.setdefault("msg", "")
+    if not isinstance(d["name"], str):
+        d["name"] = _repr.repr(d["name"])
+    args = d.get("args") if isinstance(d.get("args"), tuple | dict) else None
+    # Merged here, bounded, so that no formatter downstream formats the
+    # sender's message with the sender's arguments.
+    d["msg"] = safe_message(d.get("msg", ""), args)
+    d["args"] = None
     if not isinstance(d.get("levelno"), int):
         d["levelno"] = logging.INFO
     d.setdefault("levelname", logging.getLevelName(d["levelno"]))
-    d["args"] = None if not isinstance(d.get("args"), tuple | dict) else d["args"]
     d["exc_info"] = None
+    for key in ("exc_text", "stack_info"):
+        value = d.get(key)
+        if value is not None and not isinstance(value, str):
+            d[key] = _repr.repr(value)
+        elif isinstance(value, str) and len(value) > MAX_MESSAGE_SIZE:
+            d[key] = value[:MAX_MESSAGE_SIZE] + "... [cut]"
     return logging.makeLogRecord(d)

@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 import pytest
 
+from anycore.errors import RemoteProtocolError
 from anycore.logging import open_log_receiver
 from anycore.logging._records import MAX_MESSAGE_SIZE, loads_record, safe_message
-from anycore.errors import RemoteProtocolError
 
 
 def _frame(d: dict[str, Any]) -> bytes:
@@ -52,7 +52,7 @@ async def _send_then_honest(frames: list[bytes]) -> tuple[list[logging.LogRecord
 
     async with open_log_receiver(on_record=on_record) as rcv:
         host, port = rcv.addresses["tcp"]
-        reader, writer = await asyncio.open_connection(host, port)
+        _reader, writer = await asyncio.open_connection(host, port)
         for frame in frames:
             writer.write(frame)
         writer.write(_frame(_record("honest")))
@@ -145,9 +145,7 @@ _RECEIVER = textwrap.dedent(
 
 def test_the_width_attack_costs_the_receiver_no_memory() -> None:
     # In a process of its own, so that its peak RSS is the receiver's alone.
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())

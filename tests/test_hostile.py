@@ -160,3 +160,137 @@ async def test_a_closed_client_handler_is_freed_without_the_cyclic_gc(no_gc: Non
         assert handler.connection_id > 0  # still readable after close
         del handler
         await _until(lambda: ref() is None, timeout=5)
+
+
+# -- slowloris: frame deadline, receive rate, shedding at max_connections ------
+
+
+class Echo(LineHandler):
+    def line_received(self, line: bytes) -> None:
+        self.send_line(line)
+
+
+async def _trickle(writer: asyncio.StreamWriter, interval: float, count: int) -> None:
+    """The attack's load pattern: a byte per interval, never a whole line."""
+    for _ in range(count):
+        if writer.is_closing():
+            return
+        writer.write(b"x")
+        await asyncio.sleep(interval)
+
+
+async def _cleanup(tasks: list[asyncio.Task[None]], writers: list[asyncio.StreamWriter]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for w in writers:
+        w.close()
+    await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await reader.read(100) == b""
+    except ConnectionError:
+        return True
+
+
+async def test_frame_deadline_cuts_a_trickling_frame_but_not_an_idle_client() -> None:
+    async with serve(Echo, "tcp://127.0.0.1:0", frame_deadline=0.4) as server:
+        slow_r, slow_w = await asyncio.open_connection("127.0.0.1", server.port)
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", server.port)
+        idle_w.write(b"one\r\n")
+        assert await asyncio.wait_for(idle_r.readline(), 5) == b"one\r\n"
+        trickler = asyncio.create_task(_trickle(slow_w, 0.05, 400))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with anycore.fail_after(5):
+            assert await _closed_by_server(slow_r)
+        assert 0.35 <= loop.time() - started < 3
+        # The idle client (no frame in progress) was idle as long: still served.
+        idle_w.write(b"two\r\n")
+        assert await asyncio.wait_for(idle_r.readline(), 5) == b"two\r\n"
+        assert server.statistics().errors == 1
+        await _cleanup([trickler], [slow_w, idle_w])
+
+
+async def test_min_receive_rate_cuts_a_slow_frame_and_keeps_a_fast_one() -> None:
+    async with serve(
+        Echo, "tcp://127.0.0.1:0", min_receive_rate=200, receive_rate_window=0.4
+    ) as server:
+        slow_r, slow_w = await asyncio.open_connection("127.0.0.1", server.port)
+        trickler = asyncio.create_task(_trickle(slow_w, 0.05, 400))  # ~20 B/s
+        with anycore.fail_after(5):
+            assert await _closed_by_server(slow_r)
+        fast_r, fast_w = await asyncio.open_connection("127.0.0.1", server.port)
+        for _ in range(8):  # a 16 KiB line in pieces, fast
+            fast_w.write(b"y" * 2048)
+            await fast_w.drain()
+        fast_w.write(b"\r\n")
+        assert await asyncio.wait_for(fast_r.readline(), 5) == b"y" * 16384 + b"\r\n"
+        await _cleanup([trickler], [slow_w, fast_w])
+
+
+async def test_trickling_connections_at_max_connections_do_not_lock_out_clients() -> None:
+    """20 slowloris connections hold every slot of max_connections=20: with the
+    default on_limit="shed" each normal client gets in (the oldest slow one is
+    dropped); before, every one was reset."""
+    async with serve(Echo, "tcp://127.0.0.1:0", max_connections=20) as server:
+        tricklers: list[asyncio.Task[None]] = []
+        writers = []
+        for _ in range(20):
+            _r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            writers.append(w)
+            tricklers.append(asyncio.create_task(_trickle(w, 0.2, 500)))
+
+        probes: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+        async def probe(i: int) -> None:
+            while True:  # until a slot is made for it (bounded by fail_after)
+                try:
+                    r, w = await asyncio.open_connection("127.0.0.1", server.port)
+                except ConnectionError:
+                    await asyncio.sleep(0.1)
+                    continue
+                try:
+                    w.write(b"probe %d\r\n" % i)
+                    line = await asyncio.wait_for(r.readline(), 5)
+                    if line == b"probe %d\r\n" % i:
+                        probes.append((r, w))  # stays open: the next one needs a slot
+                        return
+                    await _cleanup([], [w])
+                except ConnectionError:
+                    await _cleanup([], [w])
+                await asyncio.sleep(0.1)
+
+        with anycore.fail_after(30):
+            for i in range(16):
+                await probe(i)
+        stats = server.statistics()
+        assert stats.shed >= 16
+        assert stats.connections <= 21
+        # The slow ones were shed, not the clients that got in.
+        for i, (r, w) in enumerate(probes):
+            w.write(b"again %d\r\n" % i)
+            assert await asyncio.wait_for(r.readline(), 5) == b"again %d\r\n" % i
+        await _cleanup(tricklers, writers + [w for _, w in probes])
+
+
+@pytest.mark.parametrize("on_limit", ["refuse", "shed"])
+async def test_max_connections_admits_exactly_that_many(on_limit: str) -> None:
+    """A connection was counted twice (setup and connection) until its setup
+    task's callback ran: on uvloop the 20th of max_connections=20 was refused."""
+    async with serve(
+        Echo,
+        "tcp://127.0.0.1:0",
+        max_connections=20,
+        on_limit=on_limit,  # type: ignore[arg-type]
+    ) as server:
+        writers = []
+        for i in range(20):
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            writers.append(w)
+            w.write(b"%d\r\n" % i)
+            assert await asyncio.wait_for(r.readline(), 5) == b"%d\r\n" % i
+        assert server.statistics().refused == 0
+        await _cleanup([], writers)

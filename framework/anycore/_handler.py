@@ -947,6 +947,16 @@ class _Connection:
         self._fail()
         self.abort()
 
+    def _cut_slow(self, why: str) -> None:
+        logger.info(
+            "connection %s: %s; closing it",
+            self.connection_id,
+            why,
+            extra={"anycore_connection": self.log_context},
+        )
+        self._fail()
+        self.abort()
+
     def _close_idle(self, seconds: float) -> None:
         logger.info(
             "connection %s: idle for %.1f s; closing it",
@@ -1043,6 +1053,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         "_fast_send",
         "_finished",
         "_finished_waiter",
+        "_guard",
         "_held",
         "_high",
         "_idle_handle",
@@ -1072,10 +1083,12 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         server_side: bool = True,
         idle_timeout: float | None = None,
         write_buffer_limit: int | None = None,
+        guard: GuardPolicy | None = None,
     ) -> None:
         self.owner = owner
         self.server_side = server_side
         self.loop = asyncio.get_running_loop()
+        self._guard: _Guard | None = None if guard is None else _Guard(self, guard)
         self._transport: asyncio.Transport | None = None
         self._batch: Iterator[bytes] | None = None  # frames of the batch in progress
         self._stop = False  # ends the current batch loop: closing, or a framer switch
@@ -1128,6 +1141,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self._special = True
             self._last_activity = self.loop.time()
             self._idle_handle = self.loop.call_later(self.idle_timeout, self._check_idle)
+        if self._guard is not None:
+            self._guard.start()
         info = self._info
         if info.made_async or info.frame_async:
             self._task_mode = self._special = True
@@ -1352,6 +1367,9 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         if self._resume_handle is not None:
             self._resume_handle.cancel()
             self._resume_handle = None
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         self._out.clear()
         self._release_drain_waiters()
         if not self._made:
@@ -1754,6 +1772,14 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     # -- used by the server ------------------------------------------------------
 
+    def shed_rank(self, now: float) -> float | None:
+        """Since when this connection has been idle or slow (``None``: busy, or
+        not watched); the server sheds the smallest at ``max_connections``."""
+        guard = self._guard
+        if guard is None or self._closing:
+            return None
+        return guard.quiet_or_slow_since(now)
+
     def begin_graceful_close(self) -> None:
         """Stop reading; close once the frames already received are handled."""
         if self._closing:
@@ -1764,6 +1790,138 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self.close()
         else:
             self._wake()
+
+
+@dataclass(frozen=True, slots=True)
+class GuardPolicy:
+    """What the server's per-connection guard enforces (see ``serve()``).
+
+    Attributes:
+        frame_deadline: seconds one frame may take from its first byte.
+        min_receive_rate: bytes/s a frame in progress must arrive at, measured
+            over ``rate_window``.
+        rate_window: seconds over which the receive rate is measured.
+        period: seconds between checks.
+    """
+
+    frame_deadline: float | None = None
+    min_receive_rate: float | None = None
+    rate_window: float = 5.0
+    period: float = 1.0
+
+    @classmethod
+    def build(
+        cls,
+        frame_deadline: float | None,
+        min_receive_rate: float | None,
+        rate_window: float,
+    ) -> GuardPolicy:
+        steps = [1.0, rate_window / 4]
+        if frame_deadline is not None:
+            steps.append(frame_deadline / 4)
+        return cls(frame_deadline, min_receive_rate, rate_window, max(0.01, min(steps)))
+
+
+class _Guard:
+    """Per-connection slowloris guard: a timer every ``policy.period`` that
+    looks at the framer and the counters (nothing runs per read).
+
+    A frame is in progress while the framer holds a partial frame and reading
+    is not paused by us.  It must complete within ``frame_deadline`` and, per
+    ``rate_window``, arrive at ``min_receive_rate``.  The guard also tracks
+    since when the connection has been quiet (no read), for shedding.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_frames",
+        "_handle",
+        "_partial_since",
+        "_policy",
+        "_quiet_since",
+        "_rate_bytes",
+        "_rate_since",
+        "_reads",
+    )
+
+    def __init__(self, conn: _ProtocolDriver, policy: GuardPolicy) -> None:
+        self._conn = conn
+        self._policy = policy
+        self._handle: asyncio.TimerHandle | None = None
+        self._reads = 0
+        self._quiet_since = 0.0
+        self._partial_since: float | None = None
+        self._frames = 0
+        self._rate_since = 0.0
+        self._rate_bytes = 0
+
+    def start(self) -> None:
+        loop = self._conn.loop
+        self._quiet_since = loop.time()
+        self._handle = loop.call_later(self._policy.period, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _in_frame(self) -> bool:
+        conn = self._conn
+        if conn._reading_paused or conn._closing:
+            return False
+        task = conn._task
+        if task is not None and not task.done() and conn._waiter is None:
+            return False  # an async handler is busy: the peer is waiting on us
+        return conn.framer.buffered > 0
+
+    def quiet_or_slow_since(self, now: float) -> float | None:
+        if self._partial_since is not None and self._in_frame():
+            return self._partial_since
+        conn = self._conn
+        task = conn._task
+        if (task is not None and not task.done() and conn._waiter is None) or conn._out:
+            return None
+        if conn.reads != self._reads:
+            return None  # read since the last check: not quiet
+        return self._quiet_since
+
+    def _tick(self) -> None:
+        self._handle = None
+        conn = self._conn
+        if conn._closing:
+            return
+        policy = self._policy
+        now = conn.loop.time()
+        if conn.reads != self._reads:
+            self._reads = conn.reads
+            self._quiet_since = now
+        if self._in_frame():
+            if self._partial_since is None or conn.frames_in != self._frames:
+                # A frame began (or the previous one completed and another began).
+                self._partial_since = self._rate_since = now
+                self._frames = conn.frames_in
+                self._rate_bytes = conn.bytes_in
+            else:
+                elapsed = now - self._partial_since
+                deadline = policy.frame_deadline
+                if deadline is not None and elapsed >= deadline:
+                    conn._cut_slow(f"one frame took more than {deadline:g} s (frame_deadline)")
+                    return
+                rate = policy.min_receive_rate
+                window = now - self._rate_since
+                if rate is not None and window >= policy.rate_window:
+                    got = (conn.bytes_in - self._rate_bytes) / window
+                    if got < rate:
+                        conn._cut_slow(
+                            f"receiving {got:.0f} B/s inside a frame, below "
+                            f"min_receive_rate={rate:g}"
+                        )
+                        return
+                    self._rate_since = now
+                    self._rate_bytes = conn.bytes_in
+        else:
+            self._partial_since = None
+        self._handle = conn.loop.call_later(policy.period, self._tick)
 
 
 def _dropped_send(data: bytes) -> None:

@@ -11,7 +11,9 @@
 #   warning and retries, instead of calling the loop's exception handler (asyncio)
 #   or accepting-and-dropping connections (libuv's EMFILE trick under uvloop);
 # - ``max_connections`` with ``on_limit="hold"`` stops calling accept() so excess
-#   clients wait in the kernel backlog, and ``"refuse"`` closes them at once;
+#   clients wait in the kernel backlog, ``"refuse"`` closes them at once, and
+#   ``"shed"`` (the default) makes room by aborting the connection idle or slow
+#   the longest (slowloris peers cannot hold every slot);
 # - ``close()`` leaves a registry we drain: stop accepting, let handlers finish
 #   within a deadline, then abort what is left (asyncio.Server.close() leaves
 #   client connections open, cpython#113538).
@@ -39,7 +41,14 @@ import anyio.abc
 
 from ._backend import running_on_asyncio
 from ._endpoints import Endpoint, parse_endpoint
-from ._handler import Handler, _Owner, _ProtocolDriver, check_handler_factory, checked_handler
+from ._handler import (
+    GuardPolicy,
+    Handler,
+    _Owner,
+    _ProtocolDriver,
+    check_handler_factory,
+    checked_handler,
+)
 from ._resource import AsyncResource
 from .errors import EndpointError, LoopUnavailable
 
@@ -70,6 +79,8 @@ class ServerStatistics:
         errors: handler errors, oversized or truncated frames, failed handshakes
             and connections aborted for their write buffer.
         accept_errors: accept() failures such as running out of file descriptors.
+        shed: idle or slow connections closed to make room for new ones at
+            ``max_connections`` (``on_limit="shed"``).
     """
 
     connections: int
@@ -80,6 +91,7 @@ class ServerStatistics:
     frames: int
     errors: int
     accept_errors: int
+    shed: int = 0
 
 
 class _Counters:
@@ -90,6 +102,7 @@ class _Counters:
         "errors",
         "frames",
         "refused",
+        "shed",
         "total_connections",
     )
 
@@ -101,6 +114,7 @@ class _Counters:
         self.frames = 0
         self.errors = 0
         self.accept_errors = 0
+        self.shed = 0
 
 
 class _Listener:
@@ -135,8 +149,11 @@ class Server(_Owner, AsyncResource):
         ssl: _ssl.SSLContext | None = None,
         reuse_port: bool = False,
         max_connections: int | None = None,
-        on_limit: Literal["refuse", "hold"] = "refuse",
+        on_limit: Literal["shed", "refuse", "hold"] = "shed",
         idle_timeout: float | None = None,
+        frame_deadline: float | None = None,
+        min_receive_rate: float | None = None,
+        receive_rate_window: float = 5.0,
         write_buffer_limit: int | None = 16 * 1024 * 1024,
         handshake_timeout: float = 10.0,
         backlog: int = 1024,
@@ -150,10 +167,18 @@ class Server(_Owner, AsyncResource):
         for sock in sockets:
             if sock.type != socket.SOCK_STREAM:
                 raise EndpointError(f"socket fd {sock.fileno()} is not a stream socket")
-        if on_limit not in ("refuse", "hold"):
-            raise ValueError(f"on_limit must be 'refuse' or 'hold', not {on_limit!r}")
+        if on_limit not in ("shed", "refuse", "hold"):
+            raise ValueError(f"on_limit must be 'shed', 'refuse' or 'hold', not {on_limit!r}")
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        for name, value in (
+            ("idle_timeout", idle_timeout),
+            ("frame_deadline", frame_deadline),
+            ("min_receive_rate", min_receive_rate),
+            ("receive_rate_window", receive_rate_window),
+        ):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, not {value!r}")
         parsed = [parse_endpoint(e) for e in endpoints]
         for ep in parsed:
             if not ep.is_stream:
@@ -165,6 +190,18 @@ class Server(_Owner, AsyncResource):
         self.max_connections = max_connections
         self.on_limit = on_limit
         self.idle_timeout = idle_timeout
+        self.frame_deadline = frame_deadline
+        self.min_receive_rate = min_receive_rate
+        self.receive_rate_window = receive_rate_window
+        # The per-connection guard (asyncio engine): slow frames, and the
+        # idle-or-slow bookkeeping that shedding needs.
+        self._guard: GuardPolicy | None = None
+        if (
+            frame_deadline is not None
+            or min_receive_rate is not None
+            or (max_connections is not None and on_limit == "shed")
+        ):
+            self._guard = GuardPolicy.build(frame_deadline, min_receive_rate, receive_rate_window)
         self.write_buffer_limit = write_buffer_limit
         self.handshake_timeout = handshake_timeout
         self.backlog = backlog
@@ -174,6 +211,7 @@ class Server(_Owner, AsyncResource):
         self._counters = _Counters()
         self._conns: dict[_ProtocolDriver, None] = {}
         self._setups: set[asyncio.Task[None]] = set()
+        self._setup_of: dict[_ProtocolDriver, asyncio.Task[None]] = {}
         self._listeners: list[_Listener] = []
         self._endpoints: list[Endpoint] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -525,6 +563,7 @@ class Server(_Owner, AsyncResource):
             frames=frames,
             errors=c.errors,
             accept_errors=c.accept_errors,
+            shed=c.shed,
         )
 
     # -- accept loop --------------------------------------------------------------
@@ -567,7 +606,7 @@ class Server(_Owner, AsyncResource):
                 self._back_off(listener, exc)
                 return
             listener.backoff = 0.0
-            if limit is not None and self._live() >= limit:
+            if limit is not None and self._live() >= limit and not self._shed_one():
                 self._counters.refused += 1
                 logger.warning(
                     "refusing a connection on %s: max_connections=%d reached",
@@ -581,6 +620,38 @@ class Server(_Owner, AsyncResource):
             task = self._loop.create_task(self._setup(conn, listener))
             self._setups.add(task)
             task.add_done_callback(self._setup_done)
+
+    def _shed_one(self) -> bool:
+        """``on_limit="shed"``: abort the connection that has been idle or slow
+        the longest (at least one guard period) to make room; False when none
+        qualifies (the new connection is then refused)."""
+        guard = self._guard
+        if self.on_limit != "shed" or guard is None or self._loop is None:
+            return False
+        now = self._loop.time()
+        oldest: float | None = None
+        victim: _ProtocolDriver | None = None
+        for driver in self._conns:
+            since = driver.shed_rank(now)
+            if (
+                since is not None
+                and now - since >= guard.period
+                and (oldest is None or since < oldest)
+            ):
+                oldest, victim = since, driver
+        if victim is None:
+            return False
+        self._counters.shed += 1
+        assert oldest is not None
+        logger.info(
+            "max_connections=%s reached: closing connection %s (idle or slow for %.1f s) "
+            "for a new one",
+            self.max_connections,
+            victim.connection_id,
+            now - oldest,
+        )
+        victim.abort()
+        return True
 
     def _back_off(self, listener: _Listener, exc: OSError) -> None:
         listener.backoff = min(_MAX_BACKOFF, max(0.01, listener.backoff * 2))
@@ -602,16 +673,25 @@ class Server(_Owner, AsyncResource):
 
     async def _setup(self, conn: socket.socket, listener: _Listener) -> None:
         assert self._loop is not None
+        task = asyncio.current_task()
+
+        def make_driver() -> _ProtocolDriver:
+            driver = self._make_driver()
+            if task is not None:
+                # Counted once: as a setup until connection_made, then a connection.
+                self._setup_of[driver] = task
+            return driver
+
         try:
             if listener.ssl is not None:
                 await self._loop.connect_accepted_socket(
-                    self._make_driver,
+                    make_driver,
                     conn,
                     ssl=listener.ssl,
                     ssl_handshake_timeout=self.handshake_timeout,
                 )
             else:
-                await self._loop.connect_accepted_socket(self._make_driver, conn)
+                await self._loop.connect_accepted_socket(make_driver, conn)
         except asyncio.CancelledError:
             conn.close()
             raise
@@ -640,6 +720,7 @@ class Server(_Owner, AsyncResource):
             server_side=True,
             idle_timeout=self.idle_timeout,
             write_buffer_limit=self.write_buffer_limit,
+            guard=self._guard,
         )
 
     # -- _Owner -------------------------------------------------------------------
@@ -648,11 +729,15 @@ class Server(_Owner, AsyncResource):
         if not self._accepting and self._loop is not None and not self._listeners:
             # Closed while the connection was being set up.
             return False
+        setup = self._setup_of.pop(driver, None)
+        if setup is not None:
+            self._setups.discard(setup)
         self._conns[driver] = None
         self._counters.total_connections += 1
         return True
 
     def connection_finished(self, driver: _ProtocolDriver) -> None:
+        self._setup_of.pop(driver, None)
         if self._conns.pop(driver, 0) is None:
             c = self._counters
             c.bytes_in += driver.bytes_in
@@ -706,8 +791,11 @@ def serve(
     ssl: _ssl.SSLContext | None = None,
     reuse_port: bool = False,
     max_connections: int | None = None,
-    on_limit: Literal["refuse", "hold"] = "refuse",
+    on_limit: Literal["shed", "refuse", "hold"] = "shed",
     idle_timeout: float | None = None,
+    frame_deadline: float | None = None,
+    min_receive_rate: float | None = None,
+    receive_rate_window: float = 5.0,
     write_buffer_limit: int | None = 16 * 1024 * 1024,
     handshake_timeout: float = 10.0,
     backlog: int = 1024,
@@ -730,10 +818,20 @@ def serve(
             ``tls://...?ca=FILE&verify=required``.
         reuse_port: set SO_REUSEPORT (several processes on one port).
         max_connections: the most connections open at once.
-        on_limit: beyond the limit, ``"refuse"`` closes new connections (with a
-            reset) and ``"hold"`` leaves them in the kernel backlog until a slot
-            frees.
+        on_limit: at the limit, ``"shed"`` (the default) aborts the connection
+            that has been idle (no bytes received) or slow (inside an
+            unfinished frame) the longest, at least a second, to make room for
+            the new one, and refuses the new one when every connection is
+            active; ``"refuse"`` closes new connections (with a reset);
+            ``"hold"`` leaves them in the kernel backlog until a slot frees.
         idle_timeout: close a connection after this many seconds without I/O.
+        frame_deadline: abort a connection whose frame is not complete this
+            many seconds after its first byte (slowloris; checked about every
+            second, or a quarter of the deadline when shorter).  A frame is
+            what the handler's framer cuts: a ``RawHandler`` has none.
+        min_receive_rate: abort a connection inside an unfinished frame that
+            receives fewer bytes/s than this over ``receive_rate_window``.
+        receive_rate_window: seconds over which ``min_receive_rate`` is measured.
         write_buffer_limit: abort a connection whose unsent data exceeds this
             many bytes (a peer that does not read); ``None`` for no limit.
         handshake_timeout: seconds for a TLS handshake.
@@ -766,6 +864,9 @@ def serve(
         max_connections=max_connections,
         on_limit=on_limit,
         idle_timeout=idle_timeout,
+        frame_deadline=frame_deadline,
+        min_receive_rate=min_receive_rate,
+        receive_rate_window=receive_rate_window,
         write_buffer_limit=write_buffer_limit,
         handshake_timeout=handshake_timeout,
         backlog=backlog,

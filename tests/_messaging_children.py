@@ -59,11 +59,32 @@ class Marker:
 
 async def add_under_lock(d: Any, lock: Any, rounds: int) -> None:
     """A read-modify-write of d['count'] under the manager lock, *rounds* times."""
-    async with d, lock:
-        for _ in range(rounds):
-            async with lock:
-                value = await d.get("count")
-                await d.setitem("count", value + 1)
+    async with d:  # closes the connections the unpickled proxy opened
+        try:
+            for _ in range(rounds):
+                async with lock:  # a LockProxy's `async with` holds the lock
+                    value = await d.get("count")
+                    await d.setitem("count", value + 1)
+        finally:
+            await lock.aclose()
+
+
+async def wait_then_write(ev: Any, d: Any) -> None:
+    """A watcher process: wait for the event, then read and write the dict."""
+    async with ev, d:
+        assert await ev.wait(30)
+        assert await d.getitem("ready") is True
+        await d.setitem("seen", True)
+
+
+async def hold_lock_forever(lock: Any, holding: Any) -> None:
+    """Take the lock, say so, and never let go (the parent kills this process)."""
+    import anyio
+
+    async with holding:
+        assert await lock.acquire()
+        await holding.set()
+        await anyio.sleep_forever()
 
 
 class Counter:

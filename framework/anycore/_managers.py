@@ -26,7 +26,7 @@ multiprocessing.managers re-expressed for an event loop.  This module owns:
 
 Proxies pickle (to hand them to child processes): the pickle carries the
 manager's address and authkey, so send it only to processes you trust with
-that key.  Shared objects live until :meth:`AsyncProxy.release` or the
+that key.  Shared objects live until :meth:`AsyncProxy._dispose` or the
 server's shutdown (multiprocessing's distributed reference counting is left
 out: a dropped proxy never frees its object behind the user's back).
 
@@ -44,7 +44,8 @@ import inspect
 import logging
 import os
 import queue as stdlib_queue
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -217,25 +218,70 @@ class _ManagedEvent:
         return self._event.is_set()
 
 
+class _ClientState:
+    """One client connection in the server: what to undo when it goes away."""
+
+    __slots__ = ("cleanups",)
+
+    def __init__(self) -> None:
+        self.cleanups: dict[int, Callable[[], None]] = {}
+
+    def close(self) -> None:
+        cleanups, self.cleanups = self.cleanups, {}
+        for undo in cleanups.values():
+            undo()
+
+
+#: The client connection whose request the server is running.
+_CLIENT: ContextVar[_ClientState | None] = ContextVar("anycore_manager_client", default=None)
+
+
 class _ManagedLock:
+    """A lock owned by the client connection that acquired it.
+
+    When that connection closes (the client was cancelled, crashed or was
+    killed) the lock is released: a dead client cannot hold it forever.
+    """
+
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
+        self._owner: _ClientState | None = None
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         if not blocking:
             if self._lock.locked():
                 return False
             await self._lock.acquire()  # uncontended: completes at once
-            return True
-        with anyio.move_on_after(timeout):
-            await self._lock.acquire()
-            return True
-        return False
+        else:
+            got = False
+            with anyio.move_on_after(timeout):
+                await self._lock.acquire()
+                got = True  # no await between the acquire and this line
+            if not got:
+                return False
+        owner = self._owner = _CLIENT.get()
+        if owner is not None:
+            owner.cleanups[id(self)] = self._abandon
+        return True
 
     def release(self) -> None:
         if not self._lock.locked():
             raise RuntimeError("release unlocked lock")
+        client = _CLIENT.get()
+        if self._owner is not None and client is not None and client is not self._owner:
+            raise RuntimeError("the lock is held by another client")
+        self._release()
+
+    def _release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.cleanups.pop(id(self), None)
         self._lock.release()
+
+    def _abandon(self) -> None:
+        self._owner = None
+        if self._lock.locked():
+            self._lock.release()
 
     def locked(self) -> bool:
         return self._lock.locked()
@@ -345,10 +391,13 @@ class _Server:
             tg.cancel_scope.cancel()
 
     async def _handle(self, conn: Connection) -> None:
+        state = _ClientState()
+        _CLIENT.set(state)  # this task's context: its calls see their client
         try:
             await self._serve_client(conn)
         finally:
             conn.close()
+            state.close()
 
     async def _serve_client(self, conn: Connection) -> None:
         if True:
@@ -423,7 +472,10 @@ async def _unless_peer_leaves(conn: Connection, awaitable: Awaitable[Any]) -> tu
     gone = False
 
     async def run() -> None:
-        box.append(await awaitable)
+        try:
+            box.append((True, await awaitable))
+        except Exception as exc:  # the method's own error: the caller's to report
+            box.append((False, exc))
         tg.cancel_scope.cancel()
 
     async def watch() -> None:
@@ -436,7 +488,10 @@ async def _unless_peer_leaves(conn: Connection, awaitable: Awaitable[Any]) -> tu
         tg.start_soon(run)
         tg.start_soon(watch)
     if box:
-        return box[0], False
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value, False
     return None, gone
 
 
@@ -472,20 +527,33 @@ class _ClientPool:
         self._idle: list[Connection] = []
         self._closed = False
 
-    async def request(self, message: tuple[Any, ...]) -> tuple[str, Any]:
+    async def checkout(self) -> Connection:
         if self._closed:
             raise ClosedError("the manager client is closed")
-        conn = self._idle.pop() if self._idle else await Client(self.address, authkey=self.authkey)
+        if self._idle:
+            return self._idle.pop()
+        return await Client(self.address, authkey=self.authkey)
+
+    def checkin(self, conn: Connection) -> None:
+        if self._closed or len(self._idle) >= _IDLE_CONNECTIONS:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    @staticmethod
+    async def request_on(conn: Connection, message: tuple[Any, ...]) -> tuple[str, Any]:
         try:
             await conn.send(message)
             reply: tuple[str, Any] = await conn.recv()
         except BaseException:
             conn.close()  # its state is unknown now: never reuse it
             raise
-        if self._closed or len(self._idle) >= _IDLE_CONNECTIONS:
-            conn.close()
-        else:
-            self._idle.append(conn)
+        return reply
+
+    async def request(self, message: tuple[Any, ...]) -> tuple[str, Any]:
+        conn = await self.checkout()
+        reply = await self.request_on(conn, message)
+        self.checkin(conn)
         return reply
 
     def close(self) -> None:
@@ -541,11 +609,6 @@ class AsyncProxy:
         self._owns_pool = owns_pool
         self._exposed = frozenset(token.exposed)
 
-    @property
-    def token(self) -> Token:
-        """The proxy's token."""
-        return self._token
-
     async def _callmethod(
         self, name: str, args: Sequence[Any] = (), kwds: Mapping[str, Any] | None = None
     ) -> Any:
@@ -570,7 +633,7 @@ class AsyncProxy:
         _raise_reply(kind, value, f"the manager at {self._token.address!r}")
         return None  # pragma: no cover - _raise_reply always raises
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+    def __getattr__(self, name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
         if name.startswith("_"):
             raise AttributeError(name)
         exposed = self.__dict__.get("_exposed", frozenset())
@@ -589,8 +652,12 @@ class AsyncProxy:
         call.__name__ = name
         return call
 
-    async def release(self) -> None:
-        """Drop the shared object from the server (other proxies to it stop working)."""
+    async def _dispose(self) -> None:
+        """Drop the shared object from the server (other proxies to it stop working).
+
+        Underscored, like :meth:`_callmethod`, so it cannot hide a method of
+        the shared object.
+        """
         kind, value = await self._pool.request(("release", self._token.ident))
         if kind != "ok":
             _raise_reply(kind, value, "the manager")
@@ -638,14 +705,55 @@ class ValueProxy(AsyncProxy):
 class LockProxy(AsyncProxy):
     """Proxy of a manager Lock: ``acquire`` / ``release`` / ``locked`` and ``async with``.
 
-    The lock is owned by no one in particular (like :class:`threading.Lock`
-    and multiprocessing's manager Lock): any client may release it.
+    The lock belongs to the connection that acquired it: this proxy keeps
+    that connection while it holds the lock and releases over it.  If the
+    holder goes away - its task cancelled mid-acquire, its process killed -
+    the server releases the lock, so no client can hold it forever.  Only
+    the proxy (the process) holding the lock can release it.
     """
 
     _exposed_ = ("acquire", "release", "locked")
 
+    def __init__(self, *args: Any, **kwds: Any) -> None:
+        super().__init__(*args, **kwds)
+        self._held: Connection | None = None
+
+    async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock; False when *blocking* is false or *timeout* passed first."""
+        conn = await self._pool.checkout()
+        kind, value = await self._pool.request_on(
+            conn, ("call", self._token.ident, "acquire", (blocking, timeout), {})
+        )
+        if kind == "ok" and value:
+            self._held = conn  # the server releases the lock if this one closes
+            return True
+        self._pool.checkin(conn)
+        if kind != "ok":
+            _raise_reply(kind, value, "the manager")
+        return False
+
+    async def release(self) -> None:
+        """Release the lock held through this proxy.
+
+        Raises:
+            RuntimeError: this proxy does not hold the lock.
+        """
+        conn, self._held = self._held, None
+        if conn is None:
+            raise RuntimeError("release unlocked lock (not held through this proxy)")
+        kind, value = await self._pool.request_on(
+            conn, ("call", self._token.ident, "release", (), {})
+        )
+        self._pool.checkin(conn)
+        if kind != "ok":
+            _raise_reply(kind, value, "the manager")
+
+    async def locked(self) -> bool:
+        """Whether some client holds the lock."""
+        return bool(await self._callmethod("locked"))
+
     async def __aenter__(self) -> Self:
-        await self._callmethod("acquire")
+        await self.acquire()
         return self
 
     async def __aexit__(
@@ -654,9 +762,17 @@ class LockProxy(AsyncProxy):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Shielded: a lock taken must be given back even when the block is cancelled.
+        # Shielded: a lock taken must be given back even when the block is
+        # cancelled (and if this fails, closing the connection releases it).
         with anyio.CancelScope(shield=True):
-            await self._callmethod("release")
+            await self.release()
+
+    async def aclose(self) -> None:
+        """Give up a held lock (by closing its connection) and close owned connections."""
+        conn, self._held = self._held, None
+        if conn is not None:
+            conn.close()
+        await super().aclose()
 
 
 def _make_proxy(
@@ -799,7 +915,8 @@ class BaseManager:
                 await self._start_in_loop(stack, address)
         except BaseException:
             self._state = "closed"
-            await stack.aclose()
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
             raise
         self._stack = stack
         self._pool = _ClientPool(self.address, self.authkey)
@@ -854,9 +971,21 @@ class BaseManager:
         listener = Listener(address, authkey=self.authkey)
         stack.callback(listener.close)
         self._address = listener.address
-        tg = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(server.stop.set)  # runs first: the task group then finishes
-        tg.start_soon(server.serve, listener)
+        # A task the manager owns (not a task group of the caller's): start()
+        # and shutdown() may then run in different tasks, as fixtures do.
+        task = asyncio.get_running_loop().create_task(server.serve(listener))
+
+        async def stop_server() -> None:
+            server.stop.set()
+            try:
+                with anyio.fail_after(5.0):
+                    await asyncio.shield(task)
+            except TimeoutError:  # pragma: no cover - serve() ends on stop at once
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        stack.push_async_callback(stop_server)
 
     async def connect(self) -> Self:
         """Connect to a server started elsewhere (needs *address* and *authkey*).
@@ -926,9 +1055,8 @@ class BaseManager:
             if pool is not None:
                 pool.close()
             if stack is not None:
-                # Not shielded here: the in-loop server's task group must be
-                # exited in the cancel scope it was entered in.
-                await stack.aclose()
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
 
     aclose = shutdown
 

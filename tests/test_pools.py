@@ -572,3 +572,66 @@ def test_remote_traceback_is_printed_once_with_the_users_file_and_line(tmp_path:
     assert "<dynamic-code>" not in err
     assert "_pool_processes.py" not in err
     assert err.rstrip().endswith("its traceback is the cause above")
+
+
+# -- progress of long maps (issue 11) -----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+async def test_map_progress_callback_counts_every_item(backend: str) -> None:
+    calls: list[tuple[int, int | None]] = []
+    async with WorkerPool(backend, workers=2) as pool:
+        out = await pool.map(
+            square, range(40), chunksize=3, progress=lambda d, t: calls.append((d, t))
+        )
+        assert out == [x * x for x in range(40)]
+        assert calls[0] == (0, 40)
+        assert calls[-1] == (40, 40)
+        done = [d for d, _ in calls]
+        assert done == sorted(done)
+        assert len(calls) == 1 + 14  # one call per finished chunk (40 / 3 -> 14)
+        # A lazy map over an iterable without a length: total is None.
+        seen: list[tuple[int, int | None]] = []
+        results = [
+            r
+            async for r in pool.imap(
+                square, iter(range(5)), progress=lambda d, t: seen.append((d, t))
+            )
+        ]
+        assert results == [0, 1, 4, 9, 16]
+        assert seen[0] == (0, None)
+        assert seen[-1] == (5, None)
+
+
+async def test_progress_true_draws_a_tqdm_bar_or_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    async with WorkerPool("tasks", workers=2) as pool:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # tqdm is not installed
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+        with pytest.raises(ImportError, match=r"pip install anycore\[progress\]"):
+            await pool.map(square, range(3), progress=True)
+        with pytest.raises(TypeError, match="progress must be True or a callable"):
+            await pool.map(square, range(3), progress="yes")  # type: ignore[arg-type]
+
+        bars: list[Any] = []
+
+        class FakeBar:  # tqdm's interface as anycore uses it
+            def __init__(self, total: int | None, unit: str) -> None:
+                self.total, self.n, self.closed = total, 0, False
+                bars.append(self)
+
+            def update(self, n: int) -> None:
+                self.n += n
+
+            def close(self) -> None:
+                self.closed = True
+
+        fake = types.ModuleType("tqdm.auto")
+        fake.tqdm = FakeBar  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
+        assert await pool.map(square, range(7), progress=True) == [x * x for x in range(7)]
+        assert [(b.total, b.n, b.closed) for b in bars] == [(7, 7, True)]

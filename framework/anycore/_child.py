@@ -1432,7 +1432,7 @@ class ChildProcess(Generic[T]):
             raise TimeoutError(f"child {self.pid} still running after {timeout} s")
         outcome = self._outcome
         if outcome is None and code == 1 and (script := main_without_guard()) is not None:
-            raise NoMainGuard(script)
+            raise ChildProcessFailed(str(NoMainGuard(script)))
         if outcome is None:
             err = ChildProcessFailed(
                 f"child process {self.name} (pid {self.pid}) ended without a result: "

@@ -267,7 +267,9 @@ class ProcessBackend(Backend):
             )
         except BaseException as exc:
             parent.close()
-            if not isinstance(exc, Exception) or isinstance(exc, NoMainGuard):
+            if isinstance(exc, NoMainGuard):  # fail fast: the pool cannot work
+                raise ChildProcessFailed(str(exc)) from None
+            if not isinstance(exc, Exception):
                 raise
             log.error("could not start pool worker %s: %r", wid, exc)
             self._early_death(ChildProcessFailed(f"could not start a pool worker: {exc!r}"))

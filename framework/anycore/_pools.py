@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextvars
+import importlib
 import itertools
 import logging
 import os
@@ -46,6 +47,7 @@ from collections.abc import (
     Generator,
     Iterable,
     Iterator,
+    Sized,
 )
 from dataclasses import dataclass
 from types import TracebackType
@@ -348,6 +350,72 @@ def _current_task_cancelling() -> bool:
 _SENTINEL: Any = object()
 
 
+#: ``progress=`` of the maps: True (a tqdm bar) or ``fn(done, total)``.
+Progress = bool | Callable[[int, int | None], object] | None
+
+
+class _Progress:
+    """Counts a map's finished items and reports them.
+
+    To a callback ``fn(done, total)`` (called on the loop thread, first with
+    ``done=0``; ``total`` is None for an iterable without a length), or to a
+    tqdm progress bar for ``progress=True`` (the ``anycore[progress]`` extra,
+    imported only then).
+    """
+
+    def __init__(self, progress: bool | Callable[[int, int | None], object], total: int | None):
+        self.done = 0
+        self.total = total
+        self._bar: Any = None
+        self._fn: Callable[[int, int | None], object] | None = None
+        self._closed = False
+        if progress is True:
+            try:
+                tqdm = importlib.import_module("tqdm.auto").tqdm
+            except ImportError as exc:
+                raise ImportError(
+                    "progress=True draws a bar with tqdm: `pip install anycore[progress]`, "
+                    "or pass a callback, progress=fn(done, total)"
+                ) from exc
+            self._bar = tqdm(total=total, unit="item")
+        elif callable(progress):
+            self._fn = progress
+            self._report()
+        else:
+            raise TypeError(
+                f"progress must be True or a callable fn(done, total), not {progress!r}"
+            )
+
+    @classmethod
+    def for_map(cls, progress: Progress, iterable: object) -> _Progress | None:
+        if progress is None or progress is False:
+            return None
+        total = len(iterable) if isinstance(iterable, Sized) else None
+        return cls(progress, total)
+
+    def _report(self) -> None:
+        assert self._fn is not None
+        try:
+            self._fn(self.done, self.total)
+        except Exception:
+            log.exception("progress callback %r failed", self._fn)
+
+    def advance(self, n: int) -> None:
+        if self._closed:
+            return
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        else:
+            self._report()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._bar is not None:
+                self._bar.close()
+
+
 class MapIterator(Generic[T]):
     """The async iterator behind imap / imap_unordered / map / starmap.
 
@@ -367,9 +435,11 @@ class MapIterator(Generic[T]):
         ordered: bool,
         kind: int,
         window: int,
+        progress: _Progress | None = None,
     ) -> None:
         if chunksize < 1:
             raise ValueError("chunksize must be at least 1")
+        self._progress = progress
         self._pool = pool
         self._fn = fn
         self._kind = kind
@@ -443,6 +513,8 @@ class MapIterator(Generic[T]):
 
     def _on_done(self, job: Job, ok: bool, value: Any) -> None:
         job.outcome = (ok, value)
+        if ok and self._progress is not None:
+            self._progress.advance(len(value))
         if not self._ordered:
             self._ready.append(job)
         waiter = self._waiter
@@ -470,6 +542,7 @@ class MapIterator(Generic[T]):
                             self._outstanding -= 1
                             return self._unpack(head)
                     elif self._exhausted:
+                        self._end_progress()
                         raise StopAsyncIteration
                 else:
                     if self._ready:
@@ -477,6 +550,7 @@ class MapIterator(Generic[T]):
                         self._outstanding -= 1
                         return self._unpack(job)
                     if self._exhausted and not self._outstanding:
+                        self._end_progress()
                         raise StopAsyncIteration
                 await self._wait()
         except asyncio.CancelledError:
@@ -498,8 +572,13 @@ class MapIterator(Generic[T]):
         self._jobs.clear()
         self._ready.clear()
 
+    def _end_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+
     async def aclose(self) -> None:
         """Stop iterating and cancel the outstanding jobs."""
+        self._end_progress()
         self._closed = True
         self._exhausted = True
         self._cancel_outstanding()
@@ -918,44 +997,63 @@ class WorkerPool:
         fn: Callable[..., T],
         iterable: Iterable[Any] | AsyncIterable[Any],
         chunksize: int = 1,
+        *,
+        progress: Progress = None,
     ) -> MapIterator[T]:
         """Ordered lazy map: ``async for r in pool.imap(fn, items)``.
 
         *iterable* may be sync or async and endless: it is consumed at most
-        ``max_inflight * chunksize`` items ahead of the results.
+        ``max_inflight * chunksize`` items ahead of the results.  *progress*:
+        ``fn(done, total)`` called as items finish (``total`` None without a
+        length), or True for a tqdm bar (the ``anycore[progress]`` extra).
         """
         self._check_open()
-        return MapIterator(self, fn, iterable, chunksize, True, MAP, self._max_inflight)
+        reporter = _Progress.for_map(progress, iterable)
+        return MapIterator(self, fn, iterable, chunksize, True, MAP, self._max_inflight, reporter)
 
     def imap_unordered(
         self,
         fn: Callable[..., T],
         iterable: Iterable[Any] | AsyncIterable[Any],
         chunksize: int = 1,
+        *,
+        progress: Progress = None,
     ) -> MapIterator[T]:
         """Like :meth:`imap`, yielding results as they finish."""
         self._check_open()
-        return MapIterator(self, fn, iterable, chunksize, False, MAP, self._max_inflight)
+        reporter = _Progress.for_map(progress, iterable)
+        return MapIterator(self, fn, iterable, chunksize, False, MAP, self._max_inflight, reporter)
 
     def istarmap(
         self,
         fn: Callable[..., T],
         iterable: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]],
         chunksize: int = 1,
+        *,
+        progress: Progress = None,
     ) -> MapIterator[T]:
         """Like :meth:`imap` with ``fn(*args)`` for each item."""
         self._check_open()
-        return MapIterator(self, fn, iterable, chunksize, True, STARMAP, self._max_inflight)
+        reporter = _Progress.for_map(progress, iterable)
+        return MapIterator(
+            self, fn, iterable, chunksize, True, STARMAP, self._max_inflight, reporter
+        )
 
     async def _collect(
-        self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None, kind: int
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        kind: int,
+        progress: Progress = None,
     ) -> list[Any]:
         self._check_open()
         items = iterable if isinstance(iterable, list | tuple) else list(iterable)
         if chunksize is None:
             chunksize = self._auto_chunksize(len(items))
+        reporter = _Progress.for_map(progress, items)
         it: MapIterator[Any] = MapIterator(
-            self, fn, items, chunksize, True, kind, self._max_inflight
+            self, fn, items, chunksize, True, kind, self._max_inflight, reporter
         )
         out: list[Any] = []
         done = False
@@ -971,22 +1069,31 @@ class WorkerPool:
                 await it.aclose()
 
     async def map(
-        self, fn: Callable[..., T], iterable: Iterable[Any], chunksize: int | None = None
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        progress: Progress = None,
     ) -> list[T]:
         """Ordered map into a list (Pool.map); chunksize chosen as Pool.map does.
 
-        The first failure cancels the rest and is raised.
+        The first failure cancels the rest and is raised.  *progress*:
+        ``fn(done, total)`` called on the loop thread as chunks finish (first
+        with 0), or True for a tqdm bar (the ``anycore[progress]`` extra).
         """
-        return await self._collect(fn, iterable, chunksize, MAP)
+        return await self._collect(fn, iterable, chunksize, MAP, progress)
 
     async def starmap(
         self,
         fn: Callable[..., T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
+        *,
+        progress: Progress = None,
     ) -> list[T]:
         """Like :meth:`map` with ``fn(*args)`` for each item (Pool.starmap)."""
-        return await self._collect(fn, iterable, chunksize, STARMAP)
+        return await self._collect(fn, iterable, chunksize, STARMAP, progress)
 
     async def map_async(
         self,

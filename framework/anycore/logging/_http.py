@@ -1,10 +1,14 @@
 """HTTP log shipping: batched JSON POSTs from the loop.
 
-Owns :class:`HTTPHandler` and the small HTTP/1.1 client it needs (one
-kept-alive connection on asyncio streams: a request with Content-Length, a
-response read by Content-Length or chunked encoding, bounded).  Rejected:
-aiohttp/httpx (a dependency for one POST) and ``http.client`` in a thread (a
-thread hop per batch; it remains the last-resort path at interpreter exit).
+Owns :class:`HTTPHandler`: one kept-alive connection on asyncio streams
+driven by h11 (the ``anycore[http]`` extra), a sans-IO HTTP/1.1 state
+machine that reads Content-Length, chunked (with trailers) and
+close-delimited bodies, skips 1xx answers and says when the connection must
+close.  Response heads and bodies are bounded.  Rejected: a hand-written
+client (it delivered records twice when a chunked answer had a trailer),
+aiohttp/httpx (a client stack for one POST) and ``http.client`` in a thread
+(a thread hop per batch; it remains the last-resort path at interpreter
+exit).
 """
 
 from __future__ import annotations
@@ -15,17 +19,55 @@ import json
 import logging
 import logging.handlers
 import ssl
-import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RemoteProtocolError
 from ._net import AsyncNetworkHandler, _Refused, _StreamMixin
 from ._records import record_to_dict
 
+if TYPE_CHECKING:
+    import h11
+
 __all__ = ["HTTPHandler"]
 
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 1 << 20
+
+
+def _import_h11() -> Any:
+    try:
+        import h11
+    except ImportError:
+        raise ImportError(
+            "anycore.logging.HTTPHandler needs h11: pip install 'anycore[http]'"
+        ) from None
+    return h11
+
+
+def _split_host(host: str, secure: bool) -> tuple[str, int]:
+    # "host", "host:port", "[v6]" or "[v6]:port", with a clear error.
+    name, port = host, ""
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise ValueError(f"HTTPHandler host {host!r}: an IPv6 address needs a closing ']'")
+        name, rest = host[1:end], host[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"HTTPHandler host {host!r}: expected [address]:port")
+        port = rest[1:]
+    elif host.count(":") == 1:
+        name, port = host.split(":")
+    elif host.count(":") > 1:
+        raise ValueError(
+            f"HTTPHandler host {host!r}: put an IPv6 address in brackets, e.g. '[::1]:8080'"
+        )
+    if not name:
+        raise ValueError(f"HTTPHandler host {host!r}: no host name")
+    if not port:
+        return name, 443 if secure else 80
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"HTTPHandler host {host!r}: the port must be a number from 1 to 65535")
+    return name, int(port)
 
 
 class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
@@ -34,8 +76,8 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
     Each record becomes the JSON object of :meth:`mapLogRecord` (the record's
     attributes, message merged).  A 2xx answer means delivered; 5xx, 408 and
     429 answers and connection errors are retried after a backoff; any other
-    status drops the batch (counted in :attr:`dropped`).  The client is a
-    small HTTP/1.1 client on asyncio streams (no dependency).
+    status drops the batch (counted in :attr:`dropped`).  The HTTP/1.1
+    client is h11 on asyncio streams: ``pip install 'anycore[http]'``.
 
     Args:
         host: ``"host"`` or ``"host:port"`` (port 80, or 443 with ``secure``).
@@ -60,6 +102,7 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
         timeout: float = 10.0,
         **options: Any,
     ) -> None:
+        self._h11 = _import_h11()
         options.setdefault("max_batch", 100)
         super().__init__(**options)
         method = method.upper()
@@ -72,10 +115,9 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
         self.credentials = credentials
         self.context = context
         self.timeout = timeout
-        parsed = urllib.parse.urlsplit("//" + host)
-        self._hostname = parsed.hostname or host
-        self._port = parsed.port or (443 if secure else 80)
+        self._hostname, self._port = _split_host(host, secure)
         self._reader: asyncio.StreamReader | None = None
+        self._conn: h11.Connection | None = None
 
     def mapLogRecord(self, record: logging.LogRecord) -> dict[str, Any]:
         """The JSON object sent for ``record`` (stdlib name; override to reshape)."""
@@ -86,18 +128,17 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
     def _prepare(self, record: logging.LogRecord) -> bytes:
         return json.dumps(self.mapLogRecord(record), default=repr).encode()
 
-    def _request_head(self, length: int) -> bytes:
-        lines = [
-            f"{self.method} {self.url} HTTP/1.1",
-            f"Host: {self.host}",
-            "Content-Type: application/json",
-            f"Content-Length: {length}",
-            "User-Agent: anycore-logging",
+    def _request_headers(self, length: int) -> list[tuple[str, str]]:
+        headers = [
+            ("Host", self.host),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(length)),
+            ("User-Agent", "anycore-logging"),
         ]
         if self.credentials:
             token = base64.b64encode(":".join(self.credentials).encode()).decode()
-            lines.append(f"Authorization: Basic {token}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            headers.append(("Authorization", f"Basic {token}"))
+        return headers
 
     async def _connect(self) -> None:
         ctx = None
@@ -110,19 +151,31 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
                 self._hostname, self._port, ssl=ctx, server_hostname=self._hostname
             )
         self._reader, self._writer = reader, writer
+        self._conn = self._h11.Connection(self._h11.CLIENT, max_incomplete_event_size=_MAX_HEADER)
 
     async def _send(self, batch: list[bytes]) -> None:
         body = b"[" + b",".join(batch) + b"]"
         await asyncio.wait_for(self._exchange(body), self.timeout)
 
     async def _exchange(self, body: bytes) -> None:
-        reader = self._reader
-        if reader is None:
+        reader, conn = self._reader, self._conn
+        if reader is None or conn is None:
             raise ConnectionResetError("not connected")
-        await self._write_stream(self._request_head(len(body)) + body)
-        status, headers = await _read_head(reader)
-        await _read_body(reader, headers)
-        if headers.get("connection", "").lower() == "close":
+        h11 = self._h11
+        try:
+            request = conn.send(
+                h11.Request(
+                    method=self.method, target=self.url, headers=self._request_headers(len(body))
+                )
+            )
+            request += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            await self._write_stream(request)
+            status = await _read_response(h11, conn, reader)
+        except h11.ProtocolError as exc:
+            raise RemoteProtocolError(f"log sink answered badly: {exc}") from None
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()  # kept alive
+        else:  # Connection: close, a close-delimited body, HTTP/1.0
             self._connected = False
             self._disconnect()
         if 200 <= status < 300:
@@ -133,6 +186,7 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
 
     def _disconnect(self) -> None:
         self._reader = None
+        self._conn = None
         self._close_stream()
 
     def _send_sync(self, batch: list[bytes]) -> None:
@@ -155,41 +209,27 @@ class HTTPHandler(_StreamMixin, AsyncNetworkHandler):
             conn.close()
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        raise ConnectionResetError("log sink closed the connection") from exc
-    except asyncio.LimitOverrunError as exc:
-        raise RemoteProtocolError("HTTP response head too large") from exc
-    if len(head) > _MAX_HEADER:
-        raise RemoteProtocolError("HTTP response head too large")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise RemoteProtocolError(f"bad HTTP status line: {lines[0]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> None:
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        total = 0
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-            total += size
-            if total > _MAX_BODY:
+async def _read_response(h11: Any, conn: h11.Connection, reader: asyncio.StreamReader) -> int:
+    """Read one answer to the end (1xx answers skipped); returns its status."""
+    status = 0
+    body = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            conn.receive_data(data)  # b"" is EOF: ends a close-delimited body
+            if not data and conn.their_state is h11.SEND_RESPONSE:
+                raise ConnectionResetError("log sink closed the connection")
+            continue
+        if isinstance(event, h11.InformationalResponse):
+            continue
+        if isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += len(event.data)
+            if body > _MAX_BODY:
                 raise RemoteProtocolError("HTTP response body too large")
-            await reader.readexactly(size + 2)
-            if size == 0:
-                return
-    length = int(headers.get("content-length", "0") or "0")
-    if length > _MAX_BODY:
-        raise RemoteProtocolError("HTTP response body too large")
-    if length:
-        await reader.readexactly(length)
+        elif isinstance(event, h11.EndOfMessage):
+            return status
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ConnectionResetError("log sink closed the connection")

@@ -14,6 +14,7 @@ import os
 import pickle
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -534,3 +535,25 @@ async def _json_pair() -> None:
             await conn.send(sum(msg["q"]))
     with pytest.raises(ClosedError):
         await listener.accept()
+
+
+# -- the example -------------------------------------------------------------------
+
+
+def test_messaging_adder_example() -> None:
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "messaging_adder.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "anycore client: 20 + 22 = 42" in out
+    assert "stdlib client: [123, 0]" in out
+    assert "wrong key: digest sent was rejected" in out
+    assert "server: refused a client: digest received was wrong" in out
+    assert out.rstrip().endswith("server served 2 client(s)\ndone")

@@ -7,6 +7,7 @@ other processes (ChildProcess) that get proxies pickled or join by address.
 from __future__ import annotations
 
 import queue
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -246,3 +247,20 @@ async def test_proxy_pool_serves_concurrent_calls() -> None:
             await ev.set()
         pool: _ClientPool = d._pool
         assert len(pool._idle) == 2
+
+
+def test_manager_watch_example() -> None:
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "manager_watch.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "watcher saw 3 results, total 14: [('alpha', 5), ('beta', 4), ('gamma', 5)]" in (
+        proc.stdout
+    )
+    assert proc.stdout.rstrip().endswith("done")

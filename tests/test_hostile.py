@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import re
 import weakref
 from collections.abc import Iterator
 from typing import ClassVar
@@ -12,7 +14,8 @@ from typing import ClassVar
 import pytest
 
 import anycore
-from anycore import Handler, LineHandler, RawHandler, serve
+from anycore import Handler, LineHandler, NetstringHandler, RawHandler, serve
+from anycore._handler import LogLimiter, log_limiter
 
 REPLY = 256 * 1024
 
@@ -294,3 +297,41 @@ async def test_max_connections_admits_exactly_that_many(on_limit: str) -> None:
             assert await asyncio.wait_for(r.readline(), 5) == b"%d\r\n" % i
         assert server.statistics().refused == 0
         await _cleanup([], writers)
+
+
+# -- a flood of bad connections costs a bounded number of log lines -------------
+
+
+@pytest.fixture
+def fast_limiter(monkeypatch: pytest.MonkeyPatch) -> Iterator[LogLimiter]:
+    monkeypatch.setattr(log_limiter, "burst", 5)
+    monkeypatch.setattr(log_limiter, "interval", 0.5)
+    log_limiter._windows.clear()
+    yield log_limiter
+    log_limiter._windows.clear()
+
+
+async def test_repeated_warnings_are_rate_limited_and_summarised(
+    fast_limiter: LogLimiter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="anycore")
+    async with serve(NetstringHandler, "tcp://127.0.0.1:0") as server:
+        for _ in range(60):
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            w.write(b"garbage!")
+            assert await asyncio.wait_for(r.read(), 5) == b""
+            await _cleanup([], [w])
+        with anycore.fail_after(5):
+            while "more connections with malformed input" not in caplog.text:
+                await asyncio.sleep(0.02)
+        assert server.statistics().errors == 60
+    lines = [r.getMessage() for r in caplog.records if "malformed input" in r.getMessage()]
+    individual = [m for m in lines if m.startswith("connection ")]
+    summaries = [m for m in lines if m.startswith("... and ")]
+    # 5 per 0.5 s window, each window summarised: every connection accounted for.
+    counted = len(individual) + sum(int(m.split()[2]) for m in summaries)
+    assert counted == 60
+    assert len(individual) < 60
+    assert re.fullmatch(
+        r"\.\.\. and \d+ more connections with malformed input in the last \d+ s", summaries[0]
+    )

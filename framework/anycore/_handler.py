@@ -61,6 +61,7 @@ import itertools
 import logging
 import socket
 import ssl as _ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -341,7 +342,10 @@ class Handler:
         Args:
             exc: the :class:`~anycore.FrameTooLarge` error.
         """
-        logger.error(
+        log_limiter.log(
+            logger,
+            logging.ERROR,
+            "frames too large",
             "connection %s: %s; closing it",
             self.connection_id,
             exc,
@@ -702,8 +706,86 @@ def peer_string(peer: Any) -> str:
     return str(peer)
 
 
+class LogLimiter:
+    """Rate-limits repeated per-connection log records, by category.
+
+    In each ``interval`` the first ``burst`` records of a category are logged;
+    the rest are counted, and one record at the end of the interval says
+    ``... and K more <category> in the last 10 s``.  A flood of bad connections
+    then costs a bounded number of lines, and nothing is silently lost.  The
+    categories are a fixed set (the drivers' and the server's own), so the
+    bookkeeping is bounded too.
+
+    Args:
+        burst: records logged per category and interval.
+        interval: seconds.
+        clock: monotonic time.
+    """
+
+    def __init__(
+        self, burst: int = 10, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = burst
+        self.interval = interval
+        self.clock = clock
+        # category -> [window start, records in the window, level, logger]
+        self._windows: dict[str, list[Any]] = {}
+
+    def log(
+        self,
+        log: logging.Logger,
+        level: int,
+        category: str,
+        msg: str,
+        *args: object,
+        **kwargs: Any,
+    ) -> None:
+        """Log ``msg % args`` unless ``category`` is over its burst this interval."""
+        now = self.clock()
+        window = self._windows.get(category)
+        if window is not None and now - window[0] >= self.interval:
+            self._summarise(category)
+            window = None
+        if window is None:
+            window = self._windows[category] = [now, 0, level, log]
+        window[1] += 1
+        if window[1] <= self.burst:
+            log.log(level, msg, *args, **kwargs)
+        elif window[1] == self.burst + 1:
+            self._schedule(category, window[0] + self.interval - now)
+
+    def _schedule(self, category: str, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on asyncio: summarised by the next record of the category
+        loop.call_later(max(0.0, delay), self._summarise, category)
+
+    def _summarise(self, category: str) -> None:
+        window = self._windows.pop(category, None)
+        if window is None:
+            return
+        start, count, level, log = window
+        extra = count - self.burst
+        if extra > 0:
+            log.log(
+                level,
+                "... and %d more %s in the last %.0f s",
+                extra,
+                category,
+                max(self.clock() - start, 0.0),
+            )
+
+
+#: The limiter of the drivers' and servers' per-connection warnings and errors.
+log_limiter = LogLimiter()
+
+
 def log_handler_error(what: str, exc: BaseException, conn_id: int) -> None:
-    logger.error(
+    log_limiter.log(
+        logger,
+        logging.ERROR,
+        "handler errors",
         "connection %s: %s raised %s: %s; closing the connection",
         conn_id,
         what,
@@ -921,14 +1003,20 @@ class _Connection:
                 self.framer = self.handler.make_framer()
             return
         if isinstance(exc, IncompleteFrame):
-            logger.warning(
+            log_limiter.log(
+                logger,
+                logging.WARNING,
+                "streams that ended inside a frame",
                 "connection %s: peer closed the stream inside a frame (%d bytes pending)",
                 self.connection_id,
                 len(exc.data),
                 extra={"anycore_connection": self.log_context},
             )
         else:
-            logger.error(
+            log_limiter.log(
+                logger,
+                logging.ERROR,
+                "connections with malformed input",
                 "connection %s: malformed input from the peer: %s; closing it",
                 self.connection_id,
                 exc,
@@ -937,7 +1025,10 @@ class _Connection:
         self.close()
 
     def _write_limit_exceeded(self, limit: int) -> None:
-        logger.warning(
+        log_limiter.log(
+            logger,
+            logging.WARNING,
+            "connections over their write buffer limit",
             "connection %s: write buffer above its limit of %d bytes (the peer is "
             "not reading); aborting the connection",
             self.connection_id,
@@ -948,7 +1039,10 @@ class _Connection:
         self.abort()
 
     def _cut_slow(self, why: str) -> None:
-        logger.info(
+        log_limiter.log(
+            logger,
+            logging.INFO,
+            "slow connections closed",
             "connection %s: %s; closing it",
             self.connection_id,
             why,

@@ -48,6 +48,7 @@ from ._handler import (
     _ProtocolDriver,
     check_handler_factory,
     checked_handler,
+    log_limiter,
 )
 from ._resource import AsyncResource
 from .errors import EndpointError, LoopUnavailable
@@ -608,7 +609,10 @@ class Server(_Owner, AsyncResource):
             listener.backoff = 0.0
             if limit is not None and self._live() >= limit and not self._shed_one():
                 self._counters.refused += 1
-                logger.warning(
+                log_limiter.log(
+                    logger,
+                    logging.WARNING,
+                    "connections refused at max_connections",
                     "refusing a connection on %s: max_connections=%d reached",
                     listener.endpoint,
                     limit,
@@ -643,7 +647,10 @@ class Server(_Owner, AsyncResource):
             return False
         self._counters.shed += 1
         assert oldest is not None
-        logger.info(
+        log_limiter.log(
+            logger,
+            logging.INFO,
+            "connections shed at max_connections",
             "max_connections=%s reached: closing connection %s (idle or slow for %.1f s) "
             "for a new one",
             self.max_connections,
@@ -697,7 +704,10 @@ class Server(_Owner, AsyncResource):
             raise
         except Exception as exc:
             self._counters.errors += 1
-            logger.warning(
+            log_limiter.log(
+                logger,
+                logging.WARNING,
+                "connections that failed during setup",
                 "connection on %s failed during setup%s: %s: %s",
                 listener.endpoint,
                 " (TLS handshake)" if listener.ssl is not None else "",

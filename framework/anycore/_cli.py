@@ -163,7 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
             "reopens the log file."
         ),
     )
-    sup.add_argument("stackfile", help="Procfile or stack .toml")
+    sup.add_argument(
+        "stackfile", nargs="?", default="Procfile", help="Procfile or stack .toml (./Procfile)"
+    )
+    sup.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="KEY=VALUE lines given to every program (repeatable; default: ./.env if present)",
+    )
     sup.add_argument(
         "--socket", metavar="PATH", help="control socket (default: the stack's or a per-user one)"
     )
@@ -250,12 +260,42 @@ def default_control_socket(create: bool = True) -> str:
 # -- logging -----------------------------------------------------------------------------
 
 
-class _PrefixFormatter(logging.Formatter):
-    """``program  | message``: one column per source, as foreman prints."""
+# honcho's palette, given to the sources in the order they first write.
+_COLOURS = ("36", "33", "32", "35", "34", "31", "1;36", "1;33", "1;32", "1;35", "1;34", "1;31")
 
-    def __init__(self, width: int = 10) -> None:
+
+def _wants_colour(stream: Any) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _PrefixFormatter(logging.Formatter):
+    """``program  | message``: one column per source, as foreman prints.
+
+    With ``colour``, each source's prefix has its own colour (honcho's way).
+    """
+
+    def __init__(self, width: int = 10, colour: bool = False) -> None:
         super().__init__()
         self.width = width
+        self.colour = colour
+        self._colours: dict[str, str] = {}
+
+    def _prefix(self, source: str) -> str:
+        prefix = f"{source:<{self.width}} |"
+        if not self.colour:
+            return prefix
+        code = self._colours.get(source)
+        if code is None:
+            code = _COLOURS[len(self._colours) % len(_COLOURS)]
+            if len(self._colours) < 1024:  # bounded: instance names are few
+                self._colours[source] = code
+        return f"\x1b[{code}m{prefix}\x1b[0m"
 
     def format(self, record: logging.LogRecord) -> str:
         source = getattr(record, "program", None)
@@ -265,9 +305,9 @@ class _PrefixFormatter(logging.Formatter):
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         if record.name.startswith("anycore.program."):
-            return f"{source:<{self.width}} | {text}"
+            return f"{self._prefix(source)} {text}"
         level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
-        return f"{source:<{self.width}} | {level}{text}"
+        return f"{self._prefix(source)} {level}{text}"
 
 
 def _configure_logging(level: str, fmt: str) -> None:
@@ -354,34 +394,106 @@ def _kind(target: Any) -> str:
     )
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    target = _load_target(args.target, args.app_dir)
-    kind = _kind(target)
-    from ._systemd import listen_fds
+def _static_kind(spec: str, app_dir: str) -> str | None:
+    """What ``module:attr`` names, read from the module's source without running it.
 
-    inherited = [socket.socket(fileno=fd) for fd in args.fd] if args.fd else []
-    inherited += listen_fds()
+    ``"main"`` (an ``async def``), ``"class"``, or ``None`` when the source does
+    not say (no source, an attribute made at run time).  Finding the module may
+    import its parent packages, not the module itself.
+    """
+    import importlib.util
+
+    module_name, _, attr = spec.partition(":")
+    if "." in attr:
+        return None
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    origin = found.origin if found is not None else None
+    if not origin or not origin.endswith(".py"):
+        return None
+    try:
+        with open(origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    kind = None
+    for node in tree.body:  # the last definition wins, as at run time
+        if isinstance(node, ast.AsyncFunctionDef) and node.name == attr:
+            kind = "main"
+        elif isinstance(node, ast.ClassDef) and node.name == attr:
+            kind = "class"
+        elif isinstance(node, (ast.FunctionDef, ast.Assign, ast.AnnAssign, ast.ImportFrom)):
+            names = (
+                [node.name]
+                if isinstance(node, ast.FunctionDef)
+                else [a.asname or a.name for a in node.names]
+                if isinstance(node, ast.ImportFrom)
+                else [t.id for t in ast.walk(node) if isinstance(t, ast.Name)]
+            )
+            if attr in names:
+                kind = None
+    return kind
+
+
+def _check_kind(kind: str, args: argparse.Namespace, inherited: bool) -> None:
     if kind == "main":
         if args.bind or inherited or args.workers > 1:
             raise UsageError("--bind, --fd and --workers apply to handler targets only")
     elif not args.bind and not inherited:
         raise UsageError("a handler target needs --bind ENDPOINT (or --fd N)")
+
+
+def _inherited_sockets(fds: list[int]) -> list[socket.socket]:
+    """The sockets of ``--fd N``, each checked to be an open stream socket."""
+    import stat
+
+    for fd in fds:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            raise UsageError(f"--fd {fd}: descriptor {fd} is not open in this process") from None
+        if not stat.S_ISSOCK(mode):
+            raise UsageError(f"--fd {fd}: descriptor {fd} is not a socket")
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    for sock in socks:
+        if sock.type != socket.SOCK_STREAM:
+            raise UsageError(f"--fd {sock.fileno()}: not a stream socket")
+    return socks
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # Everything that can be checked without importing the target is checked
+    # first: importing runs the module's code.
+    module_name, sep, attr = args.target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"the target must be module:attribute, not {args.target!r}")
     from ._endpoints import parse_endpoint
+    from ._systemd import listen_fds
     from .errors import EndpointError
 
     try:
         endpoints = [parse_endpoint(b) for b in args.bind]
     except EndpointError as exc:
         raise UsageError(str(exc)) from None
+    inherited = _inherited_sockets(args.fd)
+    inherited += listen_fds()
+    static = _static_kind(args.target, args.app_dir)
+    if static is not None:
+        _check_kind("stream" if static == "class" else static, args, bool(inherited))
+    target = _load_target(args.target, args.app_dir)
+    kind = _kind(target)
+    _check_kind(kind, args, bool(inherited))
     for ep in endpoints:
         if (ep.scheme == "udp") != (kind == "datagram"):
             what = "a DatagramHandler" if kind == "datagram" else "a stream Handler"
             raise UsageError(f"{ep}: {what} cannot be served on a {ep.scheme} endpoint")
     if inherited and kind == "datagram":
         raise UsageError("inherited sockets (--fd, LISTEN_FDS) must be stream sockets")
-    for sock in inherited:
-        if sock.type != socket.SOCK_STREAM:
-            raise UsageError(f"inherited descriptor {sock.fileno()} is not a stream socket")
     _configure_logging(args.log_level, args.log_format)
     from ._runtime import GracefulExit, run
     from .errors import LoopUnavailable
@@ -529,6 +641,9 @@ async def _workers_main(
             restart="always",
             grace_period=20.0,
             pass_fds=tuple(fds),
+            # The workers write their own (already formatted) lines to our
+            # streams: captured, each would be rendered a second time here.
+            capture_output=False,
         )
         async with Supervisor([program]) as sup:
             rt = current_runtime()
@@ -569,12 +684,23 @@ def _unlink_quietly(path: str | None) -> None:
 # -- supervise ---------------------------------------------------------------------------------
 
 
+def _load_supervised(args: argparse.Namespace) -> Any:
+    """The stack file with the ``.env`` values applied (what SIGHUP re-reads too)."""
+    from ._stackfile import load_env_file, load_stack, with_env
+
+    stack = load_stack(args.stackfile)
+    env: dict[str, str] = {}
+    files = args.env if args.env is not None else [f for f in [".env"] if os.path.isfile(f)]
+    for name in files:
+        env.update(load_env_file(name))
+    return with_env(stack, env)
+
+
 def _cmd_supervise(args: argparse.Namespace) -> int:
-    from ._stackfile import load_stack
     from .errors import StackFileError
 
     try:
-        stack = load_stack(args.stackfile)
+        stack = _load_supervised(args)
     except StackFileError as exc:
         raise CommandFailed(str(exc)) from None
     control = args.socket or stack.control_socket or default_control_socket()
@@ -585,7 +711,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
 
     grace = sum(p.grace_period for p in stack.programs) + 10.0
     try:
-        run(_supervise_main, args.stackfile, stack, control, handlers, loop=args.loop,
+        run(_supervise_main, args, stack, control, handlers, loop=args.loop,
             shutdown_timeout=grace)  # fmt: skip
     except GracefulExit:
         return 0
@@ -612,7 +738,8 @@ def _setup_supervise_logging(args: argparse.Namespace, width: int) -> list[loggi
     if args.log_file:
         handlers.append(_file_handler(args.log_file))
     for h in handlers:
-        h.setFormatter(_PrefixFormatter(width))
+        colour = h is handlers[0] and _wants_colour(sys.stdout)
+        h.setFormatter(_PrefixFormatter(width, colour=colour))
         root.addHandler(h)
     return handlers
 
@@ -632,21 +759,22 @@ def _banner(stack: Any, control: str) -> str:
 
 
 async def _supervise_main(
-    path: str, stack: Any, control: str, handlers: list[logging.Handler]
+    args: argparse.Namespace, stack: Any, control: str, handlers: list[logging.Handler]
 ) -> None:
     from ._runtime import current_runtime
     from ._signals import on_signal
-    from ._stackfile import load_stack
     from ._supervisor import Supervisor
     from ._systemd import sd_notify
     from .errors import StackFileError
 
     _emit(_banner(stack, control))
-    async with Supervisor(stack.programs, control_socket=control) as sup:
+    async with Supervisor(
+        stack.programs, control_socket=control, forward_signals=stack.forward_signals
+    ) as sup:
 
         async def reload() -> None:
             try:
-                new = load_stack(path)
+                new = _load_supervised(args)
             except StackFileError as exc:
                 logger.error("reload refused: %s", exc)
                 return

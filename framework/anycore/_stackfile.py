@@ -6,24 +6,26 @@
 #     foreman / honcho / Heroku made familiar; every command runs through the shell;
 #   * TOML (``*.toml``, parsed with tomllib), one ``[programs.NAME]`` table per
 #     program with every option of ``Program`` plus a ``[supervisor]`` table.
+# ``load_env_file`` reads a ``.env`` file (``KEY=VALUE`` lines, honcho's form) whose
+# values ``with_env`` gives every program, under the program's own ``env``.
 # Every error names the file and the line (TOML: the line of the offending key or
 # table, found by scanning the text, since tomllib does not keep positions) and is a
 # ``StackFileError``.  Rejected: supervisord's INI dialect (``%(here)s``
 # interpolation, program:name sections) - TOML types the values for us.
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-import signal
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ._supervisor import Program
+from ._supervisor import Program, parse_signal
 from .errors import StackFileError
 
-__all__ = ["Stack", "load_stack", "parse_procfile", "parse_stack_toml"]
+__all__ = ["Stack", "load_env_file", "load_stack", "parse_procfile", "parse_stack_toml", "with_env"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _PROC_LINE = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*:(.*)$")
@@ -37,11 +39,14 @@ class Stack:
         path: the file it came from.
         programs: the programs, in file order.
         control_socket: the ``[supervisor] control_socket`` path, if given.
+        forward_signals: the ``[supervisor] forward_signals``: signals sent on
+            to every program when the supervisor gets them.
     """
 
     path: str
     programs: tuple[Program, ...]
     control_socket: str | None = None
+    forward_signals: tuple[int, ...] = ()
 
 
 def load_stack(path: str | os.PathLike[str]) -> Stack:
@@ -95,7 +100,7 @@ def parse_procfile(text: str, path: str = "<Procfile>") -> Stack:
 # -- TOML ----------------------------------------------------------------------------
 
 _FIELDS = {f.name for f in fields(Program)} - {"name", "target", "pass_fds"}
-_SUPERVISOR_KEYS = {"control_socket"}
+_SUPERVISOR_KEYS = {"control_socket", "forward_signals"}
 _FLOATS = {
     "backoff_initial",
     "backoff_max",
@@ -141,20 +146,10 @@ class _Locator:
         return start or None
 
 
-def _signal_number(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("stop_signal must be a signal name or number")
-    if isinstance(value, int):
-        return int(signal.Signals(value))
-    if isinstance(value, str):
-        name = value.upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        try:
-            return int(signal.Signals[name])
-        except KeyError:
-            raise ValueError(f"unknown signal {value!r}") from None
-    raise ValueError("stop_signal must be a signal name or number")
+def _signal_number(value: object, key: str = "stop_signal") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{key} must be a signal name or number")
+    return parse_signal(value)
 
 
 def _convert(key: str, value: object) -> object:
@@ -242,6 +237,16 @@ def parse_stack_toml(text: str, path: str = "<stack.toml>") -> Stack:
         raise StackFileError(
             path, where.key(("supervisor",), "control_socket"), "control_socket must be a string"
         )
+    forward: list[int] = []
+    value = sup.get("forward_signals", [])
+    where_forward = where.key(("supervisor",), "forward_signals")
+    if not isinstance(value, list):
+        raise StackFileError(path, where_forward, "forward_signals must be a list of signals")
+    for item in value:
+        try:
+            forward.append(_signal_number(item, "forward_signals"))
+        except ValueError as exc:
+            raise StackFileError(path, where_forward, str(exc)) from None
     base = os.path.dirname(os.path.abspath(path)) if not path.startswith("<") else os.getcwd()
     if control is not None and not os.path.isabs(control):
         control = os.path.join(base, control)
@@ -281,4 +286,75 @@ def parse_stack_toml(text: str, path: str = "<stack.toml>") -> Stack:
         Supervisor._topological(programs)
     except ValueError as exc:
         raise StackFileError(path, None, str(exc)) from None
-    return Stack(path, tuple(programs), control)
+    return Stack(path, tuple(programs), control, tuple(forward))
+
+
+# -- .env files ------------------------------------------------------------------------
+
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_MAX_ENV_FILE = 1024 * 1024
+
+
+def _env_value(raw: str) -> str | None:
+    """The value of a ``.env`` line: quoted (single: literal; double: backslash
+    escapes) or bare (up to a `` #`` comment); ``None`` when a quote is unclosed."""
+    if raw[:1] == "'":
+        end = raw.find("'", 1)
+        return None if end < 0 else raw[1:end]
+    if raw[:1] == '"':
+        out: list[str] = []
+        i = 1
+        escapes = {"n": "\n", "t": "\t", "r": "\r"}
+        while i < len(raw):
+            ch = raw[i]
+            if ch == "\\" and i + 1 < len(raw):
+                out.append(escapes.get(raw[i + 1], raw[i + 1]))
+                i += 2
+            elif ch == '"':
+                return "".join(out)
+            else:
+                out.append(ch)
+                i += 1
+        return None
+    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+
+
+def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a ``.env`` file as honcho and foreman do: ``KEY=VALUE`` lines.
+
+    ``export KEY=VALUE`` is accepted, ``#`` lines and blank lines are skipped,
+    a value may be single-quoted (literal), double-quoted (``\\n``, ``\\"``
+    escapes) or bare (a `` #`` starts a comment).
+
+    Raises:
+        StackFileError: unreadable, over 1 MiB, or a line that is not ``KEY=VALUE``.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            text = f.read(_MAX_ENV_FILE + 1)
+    except OSError as exc:
+        raise StackFileError(name, None, f"cannot read the env file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise StackFileError(name, None, f"not UTF-8 text: {exc}") from None
+    if len(text) > _MAX_ENV_FILE:
+        raise StackFileError(name, None, "the env file is over 1 MiB")
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _ENV_LINE.match(line)
+        value = _env_value(m.group(2)) if m else None
+        if m is None or value is None:
+            raise StackFileError(name, number, f"expected KEY=VALUE, got {stripped!r}")
+        values[m.group(1)] = value
+    return values
+
+
+def with_env(stack: Stack, env: Mapping[str, str]) -> Stack:
+    """``stack`` with ``env`` under every program's own ``env`` (which wins)."""
+    if not env:
+        return stack
+    programs = tuple(dataclasses.replace(p, env={**env, **p.env}) for p in stack.programs)
+    return dataclasses.replace(stack, programs=programs)

@@ -299,6 +299,54 @@ def _parse_host_port(value: int | str) -> tuple[str, int]:
     return host, port
 
 
+# Words after which the shell must keep running (compound commands, builtins
+# whose effect is on the shell itself).
+_SHELL_WORDS = frozenset(
+    "if then else elif fi case esac for while until do done { } ( ) ! [[ function "
+    "exec cd export set unset source . eval trap ulimit umask alias readonly wait".split()
+)
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def exec_form(command: str) -> str:
+    """``command`` with ``exec`` put before its program when it is one simple
+    command, so that the shell is replaced: the supervised pid is the program's
+    and signals reach it directly.  Lists, pipelines and compound commands are
+    left to the shell (``a && b``, ``x | y``, ``cd d; run``).
+    """
+    import shlex
+
+    if "\n" in command:
+        return command
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|()")
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:  # unbalanced quotes: the shell will say so
+        return command
+    if not tokens or any(t and set(t) <= set(";&|()") for t in tokens):
+        return command
+    words = iter(tokens)
+    for word in words:
+        if not _ASSIGNMENT.match(word):
+            break
+    else:
+        return command  # only assignments
+    if word in _SHELL_WORDS:
+        return command
+    # Assignments before exec: exported to the program (POSIX special builtin).
+    index = 0
+    rest = command.lstrip()
+    for _ in range(tokens.index(word)):
+        lead = re.match(r"""[A-Za-z_][A-Za-z0-9_]*=(?:'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^\s'"\\])*\s+""", rest)
+        if lead is None:
+            return command
+        index += lead.end()
+        rest = rest[lead.end() :]
+    prefix = command.lstrip()[:index]
+    return f"{prefix}exec {rest}"
+
+
 def _describe(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -405,8 +453,14 @@ class _Instance:
             self.name,
             state.value,
             f" ({description})" if description else "",
-            extra={"program": self.name, "pid": self.pid},
+            extra=self._extra(),
         )
+
+    def _extra(self) -> dict[str, Any]:
+        """The ``extra`` of this instance's records (no ``pid`` while none runs)."""
+        if self.pid is None:
+            return {"program": self.name}
+        return {"program": self.name, "pid": self.pid}
 
     def status(self) -> ProgramStatus:
         uptime = None
@@ -579,6 +633,8 @@ class _Instance:
 
         env = self._environment()
         capture = PIPE if p.capture_output else None
+        if isinstance(argv, str):
+            argv = exec_form(argv)
         proc = Process(
             argv,
             shell=isinstance(argv, str),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from anycore import (
     ChildProcess,
@@ -26,6 +27,7 @@ from anycore import (
     SharedValue,
     ShmChannel,
 )
+from anycore._sharedmem import TYPECODES
 from anycore.errors import (
     BusyError,
     ClosedError,
@@ -485,3 +487,43 @@ def test_shm_channel_example_runs() -> None:
     assert "child closed its channel" in out.stdout
     assert "child processed 4 batches, 1,000,000 samples" in out.stdout
     assert "the loop ticked" in out.stdout
+
+
+# -- any message comes back as it was sent ------------------------------------------
+
+_ROUND_TRIP = ShmChannel(8 * 64, slots=1)
+
+
+@settings(max_examples=60)
+@given(
+    typecode=st.sampled_from(TYPECODES),
+    data=st.data(),
+)
+def test_any_typed_array_round_trips(typecode: str, data: st.DataObject) -> None:
+    itemsize = array.array(typecode).itemsize
+    raw = data.draw(st.binary(max_size=8 * 64).map(lambda b: b[: len(b) // itemsize * itemsize]))
+    sent = array.array(typecode)
+    sent.frombytes(raw)
+    _ROUND_TRIP.sync_send(sent, timeout=5)
+    view = _ROUND_TRIP.sync_recv(timeout=5)
+    assert view.format == typecode
+    assert view.tobytes() == raw
+    _ROUND_TRIP.sync_send(sent, timeout=5)
+    back = _ROUND_TRIP.sync_recv_array(timeout=5)
+    assert back.typecode == typecode
+    assert back.tobytes() == raw
+
+
+def teardown_module() -> None:
+    asyncio.run(_ROUND_TRIP.aclose())
+
+
+async def test_an_attached_copy_closing_leaves_the_segment() -> None:
+    async with RawSharedArray("d", [1.0, 2.0]) as arr:
+        copy = pickle.loads(pickle.dumps(arr))
+        copy.close()
+        assert copy.closed
+        assert shm_path(arr.name).exists()
+        assert arr[:] == [1.0, 2.0]
+        with pytest.raises(ClosedError):
+            pickle.dumps(copy)

@@ -119,32 +119,44 @@ class _Fifo:
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` ran."""
-        return not self._finalizer.alive
+        return self._fd < 0
 
     def fileno(self) -> int:
-        if not self._finalizer.alive:
+        if self._fd < 0:
             raise ClosedError(f"{type(self).__name__} is closed")
-        if self._pid != os.getpid():  # a forked child: the fd is inherited, waiters are not
-            self._pid = os.getpid()
-            self._waiters = set()
-            self._loop = None
         return self._fd
 
+    # The hot paths use self._fd directly: close() sets it to -1 before the fd
+    # is closed, so a closed object fails with EBADF (turned into ClosedError)
+    # and never touches a reused descriptor number.
+
+    def _closed_instead(self, exc: OSError) -> OSError | ClosedError:
+        if self._fd < 0:
+            return ClosedError(f"{type(self).__name__} is closed")
+        return exc
+
     def _pending(self) -> int:
-        buf = fcntl.ioctl(self.fileno(), termios.FIONREAD, b"\0" * _INT.size)
+        try:
+            buf = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0" * _INT.size)
+        except OSError as exc:
+            raise self._closed_instead(exc) from None
         return int(_INT.unpack(buf)[0])
 
     def _take(self, limit: int) -> int:
         try:
-            return len(os.read(self.fileno(), limit))
+            return len(os.read(self._fd, limit))
         except BlockingIOError:
             return 0
+        except OSError as exc:
+            raise self._closed_instead(exc) from None
 
     def _put(self, data: bytes) -> None:
         try:
-            written = os.write(self.fileno(), data)
+            written = os.write(self._fd, data)
         except BlockingIOError:
             written = 0
+        except OSError as exc:
+            raise self._closed_instead(exc) from None
         if written != len(data):  # pragma: no cover - MAX_VALUE keeps us below one page
             raise TooManyReleases(f"{type(self).__name__}: the pipe is full")
 
@@ -152,6 +164,10 @@ class _Fifo:
         """Return once the FIFO is readable (or spuriously); takes nothing."""
         loop = asyncio.get_running_loop()
         fd = self.fileno()
+        if self._pid != os.getpid():  # a forked child: the fd is inherited, waiters are not
+            self._pid = os.getpid()
+            self._waiters = set()
+            self._loop = None
         if self._waiters and self._loop is not loop:
             raise RuntimeStateError(
                 f"{type(self).__name__} is being awaited in another event loop; "
@@ -199,6 +215,7 @@ class _Fifo:
             if not fut.done():
                 fut.set_exception(ClosedError(f"{type(self).__name__} was closed"))
         self._waiters = set()
+        self._fd = -1
         self._finalizer()
 
     async def aclose(self) -> None:
@@ -315,6 +332,11 @@ class ProcessSemaphore(_Fifo):
         """
         if self._pending() >= self._max:
             raise TooManyReleases(f"{type(self).__name__} released too many times")
+        self._put(b"\0")
+
+    def _post(self) -> None:
+        # release() without the bound check (one ioctl less), for owners that
+        # know the token is theirs to give back (the channel's slots and locks).
         self._put(b"\0")
 
     async def __aenter__(self) -> Self:

@@ -120,6 +120,7 @@ class _Segment:
             self.tracker = tracker
             self.owner = False
         self._views: list[memoryview] = []
+        self.closed = False
         self._finalizer = weakref.finalize(
             self, _finish, self.shm, self._views, self.owner, os.getpid()
         )
@@ -127,10 +128,6 @@ class _Segment:
     @property
     def name(self) -> str:
         return self.shm.name
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
 
     def map(self, nbytes: int, fmt: str) -> memoryview[Any]:
         buf = self.shm.buf
@@ -147,6 +144,7 @@ class _Segment:
         """
         if self.closed:
             return
+        self.closed = True
         busy = self._finalizer()
         if busy is not None:
             raise BusyError(
@@ -526,7 +524,8 @@ def _typed(buf: bytearray, fmt: str, shape: tuple[int, ...]) -> memoryview[Any]:
     if fmt in ("B", "") and shape == (len(buf),):
         return view
     try:
-        return _cast(view, fmt, shape)
+        # cast() refuses a shape with a zero in it: an empty message is 1-D.
+        return _cast(view, fmt, shape if all(shape) else None)
     except (TypeError, ValueError):
         return view  # a format memoryview cannot cast to: the raw bytes
 
@@ -623,7 +622,7 @@ class ShmChannel(_Shared):
         # Holds one ``empty`` token and the send lock.
         closed, sent, _, write, _ = self._head()
         if closed:
-            self._empty.release()  # pass the close wake-up on
+            self._empty._post()  # pass the close wake-up on
             raise ClosedError("the ShmChannel is closed")
         flat, fmt, shape = message
         base = _HEAD_SIZE + write * self._stride()
@@ -634,13 +633,13 @@ class ShmChannel(_Shared):
         # Only senders write these fields, under the send lock.
         struct.pack_into("=Q", self._view, _SENT, sent + 1)
         struct.pack_into("=I", self._view, _WRITE, (write + 1) % self._slots)
-        self._full.release()
+        self._full._post()
 
     def _take_locked(self, copy: Callable[[memoryview, str, tuple[int, ...]], T]) -> T:
         # Holds one ``full`` token and the receive lock.
         _, sent, received, _, read = self._head()
         if sent == received:  # no message: the token was the close wake-up
-            self._full.release()
+            self._full._post()
             raise PeerClosed("the ShmChannel was closed and every message received")
         base = _HEAD_SIZE + read * self._stride()
         nbytes, fmt_raw, ndim, *dims = _SLOT_HEAD.unpack_from(self._view, base)
@@ -650,12 +649,12 @@ class ShmChannel(_Shared):
             with self._view[data : data + nbytes] as src:
                 result = copy(src, fmt_raw.rstrip(b"\0").decode(), tuple(dims[:ndim]))
         except BaseException:
-            self._full.release()  # the message stays for the next receive
+            self._full._post()  # the message stays for the next receive
             raise
         # Only receivers write these fields, under the receive lock.
         struct.pack_into("=Q", self._view, _RECEIVED, received + 1)
         struct.pack_into("=I", self._view, _READ, (read + 1) % self._slots)
-        self._empty.release()
+        self._empty._post()
         return result
 
     # -- async side ----------------------------------------------------------------
@@ -676,16 +675,16 @@ class ShmChannel(_Shared):
         try:
             await self._send_lock.acquire()
         except BaseException:
-            self._empty.release()
+            self._empty._post()
             raise
         try:
             self._put_locked(message)
         except BaseException as exc:
             if not isinstance(exc, ClosedError):
-                self._empty.release()
+                self._empty._post()
             raise
         finally:
-            self._send_lock.release()
+            self._send_lock._post()
 
     async def _recv(self, copy: Callable[[memoryview, str, tuple[int, ...]], T]) -> T:
         self._check_open()
@@ -693,12 +692,12 @@ class ShmChannel(_Shared):
         try:
             await self._recv_lock.acquire()
         except BaseException:
-            self._full.release()
+            self._full._post()
             raise
         try:
             return self._take_locked(copy)
         finally:
-            self._recv_lock.release()
+            self._recv_lock._post()
 
     async def recv(self) -> memoryview[Any]:
         """Receive one message as a new memoryview with the sender's format and shape.
@@ -759,10 +758,10 @@ class ShmChannel(_Shared):
             self._put_locked(message)
         except BaseException as exc:
             if not isinstance(exc, ClosedError):
-                self._empty.release()
+                self._empty._post()
             raise
         finally:
-            self._send_lock.release()
+            self._send_lock._post()
 
     def sync_recv(self, timeout: float | None = None) -> memoryview[Any]:
         """:meth:`recv` for synchronous code.
@@ -790,7 +789,7 @@ class ShmChannel(_Shared):
         try:
             return self._take_locked(copy)
         finally:
-            self._recv_lock.release()
+            self._recv_lock._post()
 
     @staticmethod
     def _sync_acquire_both(
@@ -802,7 +801,7 @@ class ShmChannel(_Shared):
         if not sem.sync_acquire(timeout=left()):
             raise TimeoutError(f"ShmChannel: {what} in time")
         if not lock.sync_acquire(timeout=left()):
-            sem.release()
+            sem._post()
             raise TimeoutError(f"ShmChannel: {what} in time")
 
     # -- closing ----------------------------------------------------------------------
@@ -817,8 +816,8 @@ class ShmChannel(_Shared):
         if self.closed:
             return
         struct.pack_into("=I", self._view, _CLOSED, 1)
-        self._full.release()
-        self._empty.release()
+        self._full._post()
+        self._empty._post()
 
     async def aclose(self) -> None:
         """:meth:`close`, then release this copy (the owner unlinks everything)."""

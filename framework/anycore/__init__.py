@@ -130,6 +130,25 @@ _LAZY: dict[str, str] = {
     "ShmChannel": "._sharedmem",
     "Actor": "._actor",
     "ActorStatistics": "._actor",
+    # -- message passing: pipes, listeners, managers --
+    "Pipe": "._connection",
+    "Connection": "._connection",
+    "Listener": "._connection",
+    "Client": "._connection",
+    "wait_connections": "._connection",
+    "Codec": "._connection",
+    "PickleCodec": "._connection",
+    "JsonCodec": "._connection",
+    "MsgpackCodec": "._connection",
+    "BaseManager": "._managers",
+    "SyncManager": "._managers",
+    "AsyncProxy": "._managers",
+    "LockProxy": "._managers",
+    # -- console input and the filesystem --
+    "open_console": "._console",
+    "Console": "._console",
+    "walk": "._fs",
+    "iter_files": "._fs",
     # -- supervision --
     "Supervisor": "._supervisor",
     "Program": "._supervisor",
@@ -173,6 +192,22 @@ if TYPE_CHECKING:
 
     # -- protocol handlers, servers, clients, datagrams --
     from ._client import connect as connect
+
+    # -- message passing: pipes, listeners, managers --
+    from ._connection import (
+        Client as Client,
+        Codec as Codec,
+        Connection as Connection,
+        JsonCodec as JsonCodec,
+        Listener as Listener,
+        MsgpackCodec as MsgpackCodec,
+        PickleCodec as PickleCodec,
+        Pipe as Pipe,
+        wait_connections as wait_connections,
+    )
+
+    # -- console input and the filesystem --
+    from ._console import Console as Console, open_console as open_console
     from ._datagram import (
         DatagramHandler as DatagramHandler,
         DatagramStatistics as DatagramStatistics,
@@ -195,6 +230,7 @@ if TYPE_CHECKING:
         TerminatorFramer as TerminatorFramer,
         UniversalNewlineFramer as UniversalNewlineFramer,
     )
+    from ._fs import iter_files as iter_files, walk as walk
     from ._handler import (
         ConnectionStatistics as ConnectionStatistics,
         FixedSizeHandler as FixedSizeHandler,
@@ -203,6 +239,12 @@ if TYPE_CHECKING:
         LineHandler as LineHandler,
         NetstringHandler as NetstringHandler,
         RawHandler as RawHandler,
+    )
+    from ._managers import (
+        AsyncProxy as AsyncProxy,
+        BaseManager as BaseManager,
+        LockProxy as LockProxy,
+        SyncManager as SyncManager,
     )
     from ._mpqueue import (
         ChildQueue as ChildQueue,

@@ -9,6 +9,8 @@ counted).  Contenders:
 * ``multiprocessing.Pipe`` ``send_bytes`` / ``recv_bytes_into`` - the
   baseline a user would pick (no pickling, the strongest Pipe variant);
 * ``multiprocessing.Pipe`` ``send`` / ``recv`` (the array pickled);
+* ``anycore.Pipe`` ``await send_bytes`` / ``await recv_bytes_into`` on both
+  sides (the child runs asyncio);
 * ``anycore.ShmChannel``, the parent's ``await send()`` on a uvloop loop
   (asyncio where uvloop is missing), the child's ``sync_recv_into``;
 * ``anycore.ShmChannel`` with blocking ``sync_send`` on both sides.
@@ -16,7 +18,7 @@ counted).  Contenders:
 The classic mmap FloatChannel was about 80% faster than a pipe (1.8x); the
 target is to beat that.  ``main(quick)`` prints MB/s and ratios; a run whose
 data arrived wrong prints FAILED instead of a figure.  Quick mode: 10,000
-floats x 20 messages, once; the full run: 1,000,000 floats x 20 messages, the
+floats x 50 messages, once; the full run: 1,000,000 floats x 20 messages, the
 median of 5 rounds.
 """
 
@@ -33,7 +35,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from anycore import ShmChannel
+from anycore import Pipe, ShmChannel
 
 try:
     import uvloop
@@ -58,6 +60,18 @@ def pipe_child(conn: Any, ack: Any, n: int, count: int, pickled: bool) -> None:
             conn.recv_bytes_into(buf)
             ok = _check(buf, i) and ok
     ack.send(ok)
+
+
+def apipe_child(conn: Any, ack: Any, n: int, count: int) -> None:
+    async def receive() -> bool:
+        buf = array.array("d", bytes(8 * n))
+        ok = True
+        for i in range(count):
+            ok = await conn.recv_bytes_into(buf) == 8 * n and _check(buf, i) and ok
+        return ok
+
+    ack.send("ready")
+    ack.send(asyncio.run(receive()))
 
 
 def shm_child(chan: ShmChannel, ack: Any, n: int, count: int) -> None:
@@ -97,33 +111,63 @@ def run_pipe(n: int, count: int, pickled: bool) -> float | None:
     return elapsed if ok else None
 
 
+async def _ack(ack_r: Any) -> Any:
+    # The acknowledgement is waited for on the loop (no thread hop in the timing).
+    await anyio.wait_readable(ack_r.fileno())
+    return ack_r.recv()
+
+
+async def _apipe(n: int, count: int) -> float | None:
+    ack_r, ack_w = CTX.Pipe(duplex=False)
+    reader, writer = Pipe(duplex=False, max_message_size=8 * n)
+    p = CTX.Process(target=apipe_child, args=(reader, ack_w, n, count))
+    p.start()
+    reader.close()
+    try:
+        assert await _ack(ack_r) == "ready"
+        msg = _message(n)
+        t = time.perf_counter()
+        for i in range(count):
+            msg[0] = msg[-1] = float(i)
+            await writer.send_bytes(msg)
+        ok = await _ack(ack_r)
+        elapsed = time.perf_counter() - t
+    finally:
+        await anyio.to_thread.run_sync(p.join, 60)
+        await writer.aclose()
+        ack_r.close()
+        ack_w.close()
+    return elapsed if ok else None
+
+
+def _on_loop(fn: Callable[[int, int], Any], n: int, count: int) -> float | None:
+    loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+    try:
+        result: float | None = loop.run_until_complete(fn(n, count))
+        return result
+    finally:
+        loop.close()
+
+
 async def _shm_async(n: int, count: int) -> float | None:
     ack_r, ack_w = CTX.Pipe(duplex=False)
     async with ShmChannel(8 * n) as chan:
         p = CTX.Process(target=shm_child, args=(chan, ack_w, n, count))
         p.start()
         try:
-            assert await anyio.to_thread.run_sync(ack_r.recv) == "ready"
+            assert await _ack(ack_r) == "ready"
             msg = _message(n)
             t = time.perf_counter()
             for i in range(count):
                 msg[0] = msg[-1] = float(i)
                 await chan.send(msg)
-            ok = await anyio.to_thread.run_sync(ack_r.recv)
+            ok = await _ack(ack_r)
             elapsed = time.perf_counter() - t
         finally:
             await anyio.to_thread.run_sync(p.join, 60)
             ack_r.close()
             ack_w.close()
     return elapsed if ok else None
-
-
-def run_shm_async(n: int, count: int) -> float | None:
-    loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(_shm_async(n, count))
-    finally:
-        loop.close()
 
 
 def run_shm_sync(n: int, count: int) -> float | None:
@@ -150,12 +194,13 @@ def run_shm_sync(n: int, count: int) -> float | None:
 
 def main(quick: bool) -> None:
     n = 10_000 if quick else 1_000_000
-    count = 20
+    count = 50 if quick else 20
     repeats = 1 if quick else 5
     runs: dict[str, Callable[[], float | None]] = {
         "multiprocessing.Pipe send_bytes/recv_bytes_into": lambda: run_pipe(n, count, False),
         "multiprocessing.Pipe send/recv (pickled)": lambda: run_pipe(n, count, True),
-        "anycore.ShmChannel await send (loop side)": lambda: run_shm_async(n, count),
+        "anycore.Pipe await send_bytes/recv_bytes_into": lambda: _on_loop(_apipe, n, count),
+        "anycore.ShmChannel await send (loop side)": lambda: _on_loop(_shm_async, n, count),
         "anycore.ShmChannel sync_send": lambda: run_shm_sync(n, count),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}

@@ -32,7 +32,7 @@ segment: no pickling, no pipe, two copies per message.
   protocol); its format and shape travel in the slot header, so ``recv``
   hands back a view of the same type.  All waits are the ``_psync``
   primitives' loop-native waits; the copies run on the caller's thread (a
-  memcpy: about 1 ms for 8 MB).  Two slots by default, so a sender fills one
+  memcpy: about 1.5 ms for 8 MB here).  Two slots by default, so a sender fills one
   while the receiver drains the other.  ``close`` sets a shared flag and
   posts one extra token on each semaphore: a receiver that finds a token but
   no message passes the token on and raises :class:`~anycore.errors.PeerClosed`, after the
@@ -49,7 +49,10 @@ read).
 
 Limits, stated: a message larger than the slot capacity is refused with
 :class:`MessageTooLarge` (no chunking); formats are kept up to 16 characters
-and 8 dimensions (beyond that the message arrives as flat bytes).
+and 8 dimensions (beyond that the message arrives as flat bytes); a process
+killed while it holds the channel's send or receive lock leaves it held (the
+others wait: bound their waits where a peer can die); small messages pay a
+few syscalls per side (a Pipe is the better tool there).
 """
 
 from __future__ import annotations

@@ -1,23 +1,28 @@
 """Test-suite wiring.
 
-Every async test runs twice: on the default asyncio loop and on uvloop
-(pytest-asyncio's loop-factory hook parametrizes them).  Hypothesis runs
-without deadlines (the machines are shared and noisy); CI gets more examples.
+anycore's own pytest plugin gives the suite its fixtures (as it gives them to
+users).  Every async test runs twice: on the default asyncio loop and on
+uvloop, the plugin's loop factories, each wrapped to record what reaches the
+loop's exception handler (pytest-asyncio's loop-factory hook parametrizes
+them; the plugin's ``anycore_loops`` opt-in would do the same without the
+recording).  Hypothesis runs without deadlines (the machines are shared and
+noisy); CI gets more examples.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable, Mapping
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-    uvloop = None  # type: ignore[assignment]
+pytest_plugins = ["anycore.testing.pytest_plugin"]
+
+# Both loops, always: a machine without uvloop must not pass by running less.
+LOOPS = ["asyncio", "uvloop"]
 
 settings.register_profile(
     "dev", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
@@ -43,22 +48,20 @@ def _watched(factory: Callable[[], asyncio.AbstractEventLoop]) -> asyncio.Abstra
     return loop
 
 
-def _asyncio_loop() -> asyncio.AbstractEventLoop:
-    return _watched(asyncio.new_event_loop)
+@functools.cache
+def _factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    # Imported here, after pytest_plugins loaded (and assertion-rewrote) the plugin.
+    from anycore.testing.pytest_plugin import loop_factories
 
-
-def _uvloop_loop() -> asyncio.AbstractEventLoop:
-    assert uvloop is not None
-    return _watched(uvloop.new_event_loop)
+    found = {name: functools.partial(_watched, f) for name, f in loop_factories(LOOPS).items()}
+    assert list(found) == LOOPS, f"the suite runs on {LOOPS}; installed: {list(found)}"
+    return found
 
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": _asyncio_loop}
-    if uvloop is not None:
-        factories["uvloop"] = _uvloop_loop
-    return factories
+    return _factories()
 
 
 def pytest_configure(config: pytest.Config) -> None:

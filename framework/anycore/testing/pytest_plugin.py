@@ -1,22 +1,33 @@
 """A pytest plugin for testing code built on anycore.
 
-Enable it in a ``conftest.py``::
+Installed with anycore, it is loaded by pytest through the ``pytest11``
+entry point named ``anycore.testing.pytest_plugin``: its fixtures are there
+without a conftest.  (Listing it in ``pytest_plugins``, or ``-p
+anycore.testing.pytest_plugin``, loads the same plugin once; ``-p
+no:anycore.testing.pytest_plugin`` turns it off.)  It gives:
 
-    pytest_plugins = ["anycore.testing.pytest_plugin"]
-
-It needs pytest-asyncio (>= 1.4) and gives:
-
-* every async test run once per loop named by the ini option
-  ``anycore_loops`` (default ``"asyncio uvloop"``; uvloop is skipped where it
-  is not installed), through pytest-asyncio's loop-factory hook;
-* ``anycore_runtime``: an open :class:`~anycore.Runtime` for the test (signals
-  left alone), shut down in order when the test ends;
+* ``log_capture``: what the test logs, stdlib and structlog, as dicts with
+  their context (:func:`~anycore.testing.capture_logs`);
+* ``loopback_server``: ``await loopback_server(Handler)`` starts a server on
+  a free loopback port, closed when the test ends;
+* ``anycore_runtime``: an open :class:`~anycore.Runtime` for
+  the test (signals left alone), shut down in order when the test ends;
 * ``fake_clock``: a :class:`~anycore.testing.FakeClock`, whose ``run`` drives
   a coroutine function on virtual time from a plain (sync) test;
-* ``no_leaked_children``: fails the test if it leaves a child process behind.
+* ``no_leaked_children``: fails the test if it leaves a child process behind;
+* opt-in, with pytest-asyncio: the ini option ``anycore_loops`` (say
+  ``"asyncio uvloop"``) runs every async test once per loop named there,
+  through pytest-asyncio's loop-factory hook.  Unset (the default), each
+  async test runs once, on the loop the user configured.
 
-Every async fixture here states its loop scope (``function``), so it never
-ends up "attached to a different loop" than the test using it.
+The async fixtures are plain ``@pytest.fixture`` async generators, so both
+pytest-asyncio (in ``auto`` mode) and anyio's pytest plugin
+(``@pytest.mark.anyio``, on asyncio and trio) run them; each one lives in the
+test's own loop (pytest-asyncio: ``asyncio_default_fixture_loop_scope =
+function``), so none is "attached to a different loop" than its test.
+pytest-asyncio runs a fixture's setup and teardown in different tasks: what
+the fixtures start (a runtime, a server's accept loop) lives in a background
+task of its own, so every cancel scope is left by the task that entered it.
 """
 
 from __future__ import annotations
@@ -24,16 +35,28 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+import anyio
 import pytest
-import pytest_asyncio
 
+from .._backend import BackgroundJob
+from .._handler import Handler
 from .._runtime import Runtime, open_runtime
+from .._server import Server, serve
+from ..errors import RuntimeStateError
 from ._clock import FakeClock
+from ._logs import LogCapture, capture_logs
 
-__all__ = ["anycore_runtime", "fake_clock", "loop_factories", "no_leaked_children"]
+__all__ = [
+    "anycore_runtime",
+    "fake_clock",
+    "log_capture",
+    "loop_factories",
+    "loopback_server",
+    "no_leaked_children",
+]
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -64,43 +87,93 @@ def loop_factories(names: list[str]) -> dict[str, LoopFactory]:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "anycore_loops",
-        "event loops every async test runs on (space-separated: asyncio uvloop)",
-        default="asyncio uvloop",
+        "run every async test once per event loop named here (space-separated: "
+        "asyncio uvloop); unset: once, on the loop pytest-asyncio is configured with",
+        default="",
     )
 
 
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, LoopFactory]:
+class _Loops:
+    """Registered only when ``anycore_loops`` is set: pytest-asyncio then
+    parametrizes every async test over these loops."""
+
+    def __init__(self, factories: dict[str, LoopFactory]) -> None:
+        self.factories = factories
+
+    def pytest_asyncio_loop_factories(
+        self, config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, LoopFactory]:
+        return self.factories
+
+
+def pytest_configure(config: pytest.Config) -> None:
     names = str(config.getini("anycore_loops")).split()
-    return loop_factories(names or ["asyncio"])
+    if names:
+        factories = loop_factories(names)
+        if not factories:
+            raise pytest.UsageError(f"anycore_loops = {' '.join(names)}: none is installed")
+        config.pluginmanager.register(_Loops(factories), "anycore-loops")
 
 
-@pytest_asyncio.fixture(loop_scope="function")
+@pytest.fixture
+def log_capture() -> Iterator[LogCapture]:
+    """What the test logs (stdlib and structlog), as dicts with their context."""
+    with capture_logs() as logs:
+        yield logs
+
+
+@pytest.fixture
+async def loopback_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """``await loopback_server(Handler, **serve_options)``: a started server on
+    ``tcp://127.0.0.1:0`` (``server.endpoints[0].port``); closed at the end."""
+    servers: list[Server] = []
+
+    async def start(
+        handler_factory: Callable[[], Handler],
+        endpoint: str = "tcp://127.0.0.1:0",
+        **options: Any,
+    ) -> Server:
+        server = serve(handler_factory, endpoint, **options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in reversed(servers):
+            await server.aclose()
+
+
+@pytest.fixture
 async def anycore_runtime() -> AsyncIterator[Runtime]:
     """An open runtime for the test; its shutdown phases run when it ends."""
     # pytest-asyncio runs a fixture's setup and teardown in different tasks,
     # and the runtime's cancel scope must be left by the task that entered
     # it: so the runtime lives in a task of its own for the test's duration.
-    loop = asyncio.get_running_loop()
-    opened: asyncio.Future[Runtime] = loop.create_future()
-    finished = asyncio.Event()
+    opened = anyio.Event()
+    finished = anyio.Event()
+    box: list[Runtime] = []
 
     async def host() -> None:
-        async with open_runtime(handle_signals=False) as runtime:
-            opened.set_result(runtime)
-            await finished.wait()
+        try:
+            async with open_runtime(handle_signals=False) as runtime:
+                box.append(runtime)
+                opened.set()
+                await finished.wait()
+        finally:
+            opened.set()
 
-    task = loop.create_task(host(), name="anycore_runtime fixture")
-    waiting: set[asyncio.Future[Any]] = {opened, task}
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    if not opened.done():
-        await task  # it failed before opening: raise its error
+    job = BackgroundJob(host, name="anycore_runtime fixture")
+    await opened.wait()
+    if not box:
+        await job.wait()
+        raise RuntimeStateError(f"the test runtime did not open: {job.exception!r}")
     try:
-        yield opened.result()
+        yield box[0]
     finally:
         finished.set()
-        await task
+        await job.wait()
 
 
 @pytest.fixture

@@ -78,3 +78,14 @@ def test_import_is_cheap_and_lazy() -> None:
 
 def test_version() -> None:
     assert anycore.__version__.count(".") >= 2
+
+
+def test_shared_memory_names() -> None:
+    for name in ("SharedValue", "SharedArray", "RawSharedArray", "ShmChannel"):
+        assert getattr(anycore, name).__module__ == "anycore._sharedmem", name
+    for name in ("ProcessLock", "ProcessSemaphore", "ProcessEvent"):
+        assert getattr(anycore, name).__module__ == "anycore._psync", name
+    # Not the task-level primitives of the same family.
+    assert anycore.ProcessLock is not anycore.Lock
+    assert issubclass(anycore.MessageTooLarge, ValueError)
+    assert issubclass(anycore.ProcessLock, anycore.ProcessSemaphore)

@@ -230,10 +230,16 @@ async def test_pending_messages_arrive_before_eof() -> None:
     async with ShmChannel(64, slots=3) as chan:
         for word in (b"x", b"y", b"z"):
             await chan.send(word)
+        await chan.recv_bytes()
+        stats = chan.statistics()
+        assert (stats.sent, stats.received, stats.pending, stats.closed) == (3, 1, 2, False)
+        assert (stats.capacity, stats.slots) == (64, 3)
+        await chan.send(b"x")
         chan.close()
+        assert chan.statistics().closed
         chan.close()  # idempotent
         assert chan.closed
-        assert [await chan.recv_bytes() for _ in range(3)] == [b"x", b"y", b"z"]
+        assert [await chan.recv_bytes() for _ in range(3)] == [b"y", b"z", b"x"]
         for _ in range(2):  # EOF stays EOF
             with pytest.raises(PeerClosed):
                 await chan.recv()

@@ -128,6 +128,7 @@ _LAZY: dict[str, str] = {
     "SharedArray": "._sharedmem",
     "RawSharedArray": "._sharedmem",
     "ShmChannel": "._sharedmem",
+    "ShmChannelStatistics": "._sharedmem",
     "Actor": "._actor",
     "ActorStatistics": "._actor",
     # -- message passing: pipes, listeners, managers --
@@ -295,6 +296,7 @@ if TYPE_CHECKING:
         SharedArray as SharedArray,
         SharedValue as SharedValue,
         ShmChannel as ShmChannel,
+        ShmChannelStatistics as ShmChannelStatistics,
     )
     from ._signals import (
         SignalHandle as SignalHandle,

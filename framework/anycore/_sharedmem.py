@@ -64,6 +64,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from types import TracebackType
@@ -72,7 +73,7 @@ from typing import Any, Self, SupportsIndex, TypeVar, overload
 from ._psync import ProcessLock, ProcessSemaphore
 from .errors import BusyError, ClosedError, MessageTooLarge, PeerClosed
 
-__all__ = ["RawSharedArray", "SharedArray", "SharedValue", "ShmChannel"]
+__all__ = ["RawSharedArray", "SharedArray", "SharedValue", "ShmChannel", "ShmChannelStatistics"]
 
 T = TypeVar("T")
 #: The typecodes values and arrays accept (those of :mod:`array`, without 'u').
@@ -533,6 +534,27 @@ def _typed(buf: bytearray, fmt: str, shape: tuple[int, ...]) -> memoryview[Any]:
         return view  # a format memoryview cannot cast to: the raw bytes
 
 
+@dataclass(frozen=True)
+class ShmChannelStatistics:
+    """A snapshot of a :class:`ShmChannel` (every process sees the same counts).
+
+    Attributes:
+        capacity: the largest message, in bytes.
+        slots: messages that can wait unreceived.
+        sent: messages sent so far.
+        received: messages received so far.
+        pending: messages sent and not yet received.
+        closed: whether the channel was closed.
+    """
+
+    capacity: int
+    slots: int
+    sent: int
+    received: int
+    pending: int
+    closed: bool
+
+
 class ShmChannel(_Shared):
     """A one-way channel for large arrays between processes, through shared memory.
 
@@ -615,6 +637,18 @@ class ShmChannel(_Shared):
     def closed(self) -> bool:
         """Whether the channel was closed (by any process)."""
         return self._segment.closed or self._head()[0] != 0
+
+    def statistics(self) -> ShmChannelStatistics:
+        """Counts and state, read from the shared header.
+
+        Raises:
+            ClosedError: this copy was released (:meth:`aclose`).
+        """
+        self._check_open()
+        closed, sent, received, _, _ = self._head()
+        return ShmChannelStatistics(
+            self._capacity, self._slots, sent, received, sent - received, bool(closed)
+        )
 
     def _head(self) -> tuple[int, int, int, int, int]:
         return _HEAD.unpack_from(self._view, 0)

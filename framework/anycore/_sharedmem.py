@@ -51,8 +51,11 @@ Limits, stated: a message larger than the slot capacity is refused with
 :class:`MessageTooLarge` (no chunking); formats are kept up to 16 characters
 and 8 dimensions (beyond that the message arrives as flat bytes); a process
 killed while it holds the channel's send or receive lock leaves it held (the
-others wait: bound their waits where a peer can die); small messages pay a
-few syscalls per side (a Pipe is the better tool there).
+others wait: bound their waits where a peer can die); a message that a
+*different* process sends at the very moment of ``close()`` can arrive after
+a receiver has seen the end (close from the sending side, after its last
+send); small messages pay a few syscalls per side (a Pipe is the better tool
+there).
 """
 
 from __future__ import annotations

@@ -84,3 +84,19 @@ def connect_as(path: str, uid: int) -> None:
         except OSError:  # refused: closed before or while we wrote
             pass
     print("reply", repr(data), flush=True)
+
+
+def record_signals() -> None:
+    """Print each of SIGHUP / SIGUSR1 / SIGUSR2 as it arrives, for a supervisor test."""
+    import signal
+
+    def report(number: int, _frame: object) -> None:
+        print("got", signal.Signals(number).name, flush=True)
+
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, report)
+    for i in range(3):
+        print("line", i, flush=True)
+    print("READY", flush=True)
+    for _ in range(1200):  # two minutes at most
+        time.sleep(0.1)

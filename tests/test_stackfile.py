@@ -147,3 +147,44 @@ def test_the_example_stack_parses() -> None:
     names = [p.name for p in stack.programs]
     assert names == ["echo", "chat", "time-tcp", "time-udp", "kv"]
     assert all(p.server and p.binds and p.hint for p in stack.programs)
+
+
+def test_forward_signals_key() -> None:
+    text = '[supervisor]\nforward_signals = ["SIGHUP", "usr2", 10]\n[programs.a]\ncommand = "x"\n'
+    stack = parse_stack_toml(text)
+    assert stack.forward_signals == (signal.SIGHUP, signal.SIGUSR2, signal.SIGUSR1)
+    assert parse_stack_toml('[programs.a]\ncommand = "x"\n').forward_signals == ()
+    for bad, message in (('"SIGHUP"', "must be a list"), ('["SIGNOPE"]', "unknown signal")):
+        with pytest.raises(StackFileError, match=message) as info:
+            parse_stack_toml(
+                f'[supervisor]\nforward_signals = {bad}\n[programs.a]\ncommand = "x"\n'
+            )
+        assert info.value.line == 2
+
+
+def test_env_file_forms_and_errors(tmp_path: Path) -> None:
+    from anycore._stackfile import load_env_file, with_env
+
+    env = tmp_path / ".env"
+    env.write_text(
+        "# comment\n\nA=1\nexport B = two words # note\nC='lit $x # not a comment'\n"
+        'D="line\\nnext \\"q\\""\nE=\n'
+    )
+    assert load_env_file(env) == {
+        "A": "1",
+        "B": "two words",
+        "C": "lit $x # not a comment",
+        "D": 'line\nnext "q"',
+        "E": "",
+    }
+    for text, line in (("A=1\nnope\n", 2), ("A='open\n", 1), ("1A=x\n", 1)):
+        env.write_text(text)
+        with pytest.raises(StackFileError, match="expected KEY=VALUE") as info:
+            load_env_file(env)
+        assert info.value.line == line
+    env.write_text("x" * (1024 * 1024 + 1))
+    with pytest.raises(StackFileError, match="over 1 MiB"):
+        load_env_file(env)
+    stack = parse_stack_toml('[programs.a]\ncommand = "x"\nenv = { A = "mine" }\n')
+    [p] = with_env(stack, {"A": "dotenv", "B": "dotenv"}).programs
+    assert dict(p.env) == {"A": "mine", "B": "dotenv"}

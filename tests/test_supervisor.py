@@ -10,8 +10,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from anycore import Program, ProgramState, Supervisor, UnknownProgram
@@ -349,3 +351,47 @@ async def test_callable_program_with_a_missing_cwd_cannot_start(tmp_path: Path) 
     async with Supervisor([prog]) as sup:
         [st] = await sup.wait_state("nocwd", S.FATAL, timeout=30)
         assert "cwd is not a directory" in st.description
+
+
+def comm_after_exec(pid: int, expected: str, timeout: float = 5) -> str:
+    """The process's command name once it is ``expected``, or its last one after
+    ``timeout`` (polled: it goes python -> sh -> the program as it execs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/comm") as f:
+            name = f.read().strip()
+        if name == expected or time.monotonic() > deadline:
+            return name
+        time.sleep(0.01)  # polling OS state, bounded
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("sleep 60", "exec sleep 60"),
+        ('FOO=1 BAR="a b" python x.py', 'FOO=1 BAR="a b" exec python x.py'),
+        ('echo "a;b"', 'exec echo "a;b"'),
+        ("exec sleep 1", "exec sleep 1"),
+        ("a && b", "a && b"),
+        ("x | y", "x | y"),
+        ("cd d; run", "cd d; run"),
+        ("if true; then x; fi", "if true; then x; fi"),
+        ("A=1", "A=1"),
+        ("echo 'unbalanced", "echo 'unbalanced"),
+    ],
+)
+def test_exec_form_replaces_the_shell_for_one_simple_command(command: str, expected: str) -> None:
+    from anycore._supervisor import exec_form
+
+    assert exec_form(command) == expected
+
+
+async def test_shell_command_pid_is_the_programs() -> None:
+    async with Supervisor([Program("a", command="FOO=1 sleep 60")]) as sup:
+        [a] = await sup.wait_state("a", S.RUNNING, timeout=30)
+        assert a.pid is not None
+        assert (
+            await anyio.to_thread.run_sync(comm_after_exec, a.pid, "sleep") == "sleep"
+        )  # not "sh"
+        with open(f"/proc/{a.pid}/environ", "rb") as f:
+            assert b"FOO=1" in f.read().split(b"\0")

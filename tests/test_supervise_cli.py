@@ -221,3 +221,35 @@ async def test_supervise_defaults_to_procfile_and_reads_dotenv(tmp_path: Path) -
                              env=ENV, timeout=30)  # fmt: skip
     assert out_.returncode == 1
     assert ".env:1: expected KEY=VALUE, got 'not a line'" in out_.stderr.decode()
+
+
+async def test_programs_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
+    (tmp_path / "Procfile").write_text("a: sleep 61\nb: sh -c 'sleep 62; echo never'\n")
+    sock = str(tmp_path / "ctl.sock")
+    args = [*CLI, "supervise", str(tmp_path / "Procfile"), "--socket", sock]
+    async with Process(args, stdout=PIPE, stderr=STDOUT, cwd=tmp_path, env=ENV) as proc:
+        out = Output(proc)
+        pids = [int((await out.expect(r"a running \(pid (\d+)\)")).group(1))]
+        out.read = 0
+        pids.append(int((await out.expect(r"b running \(pid (\d+)\)")).group(1)))
+        proc.kill()
+        assert await proc.wait(30) == -signal.SIGKILL
+    assert await anyio.to_thread.run_sync(all_gone, pids), pids
+
+
+def all_gone(pids: list[int], timeout: float = 10) -> bool:
+    """Whether every pid is gone or a zombie (polled, bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.02)  # polling OS state, bounded
+    return False

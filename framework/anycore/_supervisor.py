@@ -14,6 +14,9 @@
 #     races against everything it waits for, so a stop in any state is prompt.
 #   * Commands run through ``anycore.Process`` (own process group, pidfd exit
 #     watching, bounded line readers); Python callables through ``ChildProcess``.
+#     Both with ``die_with_parent``: a supervisor killed by SIGKILL or the OOM
+#     killer takes its programs' process groups with it.  A one-command shell
+#     string is run as ``exec command`` so the pid supervised is the program's.
 #     Both are started with ``register=False``: the runtime would stop them all at
 #     once in ``Phase.PROCESSES``, while the supervisor must stop them in reverse
 #     dependency order, so it registers one step and one force-exit hook of its own.
@@ -302,8 +305,41 @@ def _parse_host_port(value: int | str) -> tuple[str, int]:
 # Words after which the shell must keep running (compound commands, builtins
 # whose effect is on the shell itself).
 _SHELL_WORDS = frozenset(
-    "if then else elif fi case esac for while until do done { } ( ) ! [[ function "
-    "exec cd export set unset source . eval trap ulimit umask alias readonly wait".split()
+    [
+        "if",
+        "then",
+        "else",
+        "elif",
+        "fi",
+        "case",
+        "esac",
+        "for",
+        "while",
+        "until",
+        "do",
+        "done",
+        "{",
+        "}",
+        "(",
+        ")",
+        "!",
+        "[[",
+        "function",
+        "exec",
+        "cd",
+        "export",
+        "set",
+        "unset",
+        "source",
+        ".",
+        "eval",
+        "trap",
+        "ulimit",
+        "umask",
+        "alias",
+        "readonly",
+        "wait",
+    ]
 )
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
@@ -338,7 +374,9 @@ def exec_form(command: str) -> str:
     index = 0
     rest = command.lstrip()
     for _ in range(tokens.index(word)):
-        lead = re.match(r"""[A-Za-z_][A-Za-z0-9_]*=(?:'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^\s'"\\])*\s+""", rest)
+        lead = re.match(
+            r"""[A-Za-z_][A-Za-z0-9_]*=(?:'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^\s'"\\])*\s+""", rest
+        )
         if lead is None:
             return command
         index += lead.end()
@@ -648,6 +686,7 @@ class _Instance:
             split_long_lines=True,
             pass_fds=p.pass_fds,
             register=False,
+            die_with_parent=True,  # even a SIGKILLed supervisor leaves no program behind
         )
         await proc.start()
         self.proc = proc
@@ -674,6 +713,7 @@ class _Instance:
                 stderr=pairs[1][1] if pairs else None,
                 env=self._environment(),
                 cwd=p.cwd,
+                die_with_parent=True,
             )
             await child.start()
         except BaseException:

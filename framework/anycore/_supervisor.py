@@ -305,7 +305,7 @@ def _parse_host_port(value: int | str) -> tuple[str, int]:
 # Words after which the shell must keep running (compound commands, builtins
 # whose effect is on the shell itself).
 _SHELL_WORDS = frozenset(
-    [
+    {
         "if",
         "then",
         "else",
@@ -339,7 +339,7 @@ _SHELL_WORDS = frozenset(
         "alias",
         "readonly",
         "wait",
-    ]
+    }
 )
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 

@@ -24,8 +24,8 @@ Rejected: logging and swallowing errors of fire-and-forget messages (a
 silently dead or silently wrong actor), and one task per message (loses the
 ordering that makes an actor useful).
 
-The actor is an asyncio task around an anycore Queue: under trio, starting one
-raises :class:`~anycore.errors.BackendNotSupported` naming the anyio recipe.
+The actor's task is a background job (an asyncio task, or a trio system task)
+and its mailbox an anycore Queue, so actors work on asyncio, uvloop and trio.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
-from ._backend import asyncio_loop
+from ._backend import BackgroundJob, running_loop
 from ._queues import Queue
 from .errors import BrokenError, QueueClosed, QueueEmpty, RuntimeStateError
 
@@ -45,11 +45,6 @@ __all__ = ["Actor", "ActorStatistics"]
 
 M = TypeVar("M")
 R = TypeVar("R")
-
-_ON_TRIO = (
-    "on trio, run a task in a task group that reads an anyio memory object stream "
-    "(anyio.create_memory_object_stream) and handles one message at a time"
-)
 
 #: Default bound of an actor's mailbox.
 DEFAULT_MAILBOX_SIZE = 256
@@ -114,7 +109,7 @@ class Actor(Generic[M, R]):
         self._is_async = inspect.iscoroutinefunction(handler)
         self._mailbox: Queue[tuple[M, asyncio.Future[R] | None]] = Queue(mailbox_size)
         self._name = name or getattr(handler, "__qualname__", None) or repr(handler)
-        self._task: asyncio.Task[None] | None = None
+        self._job: BackgroundJob | None = None
         self._error: BaseException | None = None
         self._handled = 0
         self._failed = 0
@@ -130,10 +125,9 @@ class Actor(Generic[M, R]):
         Raises:
             RuntimeStateError: already started.
         """
-        if self._task is not None:
+        if self._job is not None:
             raise RuntimeStateError("actor already started")
-        loop = asyncio_loop("Actor", _ON_TRIO)
-        self._task = loop.create_task(self._run(), name=f"actor:{self._name}")
+        self._job = BackgroundJob(self._run, name=f"actor:{self._name}")
         return self
 
     async def __aenter__(self) -> Actor[M, R]:
@@ -169,9 +163,11 @@ class Actor(Generic[M, R]):
         Raises:
             BaseException: what a failing fire-and-forget message raised.
         """
-        task = self._task
-        if task is not None:
-            await asyncio.shield(task)
+        job = self._job
+        if job is not None:
+            await job.wait()  # cancelling this wait leaves the actor running
+            if job.exception is not None:
+                raise job.exception
         if self._error is not None:
             raise self._error
 
@@ -181,10 +177,10 @@ class Actor(Generic[M, R]):
         Queued asks fail with :class:`~anycore.errors.BrokenError`.
         """
         self.close()
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])  # raises only if *we* are cancelled
+        job = self._job
+        if job is not None and not job.done():
+            job.cancel()
+            await job.wait()  # raises only if *we* are cancelled
         self._fail_queued(BrokenError(f"actor {self._name!r} was cancelled"))
 
     # -- messages ----------------------------------------------------------------------
@@ -256,7 +252,10 @@ class Actor(Generic[M, R]):
             BrokenError: the actor stopped before handling it.
         """
         self._check()
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = running_loop()
+        if loop is None:
+            raise RuntimeStateError("Actor.ask() must be awaited in a running loop")
+        fut: asyncio.Future[R] = loop.create_future()
         try:
             await self._mailbox.put((message, fut))
         except QueueClosed as exc:
@@ -265,12 +264,12 @@ class Actor(Generic[M, R]):
 
     def statistics(self) -> ActorStatistics:
         """An :class:`ActorStatistics` snapshot."""
-        task = self._task
+        job = self._job
         return ActorStatistics(
             queued=self._mailbox.qsize(),
             handled=self._handled,
             failed=self._failed,
-            running=task is not None and not task.done(),
+            running=job is not None and not job.done(),
             closed=self._mailbox.closed,
         )
 

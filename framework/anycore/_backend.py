@@ -19,6 +19,13 @@
 # so that every cancel scope and task group it opens is entered and exited in
 # that one task (trio checks this: "Cancel scope stack corrupted").  On
 # asyncio the job is an asyncio task, on trio a system task.
+#
+# And ``running_loop()``: the running asyncio loop, or on trio a stand-in
+# (``TrioLoop``) with the four loop methods anycore's thread-safe primitives
+# use (``create_future``, ``call_soon_threadsafe``, ``is_closed``,
+# ``is_running``) and futures that trio tasks can await.  That keeps the
+# queues' and locks' hand-off logic one piece of code for both libraries.
+# Rejected: a second, trio-only implementation of each primitive.
 
 from __future__ import annotations
 
@@ -26,8 +33,9 @@ import asyncio
 import contextvars
 import logging
 import sys
+from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 
@@ -39,6 +47,7 @@ __all__ = [
     "current_backend",
     "loop_key",
     "require_asyncio",
+    "running_loop",
     "running_on_asyncio",
 ]
 
@@ -124,6 +133,133 @@ def asyncio_loop(what: str, instead: str) -> asyncio.AbstractEventLoop:
     except RuntimeError:
         require_asyncio(what, instead)
         raise  # pragma: no cover - require_asyncio raised already
+
+
+class TrioFuture:
+    """The part of :class:`asyncio.Future` anycore's primitives use, for trio.
+
+    Resolved in the trio thread only (threads go through
+    :meth:`TrioLoop.call_soon_threadsafe`).  A task cancelled while awaiting
+    it cancels it, as with asyncio futures.
+    """
+
+    __slots__ = ("_cancelled", "_event", "_exception", "_result")
+
+    def __init__(self) -> None:
+        import trio
+
+        self._event = trio.Event()
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._cancelled = False
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def set_result(self, result: Any) -> None:
+        if self._event.is_set():
+            raise asyncio.InvalidStateError("the future is done already")
+        self._result = result
+        self._event.set()
+
+    def set_exception(self, exception: BaseException) -> None:
+        if self._event.is_set():
+            raise asyncio.InvalidStateError("the future is done already")
+        self._exception = exception
+        self._event.set()
+
+    def cancel(self) -> bool:
+        if self._event.is_set():
+            return False
+        self._cancelled = True
+        self._event.set()
+        return True
+
+    def result(self) -> Any:
+        if self._cancelled:
+            raise asyncio.CancelledError
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    async def _wait(self) -> Any:
+        try:
+            await self._event.wait()
+        except BaseException:
+            self.cancel()
+            raise
+        return self.result()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait().__await__()
+
+
+class TrioLoop:
+    """What anycore's thread-safe primitives need of a loop, for one trio run."""
+
+    def __init__(self, token: Any) -> None:
+        self._token = token
+        self._closed = False
+
+    def create_future(self) -> TrioFuture:
+        return TrioFuture()
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> None:
+        import trio
+
+        try:
+            self._token.run_sync_soon(callback, *args)
+        except trio.RunFinishedError:
+            self._closed = True
+            raise RuntimeError("the trio run has finished") from None
+
+    def is_closed(self) -> bool:
+        if not self._closed:
+            try:
+                self.call_soon_threadsafe(_nothing)
+            except RuntimeError:
+                pass
+        return self._closed
+
+    def is_running(self) -> bool:
+        return not self.is_closed()
+
+
+def _nothing() -> None:
+    pass
+
+
+_trio_loop_var: Any = None  # a trio RunVar, made when trio is first seen
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; inside a trio run, its :class:`TrioLoop`.
+
+    The trio stand-in has only the loop methods listed in :class:`TrioLoop`
+    (it is typed as a loop for the primitives that call those).  ``None``
+    outside any loop.
+    """
+    loop = _get_running_loop()
+    if loop is not None:
+        return loop
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        token = trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
+    global _trio_loop_var
+    if _trio_loop_var is None:
+        _trio_loop_var = trio.lowlevel.RunVar("anycore_trio_loop")
+    stand_in = _trio_loop_var.get(None)
+    if stand_in is None:
+        stand_in = TrioLoop(token)
+        _trio_loop_var.set(stand_in)
+    return cast(asyncio.AbstractEventLoop, stand_in)
 
 
 # Jobs running on asyncio: referenced here until they end (cpython#117379).

@@ -6,9 +6,9 @@ and plain threads use with blocking ``sync_put/sync_get`` (or the
 for everyone.  No sentinels: after close, puts fail with :class:`QueueClosed`,
 gets return what is left and then fail the same way; ``async for`` ends.
 
-Waiting is asyncio's (loop futures): under trio a task that would have to wait
-gets :class:`~anycore.errors.BackendNotSupported`, pointing to anyio's memory
-object streams.
+On trio (through anyio) the same code runs: ``running_loop()`` gives a trio
+stand-in whose futures trio tasks await and whose ``call_soon_threadsafe``
+goes through trio's run token.
 
 How the hot path stays at asyncio.Queue speed while threads are allowed:
 a queue starts in *loop-only* mode, in which the in-loop operations touch the
@@ -50,13 +50,13 @@ import sys
 import threading
 import time
 from _thread import LockType, allocate_lock
-from asyncio.events import _get_running_loop
+from asyncio.events import _get_running_loop as _asyncio_loop
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ._backend import asyncio_loop
+from ._backend import running_loop as _get_running_loop
 from .errors import QueueClosed, QueueEmpty, QueueFull, RuntimeStateError, TooManyReleases
 
 __all__ = [
@@ -69,11 +69,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-_ON_TRIO = (
-    "on trio, use anyio.create_memory_object_stream() "
-    "(and anyio.from_thread to reach it from threads)"
-)
 
 #: The default ``maxsize`` of a queue: bounded, as every anycore buffer is.
 DEFAULT_MAXSIZE = 1024
@@ -282,7 +277,9 @@ class Queue(Generic[T]):
         # Lock held, in a task about to wait: the loop to make the future on.
         # A queue whose loop has closed (say, one asyncio.run after another)
         # moves to the running loop; two live loops cannot share it.
-        running = asyncio_loop(f"waiting in {type(self).__name__}", _ON_TRIO)
+        running = _get_running_loop()
+        if running is None:
+            raise RuntimeStateError(f"{type(self).__name__}: async methods need a running loop")
         loop = self._loop
         if loop is running:
             return running
@@ -533,7 +530,9 @@ class Queue(Generic[T]):
             TooManyReleases: called more times than items were put
                 (a :class:`ValueError`, as in :mod:`queue`).
         """
-        if self._fast and _get_running_loop() is self._loop:
+        # The C lookup on the hot path: under trio it misses, and the locked
+        # path below (which knows trio's stand-in loop) does the work.
+        if self._fast and _asyncio_loop() is self._loop:
             if self._unfinished <= 0:
                 raise TooManyReleases("task_done() called too many times")
             self._unfinished -= 1

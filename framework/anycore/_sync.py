@@ -22,10 +22,9 @@ loop's thread, else through ``call_soon_threadsafe``.  A task cancelled after
 ownership was handed to it releases it again in its cancellation path, so
 nothing leaks: the hand-off callback does nothing for a future that is already
 done, and the cancelled waiter finds itself gone from the deque and passes the
-ownership on - exactly one of them does.  These variants use asyncio futures,
-so their async side is for asyncio (and uvloop) loops (a trio task that would
-wait gets :class:`~anycore.errors.BackendNotSupported`); the anyio re-exports
-serve trio code.
+ownership on - exactly one of them does.  These variants use asyncio futures;
+on trio (through anyio) ``running_loop()`` stands in a trio equivalent, so
+the same hand-off code serves trio tasks too.
 
 Rejected: making anyio's primitives thread-safe by wrapping them with a
 threading lock (a blocking lock on the loop thread), and polling-based thread
@@ -37,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from _thread import allocate_lock
-from asyncio.events import _get_running_loop
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
@@ -46,7 +44,7 @@ from typing import Any
 import anyio
 from anyio import CapacityLimiter, Condition, Event, Lock, Semaphore
 
-from ._backend import asyncio_loop
+from ._backend import running_loop as _get_running_loop
 from .errors import RuntimeStateError, TooManyReleases
 
 __all__ = [
@@ -63,11 +61,6 @@ __all__ = [
     "ThreadSafeStatistics",
 ]
 
-_ON_TRIO = (
-    "on trio, use anyio.Lock / anyio.Semaphore / anyio.Event (anycore.Lock, ...) "
-    "in the event loop thread, and anyio.from_thread to reach them from threads"
-)
-
 # (loop, future) for a task, (None, held _thread.lock) for a thread.
 _Waiter = tuple[asyncio.AbstractEventLoop | None, Any]
 
@@ -77,6 +70,13 @@ def _refuse_blocking_in_loop(what: str) -> None:
         raise RuntimeStateError(
             f"a blocking {what} inside a running event loop would stall it; use the async method"
         )
+
+
+def _running(what: str) -> asyncio.AbstractEventLoop:
+    loop = _get_running_loop()
+    if loop is None:
+        raise RuntimeStateError(f"{what} must be awaited in a running loop")
+    return loop
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -290,7 +290,7 @@ class ThreadSafeEvent:
         """Wait in a task until the event is set (returns at once if it is)."""
         if self._flag:
             return
-        loop = asyncio_loop("ThreadSafeEvent.wait()", _ON_TRIO)
+        loop = _running("ThreadSafeEvent.wait()")
         fut: asyncio.Future[None] = loop.create_future()
         entry: _Waiter = (loop, fut)
         with self._lock:
@@ -383,7 +383,7 @@ class ThreadSafeSemaphore:
 
     async def acquire(self) -> None:
         """Acquire in a task, waiting (without blocking the loop) if needed."""
-        loop = asyncio_loop(f"{type(self).__name__}.acquire()", _ON_TRIO)
+        loop = _running(f"{type(self).__name__}.acquire()")
         with self._lock:
             if self._try():
                 return

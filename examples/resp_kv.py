@@ -67,6 +67,18 @@ MAX_COMMAND = 64 * 1024 * 1024
 MAX_QUERY_BUFFER = 128 * 1024 * 1024
 ARG_OVERHEAD = 48  # what one argument costs beyond its bytes (a bytes object)
 
+# The lengths most requests use, parsed by one dict lookup: only the canonical
+# spelling is a key, so " 4", "+4", "4_0" and "04" fall through to the strict
+# check.  (About 100 KB once per process.)
+_LENGTHS = {b"%d" % i: i for i in range(1024)}
+
+
+def _strict_length(raw: bytes) -> int | None:
+    """A length as redis's string2ll reads it: digits, no leading zero."""
+    if raw.isdigit() and (raw[0] != 48 or len(raw) == 1):
+        return int(raw)
+    return None
+
 
 class RespParser:
     """Sans-IO RESP request parser.
@@ -185,12 +197,14 @@ class RespParser:
                     raise RespError("invalid multibulk length")
                 return None
             raw = buf[pos + 1 : nl]
-            if not raw.isdigit() or (raw[0] == 48 and len(raw) > 1):
-                if raw[:1] == b"-" and raw[1:].isdigit() and raw[1] != 48:
-                    self._pos = nl + 2  # "*-1": nothing to run (as redis)
-                    return self.next_command()
-                raise RespError("invalid multibulk length")
-            n = int(raw)
+            n = _LENGTHS.get(raw)
+            if n is None:
+                n = _strict_length(raw)
+                if n is None:
+                    if raw[:1] == b"-" and _strict_length(raw[1:]):
+                        self._pos = nl + 2  # "*-1": nothing to run (as redis)
+                        return self.next_command()
+                    raise RespError("invalid multibulk length")
             if n > self.max_args:
                 raise RespError("invalid multibulk length")
             self._pos = nl + 2
@@ -209,6 +223,10 @@ class RespParser:
         pos = self._pos
         end = len(buf)
         need = self._nargs
+        held = self._held
+        limit = self.max_command - ARG_OVERHEAD
+        lengths = _LENGTHS
+        max_bulk = self.max_bulk
         while need:
             if pos >= end:
                 break
@@ -220,15 +238,16 @@ class RespParser:
                     raise RespError("invalid bulk length")
                 break
             raw = buf[pos + 1 : nl]
-            # Digits only, no leading zero (redis's string2ll): int() would
-            # also take " 4", "+4" and "4_0".
-            if not raw.isdigit() or (raw[0] == 48 and len(raw) > 1):
+            length = lengths.get(raw)
+            if length is None:
+                # Digits only, no leading zero (redis's string2ll): int() would
+                # also take " 4", "+4" and "4_0".
+                length = _strict_length(raw)
+                if length is None:
+                    raise RespError("invalid bulk length")
+            if length > max_bulk:
                 raise RespError("invalid bulk length")
-            length = int(raw)
-            if length > self.max_bulk:
-                raise RespError("invalid bulk length")
-            held = self._held + length + ARG_OVERHEAD
-            if held > self.max_command:
+            if held + length > limit:
                 raise RespError(
                     f"command larger than the {self.max_command} byte limit (max_command)"
                 )
@@ -237,7 +256,7 @@ class RespParser:
             if stop + 2 > end:
                 if length >= self._BIG:
                     # Collect the rest of this bulk as chunks; join once.
-                    self._held = held
+                    self._held = held + length + ARG_OVERHEAD
                     self._big = [buf[start:]]
                     self._big_have = end - start
                     self._big_len = length
@@ -249,11 +268,12 @@ class RespParser:
             if buf[stop : stop + 2] != CRLF:
                 raise RespError("bulk argument not followed by CRLF")
             args.append(buf[start:stop])
-            self._held = held
+            held += length + ARG_OVERHEAD
             pos = stop + 2
             need -= 1
         self._pos = pos
         self._nargs = need
+        self._held = held
         if need:
             return None
         self._args = None

@@ -16,10 +16,20 @@ counted).  Contenders:
 * ``anycore.ShmChannel`` with blocking ``sync_send`` on both sides.
 
 The classic mmap FloatChannel was about 80% faster than a pipe (1.8x); the
-target is to beat that.  ``main(quick)`` prints MB/s and ratios; a run whose
-data arrived wrong prints FAILED instead of a figure.  Quick mode: 10,000
-floats x 50 messages, once; the full run: 1,000,000 floats x 20 messages, the
-median of 5 rounds.
+target is to beat that.
+
+A second measurement backs the choice of wake-up under the channel: a
+ping-pong of two semaphores between the loop and a child process, with
+``anycore.ProcessSemaphore`` (FIFO tokens, the loop waits with add_reader)
+against ``multiprocessing.Semaphore`` waited for in ``anyio.to_thread`` (how
+a loop would otherwise wait on a SemLock), and for scale
+``multiprocessing.Semaphore`` blocking on both sides without a loop.
+
+``main(quick)`` prints MB/s (microseconds per round trip) and ratios; a run
+whose data arrived wrong prints FAILED instead of a figure.  Quick mode:
+10,000 floats x 50 messages and 300 round trips, once; the full run:
+1,000,000 floats x 20 messages, the median of 5 rounds, and 5,000 round
+trips, the median of 3.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from anycore import Pipe, ShmChannel
+from anycore import Pipe, ProcessSemaphore, ShmChannel
 
 try:
     import uvloop
@@ -192,6 +202,95 @@ def run_shm_sync(n: int, count: int) -> float | None:
     return elapsed if ok else None
 
 
+def ping_child(ping: Any, pong: Any, rounds: int, anycore_side: bool) -> None:
+    pong.release()  # ready: the timing starts once the child runs
+    for _ in range(rounds):
+        if anycore_side:
+            ping.sync_acquire()
+        else:
+            ping.acquire()
+        pong.release()
+
+
+async def _pingpong_anycore(rounds: int) -> float:
+    ping, pong = ProcessSemaphore(0), ProcessSemaphore(0)
+    try:
+        p = CTX.Process(target=ping_child, args=(ping, pong, rounds, True))
+        p.start()
+        await pong.acquire()
+        t = time.perf_counter()
+        for _ in range(rounds):
+            ping.release()
+            await pong.acquire()
+        elapsed = time.perf_counter() - t
+        await anyio.to_thread.run_sync(p.join, 60)
+    finally:
+        ping.close()
+        pong.close()
+    return elapsed
+
+
+async def _pingpong_semlock_thread(rounds: int) -> float:
+    ping, pong = CTX.Semaphore(0), CTX.Semaphore(0)
+    p = CTX.Process(target=ping_child, args=(ping, pong, rounds, False))
+    p.start()
+    await anyio.to_thread.run_sync(pong.acquire)
+    t = time.perf_counter()
+    for _ in range(rounds):
+        ping.release()
+        await anyio.to_thread.run_sync(pong.acquire)
+    elapsed = time.perf_counter() - t
+    await anyio.to_thread.run_sync(p.join, 60)
+    return elapsed
+
+
+def pingpong_semlock_blocking(rounds: int) -> float:
+    ping, pong = CTX.Semaphore(0), CTX.Semaphore(0)
+    p = CTX.Process(target=ping_child, args=(ping, pong, rounds, False))
+    p.start()
+    pong.acquire()
+    t = time.perf_counter()
+    for _ in range(rounds):
+        ping.release()
+        pong.acquire()
+    elapsed = time.perf_counter() - t
+    p.join(60)
+    return elapsed
+
+
+def _pingpong_on_loop(fn: Callable[[int], Any], rounds: int) -> float:
+    loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+    try:
+        result: float = loop.run_until_complete(fn(rounds))
+        return result
+    finally:
+        loop.close()
+
+
+def wakeups(quick: bool) -> None:
+    rounds = 300 if quick else 5000
+    repeats = 1 if quick else 3
+    runs: dict[str, Callable[[], float]] = {
+        "multiprocessing.Semaphore via anyio.to_thread": lambda: _pingpong_on_loop(
+            _pingpong_semlock_thread, rounds
+        ),
+        "anycore.ProcessSemaphore (add_reader)": lambda: _pingpong_on_loop(
+            _pingpong_anycore, rounds
+        ),
+        "multiprocessing.Semaphore, both sides blocking": lambda: pingpong_semlock_blocking(rounds),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    loop_name = "uvloop" if uvloop is not None else "asyncio"
+    print(f"\nsemaphore ping-pong, loop ({loop_name}) <-> child, {rounds:,} round trips")
+    base = statistics.median(times["multiprocessing.Semaphore via anyio.to_thread"])
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        print(f"  {name:<50} {median * 1e6 / rounds:8.1f} us/round trip   {base / median:5.2f}x")
+
+
 def main(quick: bool) -> None:
     n = 10_000 if quick else 1_000_000
     count = 50 if quick else 20
@@ -223,3 +322,4 @@ def main(quick: bool) -> None:
         median = statistics.median(times[name])
         ratio = "" if base is None else f"   {base / median:5.2f}x"
         print(f"  {name:<50} {mb / median:8.0f} MB/s  {median * 1e3 / count:7.2f} ms/msg{ratio}")
+    wakeups(quick)

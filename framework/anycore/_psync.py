@@ -28,8 +28,9 @@ has to be sliced with timeouts because a thread cannot be interrupted);
 eventfd (Linux only, and it has no name, so passing it to another process
 needs ``SCM_RIGHTS`` plumbing); a spinning check of shared memory.
 
-Limits, stated: a semaphore holds at most :data:`MAX_VALUE` tokens (the
-smallest pipe buffer Linux hands out is one page); waiters are woken by
+Limits, stated: a semaphore starts with at most :data:`MAX_VALUE` tokens
+and is sure to hold that many (the smallest pipe buffer Linux hands out is
+one page; a release into a full pipe raises TooManyReleases); waiters are woken by
 readiness, so across processes there is no FIFO fairness; the async side of
 one object serves one event loop at a time (a thread uses ``sync_*``).  The
 process that created a primitive owns the FIFO: :meth:`close` (or scope end
@@ -58,7 +59,8 @@ from .errors import ClosedError, RuntimeStateError, TooManyReleases
 
 __all__ = ["MAX_VALUE", "ProcessEvent", "ProcessLock", "ProcessSemaphore"]
 
-#: The most tokens a :class:`ProcessSemaphore` holds (and its largest initial value).
+#: The largest initial value of a :class:`ProcessSemaphore`, and the fewest
+#: tokens one can hold (a release is refused only when the pipe is full).
 MAX_VALUE = 4096
 
 _DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
@@ -92,7 +94,16 @@ def _unlink(path: str) -> None:
 class _Fifo:
     """The FIFO as this process sees it: its fd and this loop's waiters."""
 
-    __slots__ = ("__weakref__", "_fd", "_finalizer", "_loop", "_path", "_pid", "_waiters")
+    __slots__ = (
+        "__weakref__",
+        "_fd",
+        "_finalizer",
+        "_loop",
+        "_path",
+        "_pid",
+        "_poller",
+        "_waiters",
+    )
 
     def __init__(self, path: str | None = None) -> None:
         owner = path is None
@@ -106,6 +117,7 @@ class _Fifo:
         self._pid = os.getpid()
         self._waiters: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: tuple[int, Any] | None = None  # (pid, select.poll) for sync waits
         # The owner unlinks the FIFO; every holder closes its own fd.
         self._finalizer = weakref.finalize(
             self, _release, self._fd, self._path if owner else None, self._pid
@@ -198,8 +210,12 @@ class _Fifo:
 
     def _poll(self, deadline: float | None) -> bool:
         """Block this thread until readable or the deadline; False on timeout."""
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLIN)
+        fd = self.fileno()
+        if self._poller is None or self._poller[0] != os.getpid():
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            self._poller = (os.getpid(), poller)
+        poller = self._poller[1]
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return False
@@ -330,9 +346,9 @@ class ProcessSemaphore(_Fifo):
         Raises:
             TooManyReleases: the value would pass its bound.
         """
-        if self._pending() >= self._max:
+        if self._max < MAX_VALUE and self._pending() >= self._max:
             raise TooManyReleases(f"{type(self).__name__} released too many times")
-        self._put(b"\0")
+        self._put(b"\0")  # unbounded: refused only when the pipe is full
 
     def _post(self) -> None:
         # release() without the bound check (one ioctl less), for owners that

@@ -460,3 +460,45 @@ def test_demo_runs_to_completion_when_bounded() -> None:
     assert "tick 2" in out
     assert out.rstrip().endswith("finished after 3 ticks")
     assert os.linesep in out
+
+
+def test_trio_runtime_stops_and_drains_a_server_before_cancelling_main() -> None:
+    # On trio the runtime's shutdown drains servers like on asyncio: the
+    # connection in progress finishes its reply before main is cancelled.
+    events: list[str] = []
+    handling = anyio.Event()
+
+    class Slow(anycore.LineHandler):
+        async def line_received(self, line: bytes) -> None:
+            events.append("handling")
+            handling.set()
+            await anyio.sleep(0.1)  # work in progress when shutdown starts
+            self.send_line(b"done")
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            events.append("lost")
+
+    async def main() -> None:
+        async with (
+            anycore.open_runtime(handle_signals=False) as runtime,
+            anycore.serve(Slow, "tcp://127.0.0.1:0") as server,
+        ):
+            port = server.endpoints[0].port or 0
+            async with await anyio.connect_tcp("127.0.0.1", port) as client:
+                await client.send(b"go\r\n")
+                await handling.wait()
+                runtime.shutdown("test")
+                assert await client.receive() == b"done\r\n"
+                await anyio.sleep_forever()  # main: cancelled after the drain
+        events.append("main over")
+        assert [s.name for s in runtime.report.steps][:2] == [
+            f"server {server.endpoints[0]}",
+            f"server {server.endpoints[0]}",
+        ]
+
+    async def bounded() -> None:
+        with anyio.fail_after(20):
+            await main()
+
+    anyio.run(bounded, backend="trio")
+    assert events == ["handling", "lost", "main over"]

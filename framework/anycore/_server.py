@@ -290,9 +290,7 @@ class Server(_Owner, AsyncResource):
             from ._runtime import Phase, current_runtime
         except ImportError:  # pragma: no cover - the runtime ships with the package
             return
-        if self._engine is not None:
-            return  # the runtime is asyncio-only
-        rt = current_runtime()
+        rt = current_runtime()  # on trio too: the portable engine drains the same way
         if rt is None:
             return
         name = f"server {', '.join(str(e) for e in self._endpoints)}"

@@ -52,6 +52,7 @@ __all__ = [
     "TimeoutExpired",
     "OutputLimitExceeded",
     "ChildProcessFailed",
+    "DaskWorkerLost",
     "RemoteError",
     "QueueClosed",
     "QueueEmpty",
@@ -304,6 +305,16 @@ class OutputLimitExceeded(ProcessError):
 
 class ChildProcessFailed(ProcessError):
     """A Python callable run in a child process failed to start or report."""
+
+
+class DaskWorkerLost(ChildProcessFailed):
+    """A task of a ``WorkerPool("dask")`` was running on Dask workers that died.
+
+    Dask's scheduler re-runs a task whose worker died on another worker; once
+    workers have died under it more than ``allowed_failures`` times (Dask's
+    ``distributed.scheduler.allowed-failures``, default 3) the task fails with
+    this error.  Dask's ``KilledWorker`` is its ``__cause__``.
+    """
 
 
 class RemoteError(AnycoreError):

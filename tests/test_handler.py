@@ -677,3 +677,26 @@ async def test_terminator_framer_is_configured_from_class_attributes() -> None:
     assert isinstance(framer, TerminatorFramer)
     assert framer.terminator == b"\n"
     assert framer.max_frame_size == 7
+
+
+async def test_connection_id_is_public_and_peer_is_a_tuple() -> None:
+    import anycore
+
+    seen: list[tuple[int | None, int, object]] = []
+
+    class Probe(LineHandler):
+        def line_received(self, line: bytes) -> None:
+            seen.append((anycore.current_connection_id(), self.connection_id, self.peer))
+            self.send_line(b"ok")
+
+    assert anycore.current_connection_id() is None
+    async with anycore.serve(Probe, "tcp://127.0.0.1:0") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"hi\r\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"ok\r\n"
+        client_port = writer.get_extra_info("sockname")[1]
+        writer.close()
+        await writer.wait_closed()
+    ((current, own, peer),) = seen
+    assert current == own > 0
+    assert peer == ("127.0.0.1", client_port)

@@ -89,3 +89,14 @@ def test_shared_memory_names() -> None:
     assert anycore.ProcessLock is not anycore.Lock
     assert issubclass(anycore.MessageTooLarge, ValueError)
     assert issubclass(anycore.ProcessLock, anycore.ProcessSemaphore)
+
+
+def test_message_passing_errors_fit_the_standard_library_and_anyio() -> None:
+    import anyio
+
+    assert issubclass(anycore.PeerClosed, EOFError)
+    assert issubclass(anycore.PeerClosed, anyio.EndOfStream)
+    assert issubclass(anycore.MethodNotExposed, AttributeError)
+    assert issubclass(anycore.InsecureListener, ValueError)
+    assert issubclass(anycore.UndecodableMessage, anycore.RemoteProtocolError)
+    assert anycore.Pipe is anycore._connection.Pipe  # type: ignore[attr-defined]

@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "FixedSizeHandler": "._handler",
     "RawHandler": "._handler",
     "ConnectionStatistics": "._handler",
+    "current_connection_id": "._handler",
     "serve": "._server",
     "Server": "._server",
     "ServerStatistics": "._server",
@@ -240,6 +241,7 @@ if TYPE_CHECKING:
         LineHandler as LineHandler,
         NetstringHandler as NetstringHandler,
         RawHandler as RawHandler,
+        current_connection_id as current_connection_id,
     )
     from ._managers import (
         AsyncProxy as AsyncProxy,

@@ -97,6 +97,7 @@ __all__ = [
     "NetstringHandler",
     "RawHandler",
     "connection_context",
+    "current_connection_id",
 ]
 
 logger = logging.getLogger("anycore.protocol")
@@ -110,6 +111,22 @@ connection_context: contextvars.ContextVar[dict[str, object] | None] = contextva
 )
 
 _connection_ids = itertools.count(1)
+
+
+def current_connection_id() -> int | None:
+    """The id of the connection whose handler code is running, or ``None``.
+
+    Inside a handler's methods (and the tasks of an async handler) this is
+    ``self.connection_id``; code the handler calls (a library, a log filter)
+    can read it without being handed the handler.  Ids are unique within the
+    process and start at 1.
+    """
+    ctx = connection_context.get()
+    if ctx is None:
+        return None
+    cid = ctx.get("connection_id")
+    return cid if isinstance(cid, int) else None
+
 
 # The frame queue of connections whose handler is synchronous: always empty
 # (only the async path appends), shared to save a deque per connection.
@@ -539,7 +556,12 @@ class Handler:
 
     @property
     def peer(self) -> Any:
-        """The peer's address (``peername``), or ``None``."""
+        """The peer's address as the socket reports it (``peername``), or ``None``.
+
+        A ``(host, port)`` tuple for IPv4, ``(host, port, flowinfo, scope_id)``
+        for IPv6, a path string (often empty) for a unix socket.  Logs show it
+        rendered as ``host:port``.
+        """
         return self.get_extra_info("peername")
 
     @property

@@ -8,6 +8,7 @@ inherited it reaps it, or not, in its own time).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -35,17 +37,30 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
-def _start(tmp_path: Path, body: str) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def _parent(tmp_path: Path, body: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``body`` as the parent script; whatever happens, nothing of it is left."""
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(body))
     env = dict(os.environ, PYTHONPATH=FRAMEWORK, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, env=env, cwd=tmp_path
     )
+    try:
+        yield proc
+    finally:
+        family = set(iter_descendants(proc.pid)) if proc.poll() is None else set()
+        proc.kill()
+        proc.wait(10)
+        for pid in family:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def _read_until(
-    proc: subprocess.Popen[bytes], word: bytes, count: int = 1, deadline: float = 60.0
+    proc: subprocess.Popen[bytes], word: bytes, count: int = 1, deadline: float = 40.0
 ) -> bytes:
     """What the parent printed until ``count`` lines start with ``word``; bounded."""
     assert proc.stdout is not None
@@ -78,16 +93,12 @@ def _kill_parent_and_check(proc: subprocess.Popen[bytes], expected: int) -> None
         assert not survivors, f"outlived their SIGKILLed parent: {survivors}"
     finally:
         for pid in family:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_process_family_dies_with_parent(tmp_path: Path) -> None:
-    proc = _start(
+    with _parent(
         tmp_path,
         """
         import asyncio, anycore
@@ -105,13 +116,13 @@ def test_process_family_dies_with_parent(tmp_path: Path) -> None:
 
         asyncio.run(main())
         """,
-    )
-    _read_until(proc, b"READY")
-    _kill_parent_and_check(proc, 3)  # sh, two sleeps (+ the guard)
+    ) as proc:
+        _read_until(proc, b"READY")
+        _kill_parent_and_check(proc, 3)  # sh, two sleeps (+ the guard)
 
 
 def test_child_process_and_busy_pool_die_with_parent(tmp_path: Path) -> None:
-    proc = _start(
+    with _parent(
         tmp_path,
         """
         import asyncio, os, time, anycore
@@ -120,7 +131,7 @@ def test_child_process_and_busy_pool_die_with_parent(tmp_path: Path) -> None:
             time.sleep(300)
 
         def busy(i):
-            print("BUSY", os.getpid(), flush=True)
+            os.write(1, f"BUSY {os.getpid()}\\n".encode())  # one write: lines never interleave
             time.sleep(300)
 
         async def main():
@@ -131,10 +142,10 @@ def test_child_process_and_busy_pool_die_with_parent(tmp_path: Path) -> None:
         if __name__ == "__main__":
             asyncio.run(main())
         """,
-    )
-    _read_until(proc, b"BUSY", count=2)
-    # the child, 2 workers, the fork server, the resource tracker (+ the guard)
-    _kill_parent_and_check(proc, 5)
+    ) as proc:
+        _read_until(proc, b"BUSY", count=2)
+        # the child, 2 workers, the fork server, the resource tracker (+ the guard)
+        _kill_parent_and_check(proc, 5)
 
 
 # -- a crashing pool worker takes its grandchildren along --------------------------

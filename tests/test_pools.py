@@ -635,3 +635,32 @@ async def test_progress_true_draws_a_tqdm_bar_or_names_the_extra(
         monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
         assert await pool.map(square, range(7), progress=True) == [x * x for x in range(7)]
         assert [(b.total, b.n, b.closed) for b in bars] == [(7, 7, True)]
+
+
+# -- on trio: a clear error at the call (issue 11) ------------------------------------
+
+
+def test_on_trio_pools_and_children_say_what_to_use_instead() -> None:
+    from anycore import ChildProcess, run_process
+    from anycore.errors import BackendNotSupported
+
+    async def main() -> list[str]:
+        messages = []
+        for start in (
+            lambda: WorkerPool("processes", workers=1).start(),
+            lambda: WorkerPool("threads", workers=1).start(),
+            lambda: ChildProcess(square, 3).start(),
+            lambda: run_process(["true"]),
+        ):
+            with pytest.raises(BackendNotSupported) as info:
+                await start()
+            messages.append(str(info.value))
+        return messages
+
+    pool_p, pool_t, child, proc = anyio.run(main, backend="trio")
+    assert pool_p.startswith("WorkerPool('processes') needs asyncio (or uvloop), not trio")
+    assert "anyio.to_process.run_sync()" in pool_p
+    assert pool_t.startswith("WorkerPool('threads') needs asyncio")
+    assert child.startswith("ChildProcess needs asyncio")
+    assert "anyio.to_process.run_sync(fn, *args)" in child
+    assert "anyio.run_process()" in proc

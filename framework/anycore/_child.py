@@ -55,6 +55,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar, overload
 
+from ._backend import require_asyncio
 from ._spawn import forget_with_parent, set_parent_death_signal, watch_with_parent
 from .errors import ChildProcessFailed, FrameTooLarge, RemoteError, RuntimeStateError
 
@@ -1310,8 +1311,14 @@ class ChildProcess(Generic[T]):
 
         Raises:
             RuntimeStateError: it was started already.
+            BackendNotSupported: called from a trio task.
             pickle.PicklingError: the target or its arguments do not pickle.
         """
+        require_asyncio(
+            "ChildProcess",
+            "on trio run a function in another process with "
+            "`await anyio.to_process.run_sync(fn, *args)`",
+        )
         if self._handle is not None or self._closed:
             raise RuntimeStateError("a ChildProcess can be started only once")
         payload = self._payload()

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._backend import require_asyncio
 from .errors import PoolClosed, QueueFull, RuntimeStateError
 
 __all__ = [
@@ -204,6 +205,13 @@ class Backend(abc.ABC):
 
     def force_kill(self) -> None:  # noqa: B027 - optional hook
         """Kill everything now (sync; the runtime's forced exit calls it)."""
+
+    async def scatter(self, obj: Any) -> Any:
+        """Place *obj* with the workers once; return what jobs take instead.
+
+        Local backends return *obj* itself (it is sent with each job).
+        """
+        return obj
 
 
 @dataclass(frozen=True)
@@ -620,6 +628,10 @@ class WorkerPool:
         ``"threads"``: functions in *workers* threads.
         ``"processes"``: functions in *workers* processes; a worker that
         dies fails only its running job with WorkerCrashed and is replaced.
+        ``"dask"``: functions on a Dask distributed cluster: ``address=``
+        an existing scheduler, or none to start a LocalCluster of *workers*
+        processes owned by the pool (the ``anycore[dask]`` extra; see
+        docs/scale-out.md and ``anycore._pool_dask`` for its options).
         A :class:`Backend` instance: anything else (a cluster).
 
     Args:
@@ -635,6 +647,8 @@ class WorkerPool:
         context: multiprocessing start method or context (processes).
         grace: seconds between SIGTERM and SIGKILL when stopping a worker.
         max_message_size: the largest pickled message accepted (processes).
+        backend_options: passed to the backend (dask: ``address``,
+            ``allowed_failures``, ``memory_limit``, ``connect_timeout``).
     """
 
     def __init__(
@@ -650,9 +664,10 @@ class WorkerPool:
         context: Any = None,
         grace: float = 2.0,
         max_message_size: int = 1 << 30,
+        **backend_options: Any,
     ) -> None:
         if isinstance(backend, str):
-            if backend not in ("tasks", "threads", "processes"):
+            if backend not in ("tasks", "threads", "processes", "dask"):
                 raise ValueError(f"unknown backend {backend!r}")
             self.backend_name = backend
         else:
@@ -668,6 +683,12 @@ class WorkerPool:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self._backend_spec = backend
+        if backend == "dask":  # imports distributed (the anycore[dask] extra) only now
+            from ._pool_dask import DaskBackend
+
+            self._backend_spec = DaskBackend(**backend_options)
+        elif backend_options:
+            raise TypeError(f"options {sorted(backend_options)} are not for {backend!r}")
         self._backend: Backend | None = None
         self.name = name or f"pool{next(_pool_ids)}"
         self._config = PoolConfig(
@@ -704,10 +725,16 @@ class WorkerPool:
 
         Raises:
             RuntimeStateError: the pool was started before.
+            BackendNotSupported: called from a trio task.
         """
+        spec = self._backend_spec
+        require_asyncio(
+            f"WorkerPool({spec!r})" if isinstance(spec, str) else "WorkerPool",
+            "on trio use anyio.to_process.run_sync() or anyio.to_thread.run_sync(), "
+            "bounded by an anyio.CapacityLimiter",
+        )
         if self._state != _NEW:
             raise RuntimeStateError("the pool was started already")
-        spec = self._backend_spec
         if isinstance(spec, Backend):
             backend = spec
         elif spec == "tasks":
@@ -1150,6 +1177,20 @@ class WorkerPool:
 
         result._cancel = cancel
         return result
+
+    async def scatter(self, obj: Any) -> Any:
+        """Send a large argument to the workers once; pass the result instead.
+
+        On dask it returns a handle (a Dask future) that jobs receive as
+        *obj*, without sending it again; the other backends return *obj*.
+
+        Raises:
+            PoolClosed: the pool is closed.
+        """
+        self._check_open()
+        backend = self._backend
+        assert backend is not None
+        return await backend.scatter(obj)
 
     # -- introspection ---------------------------------------------------------
 

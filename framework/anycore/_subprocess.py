@@ -34,6 +34,7 @@ from typing import IO, Any, Literal, Self, TypeAlias
 
 import anyio
 
+from ._backend import asyncio_loop
 from ._pipes import (
     _READ_SIZE as _READ_SIZE,
     DEFAULT_LIMIT,
@@ -97,12 +98,10 @@ def _grow_pipe(fd: int) -> None:
 
 def _running_loop(what: str) -> asyncio.AbstractEventLoop:
     """The running asyncio loop; a clear error under trio or outside a loop."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeStateError(
-            f"anycore {what} run on an asyncio event loop (asyncio or uvloop)"
-        ) from None
+    return asyncio_loop(
+        f"anycore {what}",
+        "on trio run programs with anyio.run_process() or anyio.open_process()",
+    )
 
 
 # -- the runtime registry ---------------------------------------------------------------
@@ -407,8 +406,8 @@ class Process(_Killable):
         Raises:
             ExecutableNotFound: the program does not exist or is not executable.
             OSError: the kernel refused (e.g. permissions for ``user``).
-            RuntimeStateError: already started, or no asyncio event loop is running
-                (e.g. under trio).
+            RuntimeStateError: already started, or no event loop is running.
+            BackendNotSupported: called from a trio task (use anyio's process API).
         """
         if self._state != "new":
             raise RuntimeStateError("the process was already started")

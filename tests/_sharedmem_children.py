@@ -87,3 +87,10 @@ def take_and_release(sem: Any, timeout: float) -> bool:
     if got:
         sem.release()
     return got
+
+
+def send_tagged(chan: Any, tag: int, n: int) -> int:
+    """Send n two-item int64 arrays [tag, i] (several senders share the channel)."""
+    for i in range(n):
+        chan.sync_send(array.array("q", [tag, i]), timeout=30)
+    return n

@@ -533,3 +533,60 @@ async def test_an_attached_copy_closing_leaves_the_segment() -> None:
         assert arr[:] == [1.0, 2.0]
         with pytest.raises(ClosedError):
             pickle.dumps(copy)
+
+
+async def test_two_child_senders_share_one_channel() -> None:
+    chan = ShmChannel(16, slots=2)
+    async with (
+        chan,
+        ChildProcess(children.send_tagged, chan, 1, 150) as one,
+        ChildProcess(children.send_tagged, chan, 2, 150) as two,
+    ):
+        seen: dict[int, list[int]] = {1: [], 2: []}
+        with anyio.fail_after(60):
+            for _ in range(300):
+                tag, i = (await chan.recv()).tolist()
+                seen[tag].append(i)
+            assert await one.result() == await two.result() == 150
+    # Every message exactly once, and each sender's in its order.
+    assert seen == {1: list(range(150)), 2: list(range(150))}
+
+
+async def test_receives_cancelled_at_random_lose_and_duplicate_nothing() -> None:
+    import random
+
+    rng = random.Random(1234)
+    chan = ShmChannel(8 * 4, slots=2)
+    async with chan, ChildProcess(children.send_arrays, chan, 200, 4) as child:
+        got: list[float] = []
+        with anyio.fail_after(60):
+            while len(got) < 200:
+                with anyio.move_on_after(rng.choice((0, 0.0001, 0.001))):
+                    got.append((await chan.recv_array())[0])
+            with pytest.raises(PeerClosed):
+                await chan.recv()
+            assert await child.result() == 200
+    assert got == [float(i) for i in range(200)]
+
+
+async def test_value_and_array_can_share_one_lock() -> None:
+    async with SharedValue("i") as count, SharedArray("d", 4, lock=count.lock) as arr:
+        assert arr.lock is count.lock
+        async with count.lock:
+            arr[count.value] = 1.5
+            count.value += 1
+        assert arr[0] == 1.5
+    # The array did not own the lock; the value did, and its scope removed it.
+    assert not Path(count.lock.path).exists()
+
+
+def test_bounded_semaphore_refuses_an_extra_release() -> None:
+    sem = ProcessSemaphore(2, bounded=True)
+    try:
+        assert sem.acquire_nowait()
+        sem.release()
+        with pytest.raises(TooManyReleases):
+            sem.release()
+        assert sem.value == 2
+    finally:
+        sem.close()

@@ -58,20 +58,122 @@ class CommandFailed(Exception):
 # -- the parser ------------------------------------------------------------------------
 
 
-def _add_logging_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=_LEVELS,
-        help="the lowest level logged (default: INFO)",
+_ArgumentContainer = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def add_standard_options(
+    parser: _ArgumentContainer,
+    *,
+    loop: bool = True,
+    log: bool = True,
+    workers: bool = False,
+    workers_help: str = "N worker processes (default: 1)",
+) -> _ArgumentContainer:
+    """Add anycore's standard options to your own argparse parser (or group).
+
+    ``--loop auto|uvloop|asyncio``, ``--log-level LEVEL``, ``--log-format
+    console|json`` and, with ``workers=True``, ``--workers N`` (an integer of
+    at least 1).  The ``anycore`` command uses the same options.  Then call
+    :func:`apply_standard_options` on the parsed namespace::
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--port", type=int, default=8000)
+        anycore.add_standard_options(parser, workers=True)
+        args = parser.parse_args()
+        anycore.run(main, args, **anycore.apply_standard_options(args))
+
+    Returns:
+        ``parser``, for chaining.
+    """
+    if loop:
+        parser.add_argument(
+            "--loop",
+            default="auto",
+            choices=("auto", "uvloop", "asyncio"),
+            help="event loop (default: auto, uvloop when installed)",
+        )
+    if log:
+        parser.add_argument(
+            "--log-level",
+            default="INFO",
+            type=str.upper,
+            choices=_LEVELS,
+            help="the lowest level logged (default: INFO)",
+        )
+        parser.add_argument(
+            "--log-format",
+            default="console",
+            choices=("console", "json"),
+            help="console lines or one JSON object per line (default: console)",
+        )
+    if workers:
+        parser.add_argument("--workers", type=_positive, default=1, metavar="N", help=workers_help)
+    return parser
+
+
+def apply_standard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Act on the options :func:`add_standard_options` added.
+
+    Configures logging (``anycore.logging.configure``) from ``--log-level``
+    and ``--log-format`` when they were added.
+
+    Returns:
+        The keyword arguments for :func:`anycore.run` (``{"loop": ...}``, empty
+        without ``--loop``).
+    """
+    level = getattr(args, "log_level", None)
+    if level is not None:
+        _configure_logging(level, getattr(args, "log_format", "console"))
+    loop = getattr(args, "loop", None)
+    return {} if loop is None else {"loop": loop}
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    """``serve()``'s connection limits, for handler targets (stack keys of the same names)."""
+    g = p.add_argument_group("connection limits (stream handlers)")
+    g.add_argument(
+        "--max-connections", type=_positive, metavar="N", help="at most N open connections"
     )
-    p.add_argument(
-        "--log-format",
-        default="console",
-        choices=("console", "json"),
-        help="console lines or one JSON object per line (default: console)",
+    g.add_argument(
+        "--on-limit",
+        choices=("shed", "refuse", "hold"),
+        default=None,
+        help="at --max-connections: shed the oldest idle/slow one (default), refuse "
+        "the new one, or hold it in the backlog",
     )
+    g.add_argument(
+        "--idle-timeout", type=_seconds, metavar="S", help="close a connection idle S seconds"
+    )
+    g.add_argument(
+        "--frame-deadline",
+        type=_seconds,
+        metavar="S",
+        help="close a connection that takes over S seconds to complete a frame it began",
+    )
+    g.add_argument(
+        "--min-receive-rate",
+        type=_seconds,
+        metavar="BPS",
+        help="close a connection receiving under BPS bytes a second mid-frame",
+    )
+
+
+_SERVER_OPTIONS = ("max_connections", "on_limit", "idle_timeout", "frame_deadline",
+                   "min_receive_rate")  # fmt: skip
+
+
+def _server_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in _SERVER_OPTIONS if getattr(args, k, None) is not None}
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -133,16 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="serve the listening socket inherited as descriptor N (repeatable)",
     )
-    run.add_argument(
-        "--workers",
-        type=_positive,
-        default=1,
-        metavar="N",
-        help="N supervised worker processes sharing the port (SIGHUP: rolling restart)",
+    add_standard_options(
+        run,
+        workers=True,
+        workers_help="N supervised worker processes sharing the port (SIGHUP: rolling restart)",
     )
-    run.add_argument(
-        "--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop"
-    )
+    _add_server_options(run)
     run.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on binds")
     run.add_argument(
         "--app-dir",
@@ -150,7 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory put first on sys.path to import the target (default: .)",
     )
-    _add_logging_options(run)
     run.set_defaults(handler=_cmd_run)
 
     sup = sub.add_parser(
@@ -178,10 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket", metavar="PATH", help="control socket (default: the stack's or a per-user one)"
     )
     sup.add_argument("--log-file", metavar="PATH", help="also write the merged log here")
-    sup.add_argument(
-        "--loop", default="auto", choices=("auto", "uvloop", "asyncio"), help="event loop"
-    )
-    _add_logging_options(sup)
+    add_standard_options(sup)
     sup.set_defaults(handler=_cmd_supervise)
 
     ctl = sub.add_parser(
@@ -494,6 +588,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{ep}: {what} cannot be served on a {ep.scheme} endpoint")
     if inherited and kind == "datagram":
         raise UsageError("inherited sockets (--fd, LISTEN_FDS) must be stream sockets")
+    if kind != "stream" and _server_kwargs(args):
+        names = ", ".join("--" + k.replace("_", "-") for k in _server_kwargs(args))
+        raise UsageError(f"{names}: for stream handler targets only")
     _configure_logging(args.log_level, args.log_format)
     from ._runtime import GracefulExit, run
     from .errors import LoopUnavailable
@@ -505,7 +602,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.app_dir_abs = os.path.abspath(args.app_dir)
             run(_workers_main, args, endpoints, inherited, loop=args.loop, shutdown_timeout=30.0)
         else:
-            run(_serve_main, target, kind, endpoints, inherited, args.reuse_port, loop=args.loop)
+            run(_serve_main, target, kind, endpoints, inherited, args.reuse_port,
+                _server_kwargs(args), loop=args.loop)  # fmt: skip
     except GracefulExit:
         return 0
     except LoopUnavailable as exc:
@@ -544,6 +642,7 @@ async def _serve_main(
     endpoints: list[Any],
     inherited: list[socket.socket],
     reuse_port: bool,
+    limits: dict[str, Any],
 ) -> None:
     from ._systemd import sd_notify
 
@@ -555,7 +654,7 @@ async def _serve_main(
             # Inherited sockets (--fd, LISTEN_FDS, a unix socket bound by the
             # --workers parent) are served beside the --bind endpoints.
             server = await stack.enter_async_context(
-                serve(target, *endpoints, reuse_port=reuse_port, sockets=inherited)
+                serve(target, *endpoints, reuse_port=reuse_port, sockets=inherited, **limits)
             )
             bound += [str(e) for e in server.endpoints]
         else:
@@ -627,6 +726,8 @@ async def _workers_main(
         argv = [sys.executable, "-m", "anycore", "run", args.target]
         argv += ["--app-dir", args.app_dir_abs, "--loop", args.loop]
         argv += ["--log-level", args.log_level, "--log-format", args.log_format]
+        for key, value in _server_kwargs(args).items():
+            argv += ["--" + key.replace("_", "-"), str(value)]
         for text in binds:
             argv += ["--bind", text]
         for fd in fds:

@@ -109,10 +109,13 @@ _FLOATS = {
     "grace_period",
     "ready_delay",
     "ready_timeout",
+    "idle_timeout",
+    "frame_deadline",
+    "min_receive_rate",
 }
-_INTS = {"max_restarts", "numprocs"}
+_INTS = {"max_restarts", "numprocs", "max_connections"}
 _BOOLS = {"ready_notify", "capture_output"}
-_STRS = {"server", "restart", "ready_line", "cwd", "hint"}
+_STRS = {"server", "restart", "ready_line", "cwd", "hint", "on_limit"}
 _STR_LISTS = {"binds", "depends_on"}
 
 

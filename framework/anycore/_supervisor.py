@@ -64,6 +64,13 @@ __all__ = [
 logger = logging.getLogger("anycore.supervisor")
 
 RestartPolicy = Literal["always", "on-failure", "never"]
+_SERVER_LIMITS = (
+    "max_connections",
+    "on_limit",
+    "idle_timeout",
+    "frame_deadline",
+    "min_receive_rate",
+)
 _POLICIES = ("always", "on-failure", "never")
 
 
@@ -107,6 +114,9 @@ class Program:
         server: ``"module:Target"`` for ``anycore run`` in a child process,
             served on ``binds``; readiness then defaults to the notify socket.
         binds: endpoints for ``server``.
+        max_connections, on_limit, idle_timeout, frame_deadline,
+            min_receive_rate: ``serve()``'s connection limits for a ``server``
+            program (``anycore run --max-connections`` ...); ``None``: its default.
         restart: ``"always"``, ``"on-failure"`` (a non-zero exit or a signal)
             or ``"never"``.
         backoff_initial, backoff_max, backoff_jitter: the delay before restart
@@ -137,6 +147,11 @@ class Program:
     target: Callable[..., Any] | None = None
     server: str | None = None
     binds: tuple[str, ...] = ()
+    max_connections: int | None = None
+    on_limit: Literal["shed", "refuse", "hold"] | None = None
+    idle_timeout: float | None = None
+    frame_deadline: float | None = None
+    min_receive_rate: float | None = None
     restart: RestartPolicy = "always"
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
@@ -200,6 +215,18 @@ class Program:
             _parse_host_port(self.ready_port)
         if self.server is not None and ":" not in self.server:
             raise ValueError(f"program {self.name!r}: server must be 'module:Target'")
+        limits = [k for k in _SERVER_LIMITS if getattr(self, k) is not None]
+        if limits and self.server is None:
+            raise ValueError(f"program {self.name!r}: {', '.join(limits)} apply to server programs")
+        for key in limits:
+            value = getattr(self, key)
+            if key == "on_limit":
+                if value not in ("shed", "refuse", "hold"):
+                    raise ValueError(
+                        f"program {self.name!r}: on_limit must be shed, refuse or hold"
+                    )
+            elif not value > 0:
+                raise ValueError(f"program {self.name!r}: {key} must be positive")
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
     def __eq__(self, other: object) -> bool:
@@ -219,6 +246,10 @@ class Program:
             argv = [sys.executable, "-m", "anycore", "run", self.server]
             for bind in self.binds:
                 argv += ["--bind", bind.replace("{index}", str(index))]
+            for key in _SERVER_LIMITS:
+                value = getattr(self, key)
+                if value is not None:
+                    argv += ["--" + key.replace("_", "-"), str(value)]
             return argv
         if isinstance(self.command, str):
             return self.command.replace("{index}", str(index))

@@ -5,7 +5,9 @@ This module owns everything that runs a Python callable in another process:
 * the start method (forkserver on Linux: the server is single-threaded, so
   forking it is safe however many threads the parent runs; spawn elsewhere);
 * serialisation: pickle by default, cloudpickle when it is installed and pickle
-  cannot carry the object (lambdas, closures, functions of ``__main__``);
+  cannot carry the object (lambdas, closures, functions of ``__main__``), with
+  code objects keeping their file name so remote tracebacks name the user's
+  file; remote tracebacks start at the user's frame (the worker loop's are cut);
 * a duplex *channel*: a socketpair carrying length-prefixed pickle frames.  The
   loop side (:class:`Channel`) is wired to the loop with ``add_reader`` /
   ``add_writer`` so sends and receives never block it; the child side
@@ -13,7 +15,10 @@ This module owns everything that runs a Python callable in another process:
 * :class:`ProcessHandle`, a started :class:`multiprocessing.Process` watched
   through its sentinel (``add_reader`` on the fd: the loop never blocks and
   nothing calls ``waitpid(-1)``), with SIGTERM-grace-SIGKILL stopping of its
-  process group;
+  process group, its leftovers killed when it exits, and ``die_with_parent``
+  (the spawn guard watches it; a forkserver child sets PR_SET_PDEATHSIG);
+* refusing to start processes while a child imports a main script that has no
+  ``if __name__ == "__main__":`` guard (:class:`NoMainGuard`);
 * the exit-flush registry (:func:`register_exit_flush`): hooks a child runs
   before it exits, because ``os._exit`` (how multiprocessing ends a child) runs
   none;

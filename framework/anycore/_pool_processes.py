@@ -26,7 +26,13 @@ oldest unanswered job is the only one that can be running:
   its exit-flush hooks; a replacement is started at once.
 
 Workers start in their own process group with SIGTERM turned into an
-exception (so ``finally`` blocks and the exit-flush hooks run).  Three
+exception (so ``finally`` blocks and the exit-flush hooks run); whatever is
+left in the group when a worker exits is SIGKILLed, and workers die with
+the parent (``die_with_parent``: the spawn guard and PR_SET_PDEATHSIG).  A
+result or arguments over ``max_message_size`` are refused before sending
+(PoolMessageTooLarge in the caller; the worker lives on).  A worker that
+finds itself importing a main script without the ``__main__`` guard exits
+and the pool fails at once, naming the guard.  Three
 workers in a row dying before they report ready (or an initializer that
 raises) break the pool: queued and later jobs fail with ChildProcessFailed,
 rather than respawning forever as multiprocessing.Pool does.

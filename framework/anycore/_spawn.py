@@ -17,6 +17,14 @@
 #     exists its pid - and so its process-group id - cannot be reused, which makes
 #     the final ``killpg`` of a finished child's leftovers safe.
 #   * ``ProcessStatus``: the decoded wait status (exit code / signal / core dump).
+#   * ``die_with_parent``: one guard process per parent (``_GUARD_SOURCE``) that
+#     SIGKILLs the listed process groups once the parent is gone, even by SIGKILL;
+#     ``set_parent_death_signal`` (PR_SET_PDEATHSIG plus the getppid race check)
+#     for Python children forked by the fork server.  posix_spawn cannot run code
+#     in the child, and PR_SET_PDEATHSIG reaches one process only (and fires when
+#     the spawning *thread* ends), so the group kill lives in the guard.
+#   * exec errors: ``ExecutableNotFound`` when nothing is there, ``NotExecutable``
+#     for a file without execute permission or that is no program (ENOEXEC).
 #
 # Rejected: the loop's own subprocess machinery (uvloop's rejects process_group, user,
 # group and umask and spawns ~4x slower than asyncio's); a SIGCHLD handler (uvloop

@@ -13,6 +13,11 @@ used: they are deprecated from Python 3.14 on.  An application that runs its
 own loop gets the same runtime with ``async with open_runtime():``; without
 one, every primitive cleans up in its own scope and nothing here is needed.
 
+``open_runtime`` also works under trio (through anyio): the runtime is keyed
+by ``loop_key()`` (the asyncio loop, or trio's run token), the shutdown runs
+in a ``BackgroundJob`` and the signal policy on anyio's signal receiver; only
+the asyncio-task parts (``spawn``, ``Runtime.tasks``) stay asyncio's.
+
 The body of ``open_runtime`` (main) runs inside an anyio cancel scope that the
 shutdown sequence cancels after servers have stopped accepting and drained.
 Rejected: cancelling the host task directly, which cannot be told apart from

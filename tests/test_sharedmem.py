@@ -590,3 +590,22 @@ def test_bounded_semaphore_refuses_an_extra_release() -> None:
         assert sem.value == 2
     finally:
         sem.close()
+
+
+async def test_ctypes_types_as_typecodes_and_multiprocessing_children() -> None:
+    import ctypes
+
+    ctx = multiprocessing.get_context("spawn")
+    async with SharedArray(ctypes.c_double, 6) as arr, SharedValue(ctypes.c_int, 0) as v:
+        assert (arr.typecode, v.typecode) == ("d", "i")
+        procs = [ctx.Process(target=children.increment, args=(v, 200)) for _ in range(2)]
+        procs.append(ctx.Process(target=children.fill, args=(arr, 1, 4, 2.5)))
+        for p in procs:
+            p.start()
+        for p in procs:
+            await anyio.to_thread.run_sync(p.join, 30)
+        assert [p.exitcode for p in procs] == [0, 0, 0]
+        assert v.value == 400
+        assert arr[:] == [0.0, 2.5, 2.5, 2.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match="ctypes type"):
+        SharedValue(ctypes.c_char)

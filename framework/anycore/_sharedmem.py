@@ -185,10 +185,14 @@ def _cast(view: memoryview, fmt: str, shape: tuple[int, ...] | None = None) -> m
     return result
 
 
-def _typecode(typecode: str) -> str:
-    if not isinstance(typecode, str) or len(typecode) != 1 or typecode not in TYPECODES:
-        raise ValueError(f"typecode must be one of {TYPECODES!r}, got {typecode!r}")
-    return typecode
+def _typecode(typecode: str | type[Any]) -> str:
+    # sharedctypes also takes ctypes types (ctypes.c_double): their _type_ is the code.
+    code = typecode if isinstance(typecode, str) else getattr(typecode, "_type_", None)
+    if not isinstance(code, str) or len(code) != 1 or code not in TYPECODES:
+        raise ValueError(
+            f"typecode must be one of {TYPECODES!r} or a ctypes type of one, got {typecode!r}"
+        )
+    return code
 
 
 class _Shared:
@@ -257,7 +261,8 @@ class RawSharedArray(_Shared):
     unlinks the segment.  Pickle it (pass it to a child process) to share it.
 
     Args:
-        typecode: one of ``TYPECODES`` (``'d'`` float64, ``'i'`` int32, ...).
+        typecode: one of ``TYPECODES`` (``'d'`` float64, ``'i'`` int32, ...),
+            or the matching ctypes type (``ctypes.c_double``).
         size_or_initializer: the length (zero-filled), or the initial items.
 
     Raises:
@@ -265,18 +270,18 @@ class RawSharedArray(_Shared):
         TypeError, OverflowError: an initializer that does not fit the type.
     """
 
-    def __init__(self, typecode: str, size_or_initializer: int | Iterable[Any]) -> None:
-        typecode = _typecode(typecode)
+    def __init__(self, typecode: str | type[Any], size_or_initializer: int | Iterable[Any]) -> None:
+        code = _typecode(typecode)
         init: array.array[Any] | None = None
         if isinstance(size_or_initializer, int):
             if size_or_initializer < 0:
                 raise ValueError(f"size must be >= 0, got {size_or_initializer}")
             length = size_or_initializer
         else:
-            init = array.array(typecode, size_or_initializer)
+            init = array.array(code, size_or_initializer)
             length = len(init)
-        self._typecode = typecode
-        self._segment = _Segment(length * array.array(typecode).itemsize)
+        self._typecode = code
+        self._segment = _Segment(length * array.array(code).itemsize)
         self._map(length)
         if init is not None and length:
             self._view[:] = init
@@ -361,7 +366,7 @@ class SharedArray(RawSharedArray):
     task, ``with a.lock:`` in synchronous code.
 
     Args:
-        typecode: one of ``TYPECODES``.
+        typecode: one of ``TYPECODES``, or the matching ctypes type.
         size_or_initializer: the length (zero-filled), or the initial items.
         lock: share an existing :class:`~anycore.ProcessLock` (not owned);
             default: a new one, owned and closed with the array.
@@ -369,7 +374,7 @@ class SharedArray(RawSharedArray):
 
     def __init__(
         self,
-        typecode: str,
+        typecode: str | type[Any],
         size_or_initializer: int | Iterable[Any],
         *,
         lock: ProcessLock | None = None,
@@ -408,7 +413,7 @@ class SharedValue(_Shared):
     manager: scope end unlinks the segment and the lock.
 
     Args:
-        typecode: one of ``TYPECODES``.
+        typecode: one of ``TYPECODES``, or the matching ctypes type.
         value: the initial value.
         lock: share an existing :class:`~anycore.ProcessLock` (not owned);
             default: a new one, owned.
@@ -418,7 +423,9 @@ class SharedValue(_Shared):
         TypeError, OverflowError: a value that does not fit the type.
     """
 
-    def __init__(self, typecode: str, value: Any = 0, *, lock: ProcessLock | None = None) -> None:
+    def __init__(
+        self, typecode: str | type[Any], value: Any = 0, *, lock: ProcessLock | None = None
+    ) -> None:
         self._typecode = _typecode(typecode)
         initial = array.array(self._typecode, [value])  # type-checks before allocating
         self._segment = _Segment(initial.itemsize)

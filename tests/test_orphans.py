@@ -97,7 +97,7 @@ def _kill_parent_and_check(proc: subprocess.Popen[bytes], expected: int) -> None
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_process_family_dies_with_parent(tmp_path: Path) -> None:
+def test_process_family_pipeline_and_pty_die_with_parent(tmp_path: Path) -> None:
     with _parent(
         tmp_path,
         """
@@ -106,7 +106,12 @@ def test_process_family_dies_with_parent(tmp_path: Path) -> None:
 
         async def main():
             cmd = "sleep 300 & sleep 300 & wait"
-            async with anycore.Process(cmd, shell=True, die_with_parent=True) as p:
+            pipe = anycore.pipeline(["sleep", "301"], ["sleep", "302"], die_with_parent=True)
+            async with (
+                anycore.Process(cmd, shell=True, die_with_parent=True) as p,
+                pipe,
+                anycore.open_pty(["sleep", "303"], die_with_parent=True),
+            ):
                 for _ in range(2000):
                     if len(list(iter_descendants(p.pid))) >= 2:
                         break
@@ -118,7 +123,7 @@ def test_process_family_dies_with_parent(tmp_path: Path) -> None:
         """,
     ) as proc:
         _read_until(proc, b"READY")
-        _kill_parent_and_check(proc, 3)  # sh, two sleeps (+ the guard)
+        _kill_parent_and_check(proc, 6)  # sh and two sleeps, 2 pipeline stages, the pty
 
 
 def test_child_process_and_busy_pool_die_with_parent(tmp_path: Path) -> None:

@@ -125,6 +125,8 @@ class Pipeline:
         grace_period, drain_timeout, limit, max_line_length, split_long_lines:
             as for :class:`~anycore.Process`.
         limiter: an anyio.CapacityLimiter; the pipeline takes one token.
+        die_with_parent: every stage (and the pipeline's process group, while
+            its first stage runs) is SIGKILLed if this process dies.
 
     Raises:
         ValueError, TypeError: invalid stages or options (nothing spawned).
@@ -147,6 +149,7 @@ class Pipeline:
         max_line_length: int = DEFAULT_MAX_LINE,
         split_long_lines: bool = False,
         limiter: anyio.CapacityLimiter | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.commands = [s if isinstance(s, Command) else Command(s) for s in stages]
         if not self.commands:
@@ -166,6 +169,7 @@ class Pipeline:
         self._max_line = max_line_length
         self._split = split_long_lines
         self._limiter = limiter
+        self._die_with_parent = die_with_parent
         self.processes: list[Process] = []
         self.stdin: ProcessWriter | None = None
         self.stdout: ProcessReader | TextProcessReader | None = None
@@ -191,6 +195,7 @@ class Pipeline:
             grace_period=self.grace_period,
             drain_timeout=self.drain_timeout,
             limiter=self._limiter,
+            die_with_parent=self._die_with_parent,
         )
 
     def _make_process(
@@ -220,6 +225,7 @@ class Pipeline:
             limit=self._limit,
             max_line_length=self._max_line,
             split_long_lines=self._split,
+            die_with_parent=self._die_with_parent,
             **options,
         )
 

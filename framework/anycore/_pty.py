@@ -60,7 +60,7 @@ class PtyProcess(Process):
         max_buffer: most bytes of output held; older ones are dropped.
         timeout: the default timeout of :meth:`expect`, seconds.
         encoding: used by :meth:`send` for ``str`` data (default UTF-8).
-        grace_period, limiter: as for Process.
+        grace_period, limiter, die_with_parent: as for Process.
 
     Raises:
         ValueError, TypeError: invalid arguments (nothing spawned).
@@ -81,6 +81,7 @@ class PtyProcess(Process):
         encoding: str = "utf-8",
         grace_period: float = 5.0,
         limiter: anyio.CapacityLimiter | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         super().__init__(
             args,
@@ -91,6 +92,7 @@ class PtyProcess(Process):
             start_new_session=True,
             grace_period=grace_period,
             limiter=limiter,
+            die_with_parent=die_with_parent,
         )
         rows, cols = dimensions
         if not (0 < rows < 65536 and 0 < cols < 65536):
@@ -136,6 +138,7 @@ class PtyProcess(Process):
                 ctty=os.ttyname(slave),
                 close_fds=True,
                 start_new_session=True,
+                die_with_parent=self._die_with_parent,
             )
         except BaseException:
             os.close(master)

@@ -117,3 +117,39 @@ def test_stack_file_limit_keys() -> None:
     assert info.value.line == 1
     with pytest.raises(ValueError, match="on_limit must be"):
         Program("a", server="m:H", on_limit="drop")  # type: ignore[arg-type]
+
+
+async def test_examples_work_from_an_installed_wheel(tmp_path: Path) -> None:
+    wheel_builder = pytest.importorskip("hatchling.builders.wheel")
+    import zipfile
+
+    [wheel] = wheel_builder.WheelBuilder(str(ROOT)).build(
+        directory=str(tmp_path / "dist"), versions=["standard"]
+    )
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        z.extractall(site)
+    assert not [n for n in names if "__pycache__" in n]
+    elsewhere = tmp_path / "elsewhere"  # no ./examples here
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = await run_process([*CLI, "examples"], stdout=PIPE, stderr=PIPE, cwd=elsewhere, env=env,
+                            timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    assert f"Examples installed with anycore, in {site / 'anycore' / '_examples'}" in text
+    command = "anycore run anycore._examples.echo:EchoHandler --bind tcp://127.0.0.1:PORT"
+    assert command in text
+    # And the command it shows runs.
+    args = [*CLI, *command.split()[1:-1], "tcp://127.0.0.1:0"]
+    async with Process(args, stdout=PIPE, stderr=STDOUT, cwd=elsewhere, env=env) as proc:
+        assert proc.stdout is not None
+        line = ""
+        with anyio.fail_after(30):
+            while "serving on" not in line:
+                raw = await proc.stdout.readline()
+                assert raw, "exited before serving"
+                line = raw.decode() if isinstance(raw, bytes) else raw
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait(30) == 0

@@ -1096,10 +1096,15 @@ def _duration(seconds: float) -> str:
 # -- examples ------------------------------------------------------------------------------------
 
 
+# The examples shipped inside the wheel (pyproject.toml force-includes examples/).
+_PACKAGED_EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_examples")
+
+
 def _examples_dir(given: str | None) -> str | None:
     candidates = [given] if given else [
         os.path.join(os.getcwd(), "examples"),
         os.path.join(os.path.dirname(__file__), "..", "..", "examples"),
+        _PACKAGED_EXAMPLES,
     ]  # fmt: skip
     for c in candidates:
         if c and os.path.isdir(c):
@@ -1110,20 +1115,25 @@ def _examples_dir(given: str | None) -> str | None:
 def _cmd_examples(args: argparse.Namespace) -> int:
     where = _examples_dir(args.dir)
     if where is None:
-        raise CommandFailed("no examples directory found (run from the anycore checkout)")
-    rel = os.path.relpath(where)
-    print(f"Examples in {rel} (run from the directory above it):\n")
+        raise CommandFailed("no examples directory found (give one with --dir)")
+    packaged = where == os.path.normpath(_PACKAGED_EXAMPLES)
+    rel = where if packaged else os.path.relpath(where)
+    module = "anycore._examples" if packaged else os.path.basename(where)
+    if packaged:
+        _emit(f"Examples installed with anycore, in {where}:\n")
+    else:
+        _emit(f"Examples in {rel} (run from the directory above it):\n")
     for name in sorted(os.listdir(where)):
         path = os.path.join(where, name)
         if name.endswith(".py") and not name.startswith("_"):
-            _describe_example(path, rel, name)
+            _describe_example(path, rel, module, name)
     stacks = sorted(n for n in os.listdir(where) if n.endswith(".toml") or n == "Procfile")
     for name in stacks:
-        print(f"{name}\n    the example stack\n    anycore supervise {rel}/{name}\n")
+        _emit(f"{name}\n    the example stack\n    anycore supervise {rel}/{name}\n")
     return 0
 
 
-def _describe_example(path: str, rel: str, name: str) -> None:
+def _describe_example(path: str, rel: str, package: str, name: str) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read())
@@ -1133,7 +1143,7 @@ def _describe_example(path: str, rel: str, name: str) -> None:
     summary = doc[0] if doc else ""
     print(f"{name}\n    {summary}")
     print(f"    python {rel}/{name}")
-    module = f"{os.path.basename(rel)}.{name[:-3]}"
+    module = f"{package}.{name[:-3]}"
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             bases = [ast.unparse(b) for b in node.bases]

@@ -609,3 +609,26 @@ async def test_ctypes_types_as_typecodes_and_multiprocessing_children() -> None:
         assert arr[:] == [0.0, 2.5, 2.5, 2.5, 0.0, 0.0]
     with pytest.raises(ValueError, match="ctypes type"):
         SharedValue(ctypes.c_char)
+
+
+def test_segment_removed_behind_our_back_still_ends_cleanly() -> None:
+    code = (
+        "import asyncio, os\n"
+        "from anycore import SharedValue\n"
+        "async def main():\n"
+        "    async with SharedValue('d', 1.0) as v:\n"
+        "        os.unlink('/dev/shm/' + v.name)\n"
+        "asyncio.run(main())\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": FRAMEWORK},
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert "resource_tracker" not in out.stderr, out.stderr

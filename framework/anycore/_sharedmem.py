@@ -174,7 +174,10 @@ def _finish(
     except BufferError as exc:
         busy = exc
     if owner and os.getpid() == owner_pid:  # never from a forked child
-        shm.unlink()
+        try:
+            shm.unlink()
+        except FileNotFoundError:  # removed behind our back: still withdraw it
+            resource_tracker.unregister("/" + shm.name, "shared_memory")
     return busy
 
 

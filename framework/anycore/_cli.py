@@ -2,11 +2,20 @@
 
 Commands: ``run`` (serve a handler class on endpoints, or run an async main;
 ``--workers N`` supervised processes sharing the port), ``supervise`` (run a
-stack file), ``ctl`` (talk to a running supervisor), ``examples`` (list the
-runnable examples).  Usage errors exit with status 2 as argparse does; expected
-failures (a port in use, an unknown module) print one line and exit 1 or 2,
-never a traceback.  Commands import what they need lazily so ``anycore --help``
-stays fast.
+stack file, ./Procfile by default, with ./.env), ``ctl`` (talk to a running
+supervisor of this user: status, start/stop/restart, signal, tail),
+``examples`` (list the runnable examples, from the checkout or the copy in the
+wheel).  Usage errors exit with status 2 as argparse does; expected failures
+(a port in use, an unknown module) print one line and exit 1 or 2, never a
+traceback; ``run`` checks its arguments before importing the target.  Commands
+import what they need lazily so ``anycore --help`` stays fast.  The standard
+options (loop, log level/format, workers) are public for users' own parsers:
+``add_standard_options`` / ``apply_standard_options``.
+
+Output: each line is written with its newline in one write(2) (``_emit``):
+``print()`` writes the newline separately and a log thread's line could land
+in between under ``> f 2>&1``.  Anything printed from the control socket has
+its control characters escaped.  Prefix colours only on a tty without NO_COLOR.
 
 Worker processes share a port through SO_REUSEPORT: the parent binds (without
 listening) to reserve the port, resolve port 0 and report a port in use before

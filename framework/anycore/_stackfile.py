@@ -5,7 +5,8 @@
 #   * a Procfile (``name: command`` lines, ``#`` comments, blank lines), the form
 #     foreman / honcho / Heroku made familiar; every command runs through the shell;
 #   * TOML (``*.toml``, parsed with tomllib), one ``[programs.NAME]`` table per
-#     program with every option of ``Program`` plus a ``[supervisor]`` table.
+#     program with every option of ``Program`` plus a ``[supervisor]`` table
+#     (``control_socket``, ``forward_signals``).
 # ``load_env_file`` reads a ``.env`` file (``KEY=VALUE`` lines, honcho's form) whose
 # values ``with_env`` gives every program, under the program's own ``env``.
 # Every error names the file and the line (TOML: the line of the offending key or

@@ -25,9 +25,21 @@
 #     ``READY=1`` on a notify socket (systemd's protocol: NOTIFY_SOCKET is set in the
 #     child's environment; ``anycore run`` speaks it).  Rejected: a fixed
 #     "startsecs" only (supervisord), which cannot tell a slow start from a ready one.
-#   * The control protocol is one request line (``status``, ``start NAME`` or a JSON
-#     object) and one JSON reply line, served with anycore's own LineHandler.
-#     Rejected: XML-RPC over HTTP (supervisord), far more surface for four verbs.
+#   * The control protocol is one request line (``status``, ``start NAME``,
+#     ``signal NAME SIG``, ``tail NAME`` or one flat JSON object, at most 4 KiB,
+#     nesting refused before parsing) and JSON reply lines, on asyncio streams
+#     over a socket the supervisor binds itself: inside a fresh 0700 directory,
+#     made 0600 and renamed into place (0600 from its first moment, whatever
+#     the umask); each connection's SO_PEERCRED uid must be ours or root's
+#     before a byte is read.  The default path is in a per-user 0700 directory
+#     whose owner and mode are checked.  ``tail`` keeps the last lines of each
+#     instance and feeds followers through bounded buffers (a slow one loses
+#     lines, counted).  Rejected: XML-RPC over HTTP (supervisord), far more
+#     surface for a few verbs; a LineHandler server, which cannot check the
+#     peer before the first frame nor stream a tail as simply.
+#   * Signals: ``signal()`` reaches a command's process group like the stop
+#     signal; ``forward_signals`` subscribes through ``on_signal`` beside the
+#     runtime's own handlers, so SIGHUP still reloads while it is forwarded.
 from __future__ import annotations
 
 import asyncio

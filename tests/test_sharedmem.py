@@ -9,6 +9,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from anycore import (
 )
 from anycore._sharedmem import TYPECODES
 from anycore.errors import (
+    BrokenError,
     BusyError,
     ClosedError,
     MessageTooLarge,
@@ -632,3 +634,12 @@ def test_segment_removed_behind_our_back_still_ends_cleanly() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert "resource_tracker" not in out.stderr, out.stderr
+
+
+async def test_a_corrupt_slot_header_is_a_clear_error() -> None:
+    async with ShmChannel(16) as chan:
+        await chan.send(b"fine")
+        # Another process scribbles over the slot header (nbytes > capacity).
+        struct.pack_into("=Q", chan._view, 64, 1 << 40)
+        with pytest.raises(BrokenError, match="corrupt"):
+            await chan.recv()

@@ -74,7 +74,7 @@ from types import TracebackType
 from typing import Any, Self, SupportsIndex, TypeVar, overload
 
 from ._psync import ProcessLock, ProcessSemaphore
-from .errors import BusyError, ClosedError, MessageTooLarge, PeerClosed
+from .errors import BrokenError, BusyError, ClosedError, MessageTooLarge, PeerClosed
 
 __all__ = ["RawSharedArray", "SharedArray", "SharedValue", "ShmChannel", "ShmChannelStatistics"]
 
@@ -675,7 +675,7 @@ class ShmChannel(_Shared):
             self._empty._post()  # pass the close wake-up on
             raise ClosedError("the ShmChannel is closed")
         flat, fmt, shape = message
-        base = _HEAD_SIZE + write * self._stride()
+        base = _HEAD_SIZE + write % self._slots * self._stride()
         data = base + _SLOT_HEAD_SIZE
         self._view[data : data + flat.nbytes] = flat
         dims = (*shape, *(0,) * (_MAX_DIMS - len(shape)))
@@ -691,8 +691,11 @@ class ShmChannel(_Shared):
         if sent == received:  # no message: the token was the close wake-up
             self._full._post()
             raise PeerClosed("the ShmChannel was closed and every message received")
-        base = _HEAD_SIZE + read * self._stride()
+        base = _HEAD_SIZE + read % self._slots * self._stride()
         nbytes, fmt_raw, ndim, *dims = _SLOT_HEAD.unpack_from(self._view, base)
+        if nbytes > self._capacity or ndim > _MAX_DIMS:
+            self._full._post()  # every receiver should see it
+            raise BrokenError(f"ShmChannel /{self.name}: a slot header is corrupt")
         data = base + _SLOT_HEAD_SIZE
         try:
             # Released at once: a view left in a traceback would pin the mapping.
@@ -757,6 +760,8 @@ class ShmChannel(_Shared):
 
         Raises:
             PeerClosed: the channel was closed and every message received.
+            BrokenError: a slot header is corrupt (something wrote over the
+                segment); every receive method raises it.
         """
         return await self._recv(_copy_typed)
 

@@ -42,8 +42,10 @@ lint: install
 	$(BIN)/ruff format --check framework tests examples benchmarks
 	$(BIN)/mypy
 
+# The site in site/: open site/index.html, or `python -m http.server -d site`
+# for search too.  Nothing is fetched from the network, at build or view time.
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .hypothesis

@@ -359,6 +359,11 @@ class TerminatorFramer(Framer):
             k = next(j for j, f in enumerate(frames) if len(f) > limit)
             del frames[k:]
             end = pos + sum(map(len, frames)) + k * self._tlen
+        if end == len(buf):
+            # All consumed: drop the read's bytes (kept, the small objects of
+            # many idle connections pin the heap pages of big reads).
+            self._buf = b""
+            end = 0
         self._pos = self._scan = self._origin = end
         return frames
 

@@ -1,0 +1,1 @@
+"""The reference chapters' worked examples, rewritten on anycore (see docs/classic.md)."""

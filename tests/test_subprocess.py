@@ -199,6 +199,24 @@ async def test_missing_executable_names_it(tmp_path: Path) -> None:
     assert proc.pid == -1
 
 
+async def test_a_stream_that_is_not_a_pipe_says_so() -> None:
+    async with Process(["true"]) as proc:
+        assert not proc.stdout  # falsy, as None was
+        with pytest.raises(
+            anycore.RuntimeStateError,
+            match=r"^proc\.stdout is not a pipe: start the process with stdout=PIPE to read it$",
+        ):
+            async for _ in proc.stdout:  # type: ignore[union-attr]
+                pass
+        with pytest.raises(anycore.RuntimeStateError, match="stdin=PIPE to write to it"):
+            await proc.stdin.write(b"x")  # type: ignore[union-attr]
+        assert not hasattr(proc.stderr, "readline")
+        assert await proc.wait() == 0
+    later = Process(["true"], stdout=PIPE)
+    with pytest.raises(anycore.RuntimeStateError, match="a pipe once the process is started"):
+        await later.stdout.readline()  # type: ignore[union-attr]
+
+
 async def test_a_command_string_without_shell_hints_at_a_list() -> None:
     with pytest.raises(ExecutableNotFound) as info:
         await run_process("ls -l")

@@ -321,7 +321,7 @@ class Pipeline:
             return
         self._state = "closed"
         try:
-            if self.stdin is not None:
+            if self.stdin:
                 self.stdin.close()
             procs = self.processes
             try:
@@ -338,7 +338,7 @@ class Pipeline:
             finally:
                 if self._comm is not None and not self._comm.done():
                     self._comm.cancel()
-                if self.stderr is not None:
+                if self.stderr:
                     self.stderr.close()
                 # Followers first: the leader's close kills what is left of the group.
                 for p in reversed(procs):

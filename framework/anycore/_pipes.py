@@ -525,7 +525,7 @@ async def _communicate(
     """communicate() once the owner is known to run: one shared task, so a call
     that timed out is resumed by the next one."""
     if owner._comm is None:
-        if input is not None and owner.stdin is None:
+        if input is not None and not owner.stdin:
             raise ValueError("input given but stdin is not a PIPE")
         owner._comm = asyncio.ensure_future(_collect(owner, input, max_output))
     elif input is not None:
@@ -551,7 +551,7 @@ async def _collect(owner: _PipeOwner, input: bytes | str | None, limit: int) -> 
     readers = [
         (_raw(stream), owner._captured[i])
         for i, stream in enumerate((owner.stdout, owner.stderr))
-        if stream is not None
+        if stream
     ]
     await _serve_pipes(
         owner.stdin, input, readers, limit, owner._exit_futures(), owner.drain_timeout,
@@ -566,7 +566,7 @@ async def _run_to_end(
     """run()'s body inside the owner's scope: communicate (only wait when nothing is
     piped), then wait for every exit.  On timeout everything is stopped and the
     TimeoutExpired carries what was read by then."""
-    if owner.stdin is None and owner.stdout is None and owner.stderr is None:
+    if not (owner.stdin or owner.stdout or owner.stderr):
         await owner.wait(timeout)  # the hot path: no pipes, no tasks
         return None, None
     try:
@@ -592,7 +592,7 @@ def _decode_capture(
 ) -> tuple[Any, Any]:
     results: list[Any] = []
     for buf, stream in zip(buffers, streams, strict=True):
-        if stream is None:
+        if not stream:
             results.append(None)
         elif encoding is None:
             results.append(bytes(buf))
@@ -636,7 +636,7 @@ async def _serve_pipes(
     grandchild) get ``drain_timeout``, then the group is killed, then another
     ``drain_timeout``; what was read by then is the output."""
     tasks: set[asyncio.Future[Any]] = set()
-    if stdin is not None:
+    if stdin:
         tasks.add(asyncio.ensure_future(_feed(stdin, input)))
     for reader, sink in readers:
         tasks.add(asyncio.ensure_future(_pump(reader, sink, limit)))

@@ -241,6 +241,53 @@ def _gid(group: str | int | None) -> int | None:
         raise ValueError(f"no such group: {group!r}") from None
 
 
+class _NotPipedError(RuntimeStateError, AttributeError):
+    """A stream of a process that is not a pipe was used (also an AttributeError,
+    so ``hasattr`` and ``getattr(..., default)`` keep working)."""
+
+
+class _NotPiped:
+    """What ``proc.stdin`` / ``stdout`` / ``stderr`` hold when that stream is not
+    a pipe (or the process is not started yet): falsy like ``None``, and any use
+    - iterating it, reading, writing - raises a :class:`RuntimeStateError` that
+    says so."""
+
+    __slots__ = ("_name", "_piped")
+
+    def __init__(self, name: str, piped: bool) -> None:
+        self._name = name
+        self._piped = piped
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"<proc.{self._name}: {'not started' if self._piped else 'not a pipe'}>"
+
+    def _error(self) -> _NotPipedError:
+        if self._piped:
+            return _NotPipedError(f"proc.{self._name} is a pipe once the process is started")
+        use = "write to" if self._name == "stdin" else "read"
+        return _NotPipedError(
+            f"proc.{self._name} is not a pipe: start the process with {self._name}=PIPE to {use} it"
+        )
+
+    def __aiter__(self) -> Any:
+        raise self._error()
+
+    def __iter__(self) -> Any:
+        raise self._error()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise self._error()
+
+
+def _not_piped(name: str, how: int | None) -> Any:
+    return _NotPiped(name, how == PIPE)
+
+
 # -- Process -------------------------------------------------------------------------------
 
 
@@ -380,9 +427,11 @@ class Process(_Killable):
         self._die_with_parent = bool(die_with_parent)
 
         self.pid: int = -1
-        self.stdin: ProcessWriter | None = None
-        self.stdout: ProcessReader | TextProcessReader | None = None
-        self.stderr: ProcessReader | TextProcessReader | None = None
+        # Until spawn (and for good when not a PIPE): a falsy placeholder whose
+        # use says why, instead of None's "'async for' requires ... NoneType".
+        self.stdin: ProcessWriter | None = _not_piped("stdin", self._stdin)
+        self.stdout: ProcessReader | TextProcessReader | None = _not_piped("stdout", self._stdout)
+        self.stderr: ProcessReader | TextProcessReader | None = _not_piped("stderr", self._stderr)
         self._status: ProcessStatus | None = None
         self._exit: asyncio.Future[ProcessStatus] | None = None
         self._waiters: list[asyncio.Future[ProcessStatus]] = []
@@ -565,7 +614,7 @@ class Process(_Killable):
                     await asyncio.wait({self._exit}, timeout=self.grace_period + 5)
             return
         self._state = "closing"
-        if self.stdin is not None:
+        if self.stdin:
             self.stdin.close()
         try:
             if self._status is None or (self._comm is not None and not self._comm.done()):
@@ -596,7 +645,7 @@ class Process(_Killable):
     def _finish(self) -> None:
         self._kill_leftovers()
         for stream in (self.stdin, self.stdout, self.stderr):
-            if stream is not None:
+            if stream:
                 stream.close()
         if self._comm is not None and not self._comm.done():
             self._comm.cancel()

@@ -214,6 +214,15 @@ async def test_wait_connections_returns_the_ready_ones() -> None:
             os.close(w)
 
 
+async def test_wait_connections_sees_a_pending_client_on_a_listener() -> None:
+    async with Listener() as listener:
+        assert await wait_connections([listener], timeout=0.05) == []
+        with socket.create_connection(tcp(listener)):
+            assert await wait_connections([listener], timeout=5) == [listener]
+            async with await listener.accept():
+                pass
+
+
 async def test_message_over_the_limit_is_refused_before_allocation() -> None:
     mine, raw = socket.socketpair()
     conn = Connection(mine.detach(), max_message_size=1 << 20)
@@ -557,3 +566,21 @@ def test_messaging_adder_example() -> None:
     assert "wrong key: digest sent was rejected" in out
     assert "server: refused a client: digest received was wrong" in out
     assert out.rstrip().endswith("server served 2 client(s)\ndone")
+
+
+async def test_default_unix_listener_lives_in_a_private_directory() -> None:
+    async with Listener(family="AF_UNIX") as listener:
+        path = listener.address
+        assert isinstance(path, str)
+        directory = os.path.dirname(path)
+        assert os.stat(directory).st_mode & 0o077 == 0  # only we can reach it
+        async with anyio.create_task_group() as tg:
+
+            async def client() -> None:
+                async with Client(path) as c:
+                    await c.send("over unix")
+
+            tg.start_soon(client)
+            async with await listener.accept() as conn:
+                assert await conn.recv() == "over unix"
+    assert not os.path.exists(directory)

@@ -43,6 +43,7 @@ import pickle
 import socket
 import struct
 import tempfile
+import warnings
 from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
@@ -303,6 +304,7 @@ class Connection:
             raise ValueError("at least one of readable and writable must be true")
         if max_message_size < 0:
             raise ValueError("max_message_size must be >= 0")
+        self.codec: Codec = _codec(codec)  # before the fd is ours: a bad codec leaks nothing
         fd = fd.__index__()
         if fd < 0:
             raise ValueError(f"invalid file descriptor {fd}")
@@ -310,7 +312,6 @@ class Connection:
         self._fd = fd
         self._readable = readable
         self._writable = writable
-        self.codec: Codec = _codec(codec)
         self.max_message_size = max_message_size
         self._rbuf = bytearray()
         self._rpos = 0
@@ -400,13 +401,15 @@ class Connection:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            # Not an error path anyone can act on, but do not leak the fd.
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            # Like an unclosed socket: close it, and say so (a leak in the caller).
+            self._fd = -1
+            warnings.warn(f"unclosed Connection fd={fd}", ResourceWarning, stacklevel=2)
             try:
-                os.close(self._fd)
+                os.close(fd)
             except OSError:  # pragma: no cover
                 pass
-            self._fd = -1
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
@@ -739,6 +742,7 @@ def Pipe(
     The ends are async context managers; either can be passed to a child
     process (:class:`anycore.ChildProcess` or :mod:`multiprocessing`).
     """
+    codec = _codec(codec)  # a bad codec fails before any fd is opened
     if duplex:
         a, b = socket.socketpair()
         fds = (a.detach(), b.detach())
@@ -1003,12 +1007,15 @@ class Listener:
     ) -> None:
         if authkey is not None:
             _check_authkey(authkey)
+        self._tmpdir: str | None = None
         if address is None:
-            address = ("127.0.0.1", 0) if family in (None, "AF_INET", socket.AF_INET) else None
-            if address is None and _family_of("", family) == socket.AF_UNIX:
-                address = tempfile.mktemp(prefix="anycore-", suffix=".sock")
-            elif address is None:
-                address = ("::1", 0)
+            fam = socket.AF_INET if family is None else _family_of("", family)
+            if fam == socket.AF_UNIX:
+                # A fresh private directory: no other user can guess or squat the path.
+                self._tmpdir = tempfile.mkdtemp(prefix="anycore-")
+                address = os.path.join(self._tmpdir, "listener.sock")
+            else:
+                address = ("::1", 0) if fam == socket.AF_INET6 else ("127.0.0.1", 0)
         fam = _family_of(address, family)
         self._codec = _codec(codec)
         if fam != socket.AF_UNIX and authkey is None:
@@ -1039,6 +1046,8 @@ class Listener:
             sock.setblocking(False)
         except BaseException:
             sock.close()
+            if self._tmpdir is not None:
+                os.rmdir(self._tmpdir)
             raise
         self._sock: socket.socket | None = sock
         self._unlink = address if fam == socket.AF_UNIX and isinstance(address, str) else None
@@ -1094,11 +1103,12 @@ class Listener:
         if sock is not None:
             self._read_ready.close()
             sock.close()
-            if self._unlink is not None:
-                try:
-                    os.unlink(self._unlink)
-                except OSError:
-                    pass
+            for remove, path in ((os.unlink, self._unlink), (os.rmdir, self._tmpdir)):
+                if path is not None:
+                    try:
+                        remove(path)
+                    except OSError:
+                        pass
 
     async def aclose(self) -> None:
         """Close the listener (see :meth:`close`)."""

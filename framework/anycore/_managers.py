@@ -519,34 +519,60 @@ async def _serve_in_child(
 
 
 class _ClientPool:
-    """Connections to one manager server, one per concurrent call."""
+    """Connections to one manager server, one per concurrent call.
 
-    def __init__(self, address: Address, authkey: bytes) -> None:
+    At most ``max_connections`` are open at once (more concurrent calls wait
+    for one); up to ``_IDLE_CONNECTIONS`` idle ones are kept for later calls.
+    """
+
+    def __init__(self, address: Address, authkey: bytes, max_connections: int = 64) -> None:
         self.address = address
         self.authkey = authkey
         self._idle: list[Connection] = []
+        self._open: set[Connection] = set()  # idle and checked out (a held lock's)
         self._closed = False
+        self._slots = anyio.Semaphore(max_connections)
 
     async def checkout(self) -> Connection:
         if self._closed:
             raise ClosedError("the manager client is closed")
-        if self._idle:
-            return self._idle.pop()
-        return await Client(self.address, authkey=self.authkey)
+        await self._slots.acquire()
+        try:
+            if self._idle:
+                return self._idle.pop()
+            conn = await Client(self.address, authkey=self.authkey)
+            self._open.add(conn)
+            return conn
+        except BaseException:
+            self._slots.release()
+            raise
 
     def checkin(self, conn: Connection) -> None:
-        if self._closed or len(self._idle) >= _IDLE_CONNECTIONS:
+        self._slots.release()
+        if self._closed or conn.closed or len(self._idle) >= _IDLE_CONNECTIONS:
+            self._open.discard(conn)
             conn.close()
         else:
             self._idle.append(conn)
 
-    @staticmethod
-    async def request_on(conn: Connection, message: tuple[Any, ...]) -> tuple[str, Any]:
+    def add_idle(self, conn: Connection) -> None:
+        """Adopt a connection made elsewhere as an idle one."""
+        self._open.add(conn)
+        self._idle.append(conn)
+
+    def discard(self, conn: Connection) -> None:
+        """Close a checked-out connection whose state is unknown (never reuse it)."""
+        self._open.discard(conn)
+        conn.close()
+        self._slots.release()
+
+    async def request_on(self, conn: Connection, message: tuple[Any, ...]) -> tuple[str, Any]:
+        """Send *message* on a checked-out *conn*; on any failure the slot is given back."""
         try:
             await conn.send(message)
             reply: tuple[str, Any] = await conn.recv()
         except BaseException:
-            conn.close()  # its state is unknown now: never reuse it
+            self.discard(conn)
             raise
         return reply
 
@@ -557,9 +583,11 @@ class _ClientPool:
         return reply
 
     def close(self) -> None:
+        """Close every connection, idle or checked out (a held lock is let go)."""
         self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
+        self._idle = []
+        conns, self._open = self._open, set()
+        for conn in conns:
             conn.close()
 
 
@@ -771,7 +799,7 @@ class LockProxy(AsyncProxy):
         """Give up a held lock (by closing its connection) and close owned connections."""
         conn, self._held = self._held, None
         if conn is not None:
-            conn.close()
+            self._pool.discard(conn)
         await super().aclose()
 
 
@@ -1005,7 +1033,7 @@ class BaseManager:
         pool = _ClientPool(self._address, self._authkey)
         # Fail now on a wrong key or address, not at the first call.
         conn = await Client(self._address, authkey=self._authkey)
-        pool._idle.append(conn)
+        pool.add_idle(conn)
         self._pool = pool
         self._state = "connected"
         return self

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,11 @@ def test_getting_started_program_prints_what_the_page_shows(
     got = sorted(PORT.sub("tcp://127.0.0.1:PORT", proc.stdout).splitlines())
     want = sorted(PORT.sub("tcp://127.0.0.1:PORT", expected).splitlines())
     assert got == want, proc.stdout
+
+
+def test_getting_started_names_every_extra() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    table = (DOCS / "getting-started.md").read_text().split("## Install", 1)[1]
+    table = table.split("\n## ", 1)[0]
+    missing = [e for e in project["optional-dependencies"] if f"`{e}`" not in table]
+    assert not missing, f"extras not described in getting-started.md's Install: {missing}"

@@ -28,7 +28,8 @@ How it is built, and why it is fast:
   (``output_blocked``) it stops, and anycore calls ``writing_resumed()`` when
   the client has read them: a few KB of pipelined ``GET`` of a large value
   cannot build hundreds of MiB of replies.  A protocol error answers
-  ``-ERR Protocol error`` and closes only that connection, like redis-server.
+  ``-ERR Protocol error`` and closes only that connection, like redis-server
+  (anycore logs it, rate-limited, and counts it in the server's errors).
 * Limits (see :class:`RespParser` and :class:`Commands`): 64 MiB per bulk
   argument, 64 MiB per command (an unfinished command cannot hold more),
   128 MiB of unparsed input per connection, 64 MiB per MGET reply.
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -52,7 +52,6 @@ from anycore import RawHandler, RemoteProtocolError
 __all__ = ["Commands", "RespError", "RespHandler", "RespParser", "Store", "encode_command"]
 
 CRLF = b"\r\n"
-log = logging.getLogger("examples.resp_kv")
 
 
 class RespError(RemoteProtocolError):
@@ -668,9 +667,11 @@ class RespHandler(RawHandler):
             self._protocol_error(exc)
 
     def _protocol_error(self, exc: RespError) -> None:
-        log.warning("connection %s from %s: %s; closing it", self.connection_id, self.peer, exc)
+        # Answer as redis does, then let anycore end the connection: it logs
+        # malformed input rate-limited (a flood of garbage connections costs a
+        # few lines and a summary), counts it, and writes the answer first.
         self.send(error(f"ERR Protocol error: {exc}"))
-        self.close()
+        raise exc
 
 
 def handler_factory(commands: Commands) -> Callable[[], RespHandler]:

@@ -313,7 +313,8 @@ async def test_malformed_request_ends_only_that_connection(
     assert str(err).startswith("ERR Protocol error")
     await _expect_closed(reader)
     writer.close()
-    assert re.search(r"connection \d+ from \('127\.0\.0\.1', \d+\): .*; closing it", caplog.text)
+    assert re.search(r"connection \d+: malformed input from the peer: .*; closing it", caplog.text)
+    assert server.statistics().errors == 1
 
     other_w.write(resp.encode_command("ECHO", "still here"))
     assert await _reply(other_r) == b"still here"

@@ -643,3 +643,25 @@ async def test_a_corrupt_slot_header_is_a_clear_error() -> None:
         struct.pack_into("=Q", chan._view, 64, 1 << 40)
         with pytest.raises(BrokenError, match="corrupt"):
             await chan.recv()
+
+
+def test_threads_wait_on_one_semaphore_at_once() -> None:
+    import threading
+
+    sem = ProcessSemaphore(0)
+    got: list[bool] = []
+    try:
+        threads = [
+            threading.Thread(target=lambda: got.append(sem.sync_acquire(timeout=30)))
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for _ in threads:
+            sem.release()
+        for t in threads:
+            t.join(30)
+        assert got == [True, True, True]
+        assert sem.value == 0
+    finally:
+        sem.close()

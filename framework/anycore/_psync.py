@@ -101,7 +101,6 @@ class _Fifo:
         "_loop",
         "_path",
         "_pid",
-        "_poller",
         "_waiters",
     )
 
@@ -117,7 +116,6 @@ class _Fifo:
         self._pid = os.getpid()
         self._waiters: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._poller: tuple[int, Any] | None = None  # (pid, select.poll) for sync waits
         # The owner unlinks the FIFO; every holder closes its own fd.
         self._finalizer = weakref.finalize(
             self, _release, self._fd, self._path if owner else None, self._pid
@@ -210,12 +208,10 @@ class _Fifo:
 
     def _poll(self, deadline: float | None) -> bool:
         """Block this thread until readable or the deadline; False on timeout."""
-        fd = self.fileno()
-        if self._poller is None or self._poller[0] != os.getpid():
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            self._poller = (os.getpid(), poller)
-        poller = self._poller[1]
+        # A poll object per call: one shared by threads would refuse
+        # concurrent waits ("concurrent poll() invocation").
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return False

@@ -7,6 +7,7 @@ other processes (ChildProcess) that get proxies pickled or join by address.
 from __future__ import annotations
 
 import queue
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import pytest
 
 from anycore import ChildProcess
 from anycore._child import iter_descendants
+from anycore._connection import Client
 from anycore._managers import AsyncProxy, SyncManager, Token, _ClientPool
 from anycore.errors import AuthenticationError, ManagerError, MethodNotExposed, RuntimeStateError
 
@@ -264,3 +266,21 @@ def test_manager_watch_example() -> None:
         proc.stdout
     )
     assert proc.stdout.rstrip().endswith("done")
+
+
+async def test_a_silent_or_garbage_client_does_not_stop_the_server(manager: SyncManager) -> None:
+    d = await manager.dict(k=1)
+    address = manager.address
+    assert isinstance(address, tuple)
+    # A client that connects and never answers the challenge (the handshake
+    # timeout is 10 s) must not hold up the next one.
+    with socket.create_connection(address), anyio.fail_after(5):
+        async with await SyncManager(address, KEY).connect() as fresh:
+            other = await fresh.dict()
+            await other.setitem("x", 1)
+    # An authenticated client that sends garbage is dropped; the rest goes on.
+    async with Client(address, authkey=KEY) as conn:
+        await conn.send_bytes(b"\x80\x05garbage")
+        with pytest.raises(EOFError):
+            await conn.recv()
+    assert await d.getitem("k") == 1

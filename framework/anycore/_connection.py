@@ -1077,6 +1077,16 @@ class Listener:
             AuthenticationError: the peer failed the handshake.
             ClosedError: the listener is closed.
         """
+        conn = await self._accept_unauthenticated()
+        await self._authenticate_accepted(conn)
+        return conn
+
+    async def _accept_unauthenticated(self) -> Connection:
+        """The next peer, not yet authenticated: call _authenticate_accepted before use.
+
+        For servers that run each handshake in the peer's own task, so that a
+        slow or silent peer cannot hold up the accept loop.
+        """
         while True:
             if self._sock is None:
                 raise ClosedError("the listener is closed")
@@ -1093,9 +1103,11 @@ class Listener:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(sock.detach(), codec=self._codec, max_message_size=self._max)
         self.last_accepted = addr
+        return conn
+
+    async def _authenticate_accepted(self, conn: Connection) -> None:
         if self._authkey is not None:
             await _authenticate(conn, self._authkey, True, self._handshake_timeout)
-        return conn
 
     def close(self) -> None:
         """Stop listening (idempotent); a Unix socket file is removed."""

@@ -378,22 +378,26 @@ class _Server:
             async def accept_loop() -> None:
                 while True:
                     try:
-                        conn = await listener.accept()
-                    except AuthenticationError as exc:
-                        log.warning("manager: a client failed authentication: %s", exc)
-                        continue
+                        # Each handshake runs in its client's task: a silent
+                        # client cannot hold up the others.
+                        conn = await listener._accept_unauthenticated()
                     except ClosedError:
                         return
-                    tg.start_soon(self._handle, conn)
+                    tg.start_soon(self._handle, listener, conn)
 
             tg.start_soon(accept_loop)
             await self.stop.wait()
             tg.cancel_scope.cancel()
 
-    async def _handle(self, conn: Connection) -> None:
+    async def _handle(self, listener: Listener, conn: Connection) -> None:
         state = _ClientState()
         _CLIENT.set(state)  # this task's context: its calls see their client
         try:
+            try:
+                await listener._authenticate_accepted(conn)
+            except AuthenticationError as exc:
+                log.warning("manager: a client failed authentication: %s", exc)
+                return
             await self._serve_client(conn)
         finally:
             conn.close()

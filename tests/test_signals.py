@@ -171,3 +171,69 @@ async def test_failing_callback_is_logged_and_others_still_run(
             _kill(signal.SIGUSR1)
             assert await asyncio.wait_for(receiver.receive(), 5) == signal.SIGUSR1
     assert "callback bug" in caplog.text
+
+
+# -- trio, through anyio --------------------------------------------------------------
+
+
+def test_trio_receivers_and_callbacks_restore_the_previous_handler() -> None:
+    import anyio
+
+    seen: list[int] = []
+
+    def previous(signum: int, frame: FrameType | None) -> None:
+        seen.append(-signum)
+
+    async def main() -> None:
+        got = anyio.Event()
+
+        async def callback(sig: int) -> None:  # async callbacks are awaited
+            seen.append(sig)
+            got.set()
+
+        async with anycore.open_signals(signal.SIGUSR1) as receiver:
+            _kill(signal.SIGUSR1)
+            assert await receiver.receive() == signal.SIGUSR1
+        with anycore.on_signal(signal.SIGUSR2, callback) as handle:
+            await handle.wait_installed()
+            _kill(signal.SIGUSR2)
+            with anyio.fail_after(5):
+                await got.wait()
+        await anyio.wait_all_tasks_blocked()  # the callback's job has ended
+        assert await anycore.next_signal(signal.SIGUSR1, timeout=0.01) is None
+
+    old1 = signal.signal(signal.SIGUSR1, previous)
+    old2 = signal.signal(signal.SIGUSR2, previous)
+    try:
+        anyio.run(main, backend="trio")
+        assert signal.getsignal(signal.SIGUSR1) is previous
+        assert signal.getsignal(signal.SIGUSR2) is previous
+    finally:
+        signal.signal(signal.SIGUSR1, old1)
+        signal.signal(signal.SIGUSR2, old2)
+    assert seen == [signal.SIGUSR2]
+
+
+def test_trio_signals_outside_the_main_thread_are_a_clear_error() -> None:
+    import anyio
+
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        with pytest.raises(anycore.SignalError, match="main thread"):
+            anycore.on_signal(signal.SIGUSR1, print)
+        with pytest.raises(anycore.SignalError, match="main thread"):
+            async with anycore.open_signals(signal.SIGUSR1):
+                pass
+
+    def in_thread() -> None:
+        try:
+            anyio.run(main, backend="trio")
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert errors == []

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from anycore._connection import Connection
-from anycore._managers import BaseManager, SyncManager
+from anycore._managers import AsyncProxy, BaseManager, SyncManager
 
 
 async def echo_until_eof(conn: Connection) -> int:
@@ -118,6 +118,19 @@ CounterManager.register(
     exposed=("incr", "get", "spawn", "slow_incr"),
     method_to_typeid={"spawn": "Counter"},
 )
+
+
+class CounterProxy(AsyncProxy):
+    """A custom proxy type: its own methods on top of the exposed ones."""
+
+    _exposed_ = ("incr", "get")
+
+    async def double(self) -> int:
+        value: int = await self._callmethod("get")
+        return int(await self._callmethod("incr", (value,)))
+
+
+CounterManager.register("FancyCounter", Counter, proxytype=CounterProxy)
 
 _BOARD: dict[str, Any] = {}
 

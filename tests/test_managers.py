@@ -194,6 +194,11 @@ async def test_registered_user_class_exposed_and_method_to_typeid() -> None:
         with pytest.raises(MethodNotExposed, match="reset"):
             await forged.reset()
         assert await c.get() == 11
+        fancy = await m.FancyCounter(3)  # type: ignore[attr-defined]
+        assert isinstance(fancy, children.CounterProxy)
+        assert await fancy.double() == 6
+        with pytest.raises(MethodNotExposed):  # _exposed_ of the proxy type applies
+            await fancy.spawn()
         await c._dispose()
         with pytest.raises(ManagerError, match="released"):
             await c.get()

@@ -584,3 +584,21 @@ async def test_default_unix_listener_lives_in_a_private_directory() -> None:
             async with await listener.accept() as conn:
                 assert await conn.recv() == "over unix"
     assert not os.path.exists(directory)
+
+
+async def test_poll_and_wait_work_on_fd_numbers_past_1024() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 2100:
+        pytest.skip(f"RLIMIT_NOFILE is {soft}")
+    a, b = socket.socketpair()
+    high = os.dup2(a.fileno(), 2050)
+    a.close()
+    conn = Connection(high)
+    with conn, b:
+        assert not await conn.poll()  # select() would fail (or lie) on fd 2050
+        b.sendall(struct.pack("!i", 2) + b"hi")
+        assert await conn.poll(5)
+        assert await wait_connections([conn], timeout=5) == [conn]
+        assert await conn.recv_bytes() == b"hi"

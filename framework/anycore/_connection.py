@@ -40,6 +40,7 @@ import ipaddress
 import json
 import os
 import pickle
+import select
 import socket
 import struct
 import tempfile
@@ -707,14 +708,19 @@ def _advance(parts: list[Any], sent: int) -> list[Any]:
     return out
 
 
-def _fd_readable_now(fd: int) -> bool:
-    import select
+def _readable_now(fds: Iterable[int]) -> set[int]:
+    """Which of *fds* are readable (or at EOF / in error) right now, without waiting.
 
-    try:
-        ready, _, _ = select.select([fd], [], [], 0)
-    except (OSError, ValueError):
-        return True  # let the read report what is wrong
-    return bool(ready)
+    ``poll`` rather than ``select``: it has no limit of 1024 on fd numbers.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(0)}
+
+
+def _fd_readable_now(fd: int) -> bool:
+    return bool(_readable_now((fd,)))
 
 
 def _rebuild_connection(
@@ -780,9 +786,7 @@ async def wait_connections(objects: Iterable[T], timeout: float | None = None) -
     for o in items:
         fd = o if isinstance(o, int) else o.fileno()  # type: ignore[attr-defined]
         fds.append((o, fd))
-    import select
-
-    now, _, _ = select.select([fd for _, fd in fds], [], [], 0)
+    now = _readable_now(fd for _, fd in fds)
     if now or (timeout is not None and timeout <= 0):
         return [o for o, fd in fds if fd in now]
     watchers: list[tuple[_FdReady, asyncio.Future[None]]] = []
@@ -797,7 +801,7 @@ async def wait_connections(objects: Iterable[T], timeout: float | None = None) -
             watcher.discard(fut)
             if not fut.done():
                 fut.cancel()
-    now, _, _ = select.select([fd for _, fd in fds], [], [], 0)
+    now = _readable_now(fd for _, fd in fds)
     return [o for o, fd in fds if fd in now]
 
 

@@ -285,3 +285,20 @@ async def test_deeply_nested_json_request_gets_an_error_reply(
         assert ok == {"ok": True, "result": []}
     assert "RecursionError" not in caplog.text
     assert "Traceback" not in caplog.text
+
+
+async def test_a_long_socket_path_is_0600_too(tmp_path: Path) -> None:
+    # Too long for the private bind directory beside it: bound in place under umask.
+    deep = tmp_path / ("d" * (100 - len(str(tmp_path)) - 8))  # the path: 100 bytes
+    deep.mkdir()
+    path = str(deep / "c.sock")
+    assert len(path) < 108
+    old = os.umask(0)
+    try:
+        async with Supervisor([], control_socket=path):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            [reply] = await send_raw(path, b"status\n")
+            assert reply == {"ok": True, "result": []}
+    finally:
+        os.umask(old)
+    assert not os.path.exists(path)

@@ -1746,9 +1746,27 @@ def bind_private_unix(path: str) -> socket.socket:
                 pass  # stale: nobody listens; replaced below
             else:
                 raise RuntimeStateError(f"another supervisor is listening on {path}")
-    private = tempfile.mkdtemp(prefix=".anycore-", dir=os.path.dirname(path))
-    temporary = os.path.join(private, "s")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    parent = os.path.dirname(path)
+    if len(os.fsencode(os.path.join(parent, ".anycore-XXXXXXXX", "s"))) >= _SUN_PATH_MAX:
+        # No room for the private directory in sun_path: bind in place under
+        # a umask that makes the file 0600 (process-wide, for one system call).
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old)
+            sock.listen(64)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+    private = tempfile.mkdtemp(prefix=".anycore-", dir=parent)
+    temporary = os.path.join(private, "s")
     try:
         sock.bind(temporary)
         os.chmod(temporary, 0o600)
@@ -1763,6 +1781,9 @@ def bind_private_unix(path: str) -> socket.socket:
             os.rmdir(private)
     sock.setblocking(False)
     return sock
+
+
+_SUN_PATH_MAX = 108  # Linux's sockaddr_un.sun_path, NUL included
 
 
 def _unlink_quietly(path: str) -> None:

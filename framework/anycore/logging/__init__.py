@@ -36,7 +36,7 @@ _LAZY: dict[str, str] = {
     "aflush_all": "._lifecycle",
     "close_all": "._lifecycle",
     # non-blocking handlers
-    "ThreadedHandler": "._sink",
+    "ThreadedHandler": "._engine",
     "FileHandler": "._sink",
     "RotatingFileHandler": "._sink",
     "TimedRotatingFileHandler": "._sink",

@@ -44,7 +44,7 @@ from . import _lifecycle
 from ._context import current_context
 from ._receiver import LogReceiver, dispatch_locally
 from ._records import _LENGTH, dumps_record
-from ._sink import ThreadedHandler
+from ._engine import ThreadedHandler
 
 __all__ = [
     "ENV_ADDRESS",

@@ -17,7 +17,7 @@ import time
 from email.message import EmailMessage
 from typing import Any
 
-from ._sink import Overflow, ThreadedHandler
+from ._engine import Overflow, ThreadedHandler
 
 __all__ = ["MemoryHandler", "SMTPHandler"]
 

@@ -1,0 +1,767 @@
+"""The engine of anycore's buffered log handlers: lossless, never a write per record.
+
+Owns :class:`ThreadedHandler` - the pending buffer with its record and byte
+bounds, the overflow policy, who writes (the loop, a plain thread, or the
+writer thread) and when.  The file and stream flavours built on it live in
+:mod:`._sink`; the child-forwarding and SMTP handlers subclass it too.
+
+How a record travels (docs/logging.md, "Design"):
+
+* ``emit`` runs on the caller's thread (the loop thread, usually): it formats
+  the record and encodes it to bytes there, then appends them to one pending
+  buffer, bounded in records *and* bytes.
+* While the sink is fast (a local file, a pipe or terminal with room), the
+  loop itself writes the buffer: at most once per loop iteration (a
+  ``call_soon`` armed by the first record of the iteration), or at once when
+  64 KiB are waiting.  Plain threads (and non-asyncio loops) write their
+  record at once.  A write on the loop costs one syscall per iteration, not
+  one per record, and no other thread is involved.
+* Every write is timed.  When the writes' moving average passes
+  ``slow_write`` (a slow disk, NFS, a sink that sleeps; one hiccup of a
+  loaded machine does not count, one write ten times too slow does), or a
+  pipe has no room, the writing goes to the handler's writer thread for at
+  least ``slow_hold`` seconds; the loop then
+  only appends.  When the writer has found the sink fast again, the loop
+  takes the writing back.
+* When the buffer is full the ``overflow`` policy decides: ``"block"`` (the
+  default) makes the caller write the buffer itself, waiting for the sink as
+  the stdlib's FileHandler does, so nothing is ever lost; ``"drop_oldest"``
+  and ``"drop_newest"`` drop and count (``handler.dropped``), and the count is
+  written into the sink itself once.
+
+Why not a writer thread for everything (the previous design): a thread that
+writes must get the GIL back after every syscall, and a busy loop thread keeps
+it for the 5 ms switch interval, so the writer drained far slower than the
+loop produced and a burst filled any bounded queue.  Rejected as well:
+``QueueHandler`` + ``QueueListener`` (a lock per put, formatting in the
+listener, the same GIL starvation) and ``asyncio`` file I/O in executors (a
+thread hop per record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import os
+import select
+import stat
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Literal, TypeVar
+
+import anyio
+
+from . import _lifecycle
+
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_QUEUE_SIZE",
+    "Overflow",
+    "ThreadedHandler",
+]
+
+_get_running_loop = asyncio._get_running_loop
+_perf = time.perf_counter
+
+
+def _on_trio() -> bool:
+    # A trio loop thread must not wait for a pipe either.  (Asked only where
+    # no asyncio loop runs; trio is never imported here.)
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+Overflow = Literal["block", "drop_oldest", "drop_newest"]
+_OVERFLOWS = ("block", "drop_oldest", "drop_newest")
+
+DEFAULT_QUEUE_SIZE = 100_000
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BATCH = 4096
+# The loop writes at once, without waiting for the end of the iteration,
+# when this much is waiting.
+WRITE_SIZE = 64 * 1024
+# A pipe or terminal is written from the loop only in pieces it is sure to
+# take whole (POSIX: a write of at most PIPE_BUF bytes to a pipe that polls
+# writable does not block).
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+
+
+class _Signal:
+    """A wake-up flag for one sleeper, built on a bare lock.
+
+    ``set()`` is one C call (``Lock.release``); ``threading.Event.set`` takes
+    a Condition's lock and notifies, several microseconds on the loop side.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def clear(self) -> None:
+        self._lock.acquire(False)
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+
+_T = TypeVar("_T")
+
+# How a sink may be written from the loop: "direct" (a regular file, an
+# in-memory stream: a write does not wait for anyone), "polled" (a pipe,
+# socket or terminal: only when it polls writable, in PIPE_BUF pieces) or
+# "thread" (never: the writer thread does all the writing).
+_Access = Literal["direct", "polled", "thread"]
+
+
+def _fd_access(fd: int) -> _Access:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return "thread"
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return "direct"
+    if stat.S_ISCHR(mode):
+        # A terminal may be paused; /dev/null and friends never block.
+        return "polled" if os.isatty(fd) else "direct"
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return "polled"
+    return "thread"
+
+
+def _writable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return False
+    return any(ev & select.POLLOUT for _, ev in events)
+
+
+class ThreadedHandler(logging.Handler):
+    """Base of anycore's buffered handlers: lossless by default, never a
+    write per record on the loop.
+
+    Subclasses implement :meth:`_prepare` (runs on the caller's thread and
+    returns what is written) and :meth:`_write_batch`, and optionally
+    :meth:`_writer_flush`, :meth:`_close_sink` and :meth:`_access` (whether
+    the loop may write the sink itself; by default it may not, and the
+    writer thread does all the writing).
+
+    Args:
+        queue_size: most records waiting to be written.
+        max_bytes: most bytes waiting to be written (the memory bound).
+        max_batch: most records per write of the writer thread.
+        overflow: what a full buffer does: ``"block"`` (default: the caller
+            writes the buffer itself, nothing is lost), ``"drop_oldest"`` or
+            ``"drop_newest"`` (counted in :attr:`dropped` and reported once in
+            the sink).
+        slow_write: seconds; when the moving average of the write times
+            passes it (or one write takes ten times as long), the writer
+            thread takes the writing over.
+        slow_hold: seconds the writer thread keeps the writing after a slow
+            write before the loop may take it back.
+        close_timeout: how long :meth:`close` and :meth:`flush` wait for the
+            sink.
+    """
+
+    def __init__(
+        self,
+        level: int | str = logging.NOTSET,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        overflow: Overflow = "block",
+        slow_write: float = 0.0005,
+        slow_hold: float = 1.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        logging.Handler.__init__(self, level)
+        self._init_sink(
+            queue_size=queue_size,
+            max_bytes=max_bytes,
+            max_batch=max_batch,
+            overflow=overflow,
+            slow_write=slow_write,
+            slow_hold=slow_hold,
+            close_timeout=close_timeout,
+        )
+
+    # -- set-up -----------------------------------------------------------------
+
+    def _init_sink(
+        self,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        overflow: Overflow = "block",
+        slow_write: float = 0.0005,
+        slow_hold: float = 1.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        if queue_size < 1 or max_batch < 1 or max_bytes < 1:
+            raise ValueError("queue_size, max_bytes and max_batch must be at least 1")
+        if overflow not in _OVERFLOWS:
+            raise ValueError(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
+        self.queue_size = queue_size
+        self.max_bytes = max_bytes
+        self.max_batch = max_batch
+        self.overflow: Overflow = overflow
+        self.slow_write = slow_write
+        self.slow_hold = slow_hold
+        self.close_timeout = close_timeout
+        self.linger = 0.0005
+        self._dropped = 0
+        self._reported_dropped = 0
+        self._failed = 0
+        self._written = 0
+        self._loop_writes = 0
+        self._thread_writes = 0
+        self._sink_ok = True
+        self._closed = False
+        self._reset_state()
+        _lifecycle.register(self)
+
+    def _reset_state(self) -> None:
+        # Everything a fork must not share with the parent.
+        self._buf: list[Any] = []
+        self._buf_bytes = 0
+        # Held for a few bytecodes: appending, or swapping the buffer out.
+        self._buf_lock = threading.Lock()
+        # Held for a write: whoever holds it writes everything taken, in order.
+        self._write_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._access_mode: _Access | None = None
+        self._direct = True  # until the sink is known (or measured) to be slow
+        self._slow_until = 0.0
+        self._write_time = 0.0  # moving average of the writes' durations
+        self._wake = _Signal()
+        self._sleeping = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def _after_fork_child(self) -> None:
+        # Records still buffered belong to the parent, which writes them.  The
+        # writer thread did not survive the fork.
+        self._reset_state()
+
+    # -- the caller's side ------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter, then emit without taking the handler lock (emit is thread-safe)."""
+        rv = self.filter(record)
+        if rv:
+            self.emit(record)
+        return bool(rv)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format ``record`` here and buffer the result."""
+        try:
+            item = self._prepare(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.put(item)
+
+    def put(self, item: Any) -> None:
+        """Buffer an already prepared item (bytes or str) for writing.
+
+        On a loop thread the write happens at the end of the loop iteration
+        (or at once past 64 KiB); elsewhere at once.  A full buffer applies
+        the :attr:`overflow` policy.
+        """
+        if self._closed:
+            self._write_after_close(item)
+            return
+        size = self._item_size(item)
+        waiting = self._append(item, size)
+        loop = _get_running_loop()
+        if loop is not None and loop is not _lifecycle._last_loop:
+            _lifecycle.note_loop(loop)
+        if waiting < 0:
+            self._overflowed(item, size, loop)
+        elif not self._direct:
+            if self._sleeping:
+                self._wake.set()
+        elif loop is None:
+            # A plain thread (or trio's loop) writes now, as the stdlib does.
+            self._drain_here(_on_trio())
+        elif waiting >= WRITE_SIZE:
+            self._drain_here(True)
+        elif self._flush_loop is not loop:
+            self._arm(loop)
+
+    def _append(self, item: Any, size: int) -> int:
+        # The bytes now waiting, or -1 when the buffer has no room for item.
+        with self._buf_lock:
+            if self._buf_bytes + size > self.max_bytes or len(self._buf) >= self.queue_size:
+                return -1
+            self._buf.append(item)
+            self._buf_bytes += size
+            return self._buf_bytes
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Write at the end of this loop iteration.
+        armed = self._flush_loop
+        if armed is None or not armed.is_running():
+            self._flush_loop = loop
+            loop.call_soon(self._flush_soon)
+        else:  # another thread's loop will write; this one does not wait for it
+            self._drain_here(True)
+
+    def _item_size(self, item: Any) -> int:
+        try:
+            return len(item)
+        except TypeError:
+            return 512  # not bytes-like (an e-mail message): a nominal size
+
+    def _overflowed(self, item: Any, size: int, loop: asyncio.AbstractEventLoop | None) -> None:
+        policy = self.overflow
+        if policy == "drop_newest":
+            with self._buf_lock:
+                self._dropped += 1
+        elif policy == "drop_oldest":
+            with self._buf_lock:
+                buf = self._buf
+                dropped = 0
+                while dropped < len(buf) and (
+                    self._buf_bytes + size > self.max_bytes or len(buf) - dropped >= self.queue_size
+                ):
+                    self._buf_bytes -= self._item_size(buf[dropped])
+                    dropped += 1
+                del buf[:dropped]
+                if self._buf_bytes + size <= self.max_bytes:
+                    buf.append(item)
+                    self._buf_bytes += size
+                else:  # bigger than the whole buffer
+                    dropped += 1
+                self._dropped += dropped
+        else:
+            # "block": the caller pays for the I/O, as with the stdlib's
+            # handlers, waiting for a writer thread in the middle of a write.
+            with self._write_lock:
+                self._write_taken(self._take(), on_loop=loop is not None, may_defer=False)
+                if self._append(item, size) < 0:  # one item larger than the whole buffer
+                    self._write_taken([item], on_loop=loop is not None, may_defer=False)
+        # Make sure whoever writes now knows there is work.
+        if not self._direct:
+            self._wake.set()
+        elif loop is None:
+            self._drain_here(_on_trio())
+        elif self._flush_loop is not loop:
+            self._arm(loop)
+
+    def _take(self) -> list[Any]:
+        with self._buf_lock:
+            batch = self._buf
+            if batch:
+                self._buf = []
+                self._buf_bytes = 0
+            return batch
+
+    def _give_back(self, batch: list[Any]) -> None:
+        # Put records taken but not written back at the head of the buffer.
+        with self._buf_lock:
+            self._buf[:0] = batch
+            self._buf_bytes += sum(self._item_size(i) for i in batch)
+
+    def _flush_soon(self) -> None:
+        # End of a loop iteration in which records were buffered.
+        self._flush_loop = None
+        if self._direct:
+            self._drain_here(True)
+        else:
+            self._wake.set()
+
+    def _drain_here(self, on_loop: bool) -> None:
+        # Write everything buffered on this thread, unless the writing was
+        # handed to the writer thread meanwhile.
+        if self._access() == "thread":
+            self._go_threaded()
+            return
+        with self._write_lock:
+            if not self._direct:
+                self._wake.set()
+                return
+            self._write_taken(self._take(), on_loop=on_loop)
+
+    def _write_taken(self, batch: list[Any], *, on_loop: bool, may_defer: bool = True) -> bool:
+        """Write ``batch`` (the caller holds the write lock); False if deferred.
+
+        On the loop, a pipe or terminal is written only in pieces it takes
+        without waiting; what it cannot take goes back to the buffer and the
+        writer thread takes over (unless ``may_defer`` is false: then the
+        caller waits, as the "block" policy says).
+        """
+        if batch:
+            started = _perf()
+            if on_loop and may_defer and self._access() == "polled":
+                rest = self._write_polled(batch)
+                if rest:
+                    self._give_back(rest)
+                    self._slow_until = time.monotonic() + self.slow_hold
+                    self._go_threaded()
+                    return False
+            else:
+                self._safe_write(batch)
+                self._writer_flush_safely()
+            if on_loop:
+                self._loop_writes += 1
+            if self._timed(_perf() - started) and self._direct:
+                self._go_threaded()
+        if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
+            self._write_drop_notice()
+        return True
+
+    def _write_polled(self, batch: list[Any]) -> list[Any]:
+        # Pieces of at most PIPE_BUF bytes, each after a poll that says the
+        # sink has room: none of these writes can block.  Returns the rest.
+        fd = self._fileno()
+        if fd is None:
+            self._safe_write(batch)
+            self._writer_flush_safely()
+            return []
+        start = 0
+        n = len(batch)
+        while start < n:
+            end = start
+            size = 0
+            while end < n:
+                item = batch[end]
+                item_size = len(item) if type(item) is not str or item.isascii() else 4 * len(item)
+                if size + item_size > _PIPE_BUF and end > start:
+                    break
+                size += item_size
+                end += 1
+            if size > _PIPE_BUF or not _writable(fd):
+                return batch[start:]
+            self._safe_write(batch[start:end])
+            self._writer_flush_safely()
+            start = end
+        return []
+
+    def _go_threaded(self) -> None:
+        self._direct = False
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(
+                        target=self._run,
+                        name=f"anycore-log-writer:{self.name or id(self)}",
+                        daemon=True,
+                    )
+                    self._thread.start()
+        self._wake.set()
+
+    def _access(self) -> _Access:
+        """How the loop may write this sink (see the module's design note)."""
+        mode = self._access_mode
+        if mode is None:
+            fd = self._fileno()
+            mode = self._access_mode = self._default_access() if fd is None else _fd_access(fd)
+        return mode
+
+    def _default_access(self) -> _Access:
+        # A sink without a file descriptor (a network session, an e-mail):
+        # only the writer thread may wait for it.
+        return "thread"
+
+    def _fileno(self) -> int | None:
+        return None
+
+    def _write_after_close(self, item: Any) -> None:
+        # Closed: write synchronously so that late records are not lost.
+        with self._write_lock:
+            try:
+                self._write_batch([item])
+                self._writer_flush()
+                self._close_sink()
+            except Exception:
+                self._report_error("writing a record after close")
+
+    # -- statistics -------------------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped by a lossy overflow policy, or lost to a failing sink."""
+        return self._dropped + self._failed
+
+    @property
+    def queued(self) -> int:
+        """Records waiting to be written now."""
+        return len(self._buf)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be written now."""
+        return self._buf_bytes
+
+    @property
+    def written(self) -> int:
+        """Records written so far."""
+        return self._written
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the writer thread does the writing now (the sink is slow)."""
+        return not self._direct
+
+    # -- the writer thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        wake = self._wake
+        active = False
+        while True:
+            if self._buf:
+                active = True
+                with self._write_lock:
+                    batch = self._take_batch()
+                    if batch:
+                        started = _perf()
+                        self._safe_write(batch)
+                        self._writer_flush_safely()
+                        self._thread_writes += 1
+                        slow = self._timed(_perf() - started)
+                        if not slow and not self._direct and time.monotonic() >= self._slow_until:
+                            self._give_back_writing()
+                continue
+            # Idle: report drops, give the writing back to the loop when the
+            # sink has been fast for a while, then sleep.
+            if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
+                with self._write_lock:
+                    self._write_drop_notice()
+                continue
+            if self._closing:
+                break
+            if active and self.linger:
+                # Let records accumulate instead of being woken per record.
+                active = False
+                time.sleep(self.linger)
+                continue
+            if (
+                not self._direct
+                and time.monotonic() >= self._slow_until
+                and self._give_back_writing()
+                and self._buf
+            ):
+                continue  # appended while we switched: written next round
+            active = False
+            wake.clear()
+            self._sleeping = True
+            if not self._buf and not self._closing:
+                wake.wait()
+            self._sleeping = False
+
+    def _timed(self, took: float) -> bool:
+        """Account one write's duration; True when the sink counts as slow."""
+        average = self._write_time = 0.8 * self._write_time + 0.2 * took
+        if average > self.slow_write or took > 10 * self.slow_write:
+            self._slow_until = time.monotonic() + self.slow_hold
+            return True
+        return False
+
+    def _give_back_writing(self) -> bool:
+        # The sink has been fast for slow_hold: the loop writes again.  What
+        # is buffered stays in the one FIFO; whoever holds the write lock
+        # next writes it, so the order is kept.
+        if self._access() == "thread":
+            return False
+        self._direct = True
+        return True
+
+    def _take_batch(self) -> list[Any]:
+        # At most max_batch records per write keeps one join (which holds the
+        # GIL) short.
+        with self._buf_lock:
+            buf = self._buf
+            if len(buf) <= self.max_batch:
+                self._buf = []
+                self._buf_bytes = 0
+                return buf
+            batch = buf[: self.max_batch]
+            del buf[: self.max_batch]
+            self._buf_bytes -= sum(self._item_size(i) for i in batch)
+            return batch
+
+    def _safe_write(self, batch: list[Any]) -> None:
+        try:
+            self._write_batch(batch)
+        except Exception:
+            self._failed += len(batch)
+            if self._sink_ok:  # report the first failure, not every batch
+                self._report_error(f"writing {len(batch)} records")
+            self._sink_ok = False
+            with contextlib.suppress(Exception):
+                self._close_sink()  # reopened for the next batch
+        else:
+            self._written += len(batch)
+            self._sink_ok = True
+
+    def _writer_flush_safely(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer_flush()
+
+    def _write_drop_notice(self) -> None:
+        # Caller holds _write_lock.
+        total = self._dropped + self._failed
+        lost = total - self._reported_dropped
+        self._reported_dropped = total
+        record = logging.LogRecord(
+            "anycore.logging",
+            logging.WARNING,
+            __file__,
+            0,
+            "%d log records dropped by %s (overflow=%s, or the sink failed; %d in all)",
+            (lost, type(self).__name__, self.overflow, total),
+            None,
+        )
+        try:
+            self._write_batch([self._prepare(record)])
+            self._writer_flush()
+        except Exception:
+            self._report_error("reporting dropped records")
+
+    def _report_error(self, what: str) -> None:
+        if logging.raiseExceptions and sys.stderr is not None:
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"--- anycore.logging: {type(self).__name__} failed {what}\n")
+                traceback.print_exc(file=sys.stderr)
+
+    # -- subclass hooks ---------------------------------------------------------
+
+    _accepts_text = False
+
+    def _prepare(self, record: logging.LogRecord) -> Any:
+        """Turn a record into what is written (caller's thread)."""
+        raise NotImplementedError
+
+    def _prepare_text(self, text: str) -> Any:
+        """Turn an already rendered line into what is written."""
+        raise NotImplementedError
+
+    def _write_batch(self, batch: list[Any]) -> None:
+        """Write prepared items, in order (whoever holds the write lock)."""
+        raise NotImplementedError
+
+    def _writer_flush(self) -> None:
+        """Push buffered output to the OS (after each write)."""
+
+    def _close_sink(self) -> None:
+        """Release the sink (at close)."""
+
+    # -- flush and close --------------------------------------------------------
+
+    def wait_flushed(self, timeout: float | None = None) -> bool:
+        """Block until everything buffered before the call is written.
+
+        Args:
+            timeout: seconds to wait at most for a writer in the middle of a
+                write (``None``: the handler's ``close_timeout``).
+
+        Returns:
+            Whether everything was written in time.
+        """
+        wait = self.close_timeout if timeout is None else timeout
+        if not self._write_lock.acquire(timeout=max(wait, 0.0)):
+            return False
+        try:
+            on_loop = _get_running_loop() is not None or _on_trio()
+            return self._write_taken(self._take(), on_loop=on_loop)
+        finally:
+            self._write_lock.release()
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """Wait, without blocking the loop, until buffered records are written.
+
+        Returns:
+            Whether everything was written in time.
+        """
+        if not self._buf and not self._write_lock.locked():
+            return True
+        if self._direct and self._access() == "direct" and not self._write_lock.locked():
+            return self.wait_flushed(timeout)  # a fast sink: no thread hop
+        return await anyio.to_thread.run_sync(self.wait_flushed, timeout, abandon_on_cancel=True)
+
+    def flush(self) -> None:
+        """Write what is buffered; on a loop thread only while the sink is fast.
+
+        ``logging.shutdown`` and plain threads get the stdlib meaning (written
+        when this returns); a coroutine should ``await handler.aflush()``.
+        """
+        if not self._direct and (_get_running_loop() is not None or _on_trio()):
+            self._wake.set()
+            return
+        self.wait_flushed()
+
+    def close(self) -> None:
+        """Write everything buffered, stop the writer and release the sink.
+
+        Waits up to ``close_timeout`` for the sink (it blocks the calling
+        thread; from a coroutine use :meth:`aclose`).  Records emitted after
+        close are written synchronously by the caller.
+        """
+        with self._start_lock:
+            thread = self._thread
+            self._closed = True
+        if thread is not None and thread is not threading.current_thread():
+            self._closing = True
+            self._wake.set()
+            thread.join(self.close_timeout)
+            if thread.is_alive():
+                sys.stderr.write(
+                    f"anycore.logging: {type(self).__name__} writer did not finish in "
+                    f"{self.close_timeout}s; {len(self._buf)} records not written\n"
+                )
+                self._thread = None
+                _lifecycle.unregister(self)
+                logging.Handler.close(self)
+                return
+        self._thread = None
+        if self._write_lock.acquire(timeout=self.close_timeout):
+            try:
+                # Records buffered while the writer was finishing are written here.
+                self._safe_write_all(self._take())
+                if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
+                    self._write_drop_notice()
+                self._writer_flush()
+                self._close_sink()
+            except Exception:
+                self._report_error("closing")
+            finally:
+                self._write_lock.release()
+        _lifecycle.unregister(self)
+        logging.Handler.close(self)
+
+    def _safe_write_all(self, batch: list[Any]) -> None:
+        if batch:
+            self._safe_write(batch)
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the loop."""
+        await anyio.to_thread.run_sync(self.close)
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        return f"<{type(self).__name__} ({level}) queued={self.queued} dropped={self.dropped}>"

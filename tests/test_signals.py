@@ -237,3 +237,42 @@ def test_trio_signals_outside_the_main_thread_are_a_clear_error() -> None:
     thread.join(30)
     assert not thread.is_alive()
     assert errors == []
+
+
+def test_trio_fan_out_to_every_subscriber_and_the_runtime_policy() -> None:
+    import anyio
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        both = anyio.Event()
+
+        def first(sig: int) -> None:
+            seen.append("first")
+
+        def second(sig: int) -> None:
+            seen.append("second")
+            both.set()
+
+        async with anycore.open_runtime() as runtime:
+            with (
+                anycore.on_signal(signal.SIGUSR1, first) as one,
+                anycore.on_signal(signal.SIGUSR1, second) as two,
+            ):
+                await one.wait_installed()
+                await two.wait_installed()
+                async with anycore.open_signals(signal.SIGUSR1, signal.SIGTERM) as receiver:
+                    _kill(signal.SIGUSR1)
+                    assert await receiver.receive() == signal.SIGUSR1
+                    with anyio.fail_after(5):
+                        await both.wait()
+                    # SIGTERM reaches this receiver *and* the runtime's policy.
+                    _kill(signal.SIGTERM)
+                    assert await receiver.receive() == signal.SIGTERM
+                    seen.append("receiver")
+                    await anyio.sleep_forever()  # the runtime's shutdown cancels main
+        assert runtime.report.signal == signal.SIGTERM
+        seen.append("shut down")
+
+    anyio.run(main, backend="trio")
+    assert seen == ["first", "second", "receiver", "shut down"]

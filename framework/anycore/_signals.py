@@ -19,11 +19,11 @@ Rejected: one ``loop.add_signal_handler`` per subscriber (the second replaces
 the first) and ``signal.signal`` handlers of our own (they run between
 bytecodes, in the main thread only, and cannot touch the loop safely).
 
-On trio (through anyio) there is no loop to install handlers on: receivers
-are anyio's ``open_signal_receiver`` (trio's), and an :func:`on_signal`
-callback runs in a background job that iterates one.  Trio's rule applies
-there: the receiver opened last gets the signal (no fan-out), and only the
-main thread can receive signals.
+On trio (through anyio) there is no loop to install handlers on: a hub per
+trio run keeps one ``anyio.open_signal_receiver`` per subscribed signal (in a
+background job) and fans each signal out to every subscriber, receivers and
+callbacks alike, so the semantics match.  Only the main thread can receive
+signals there.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import math
 import signal
@@ -41,7 +42,7 @@ from typing import Any
 
 import anyio
 
-from ._backend import BackgroundJob, current_backend
+from ._backend import BackgroundJob, current_backend, running_loop
 from .errors import ClosedError, RuntimeStateError, SignalError
 
 __all__ = ["SignalHandle", "SignalReceiver", "next_signal", "on_signal", "open_signals"]
@@ -332,48 +333,115 @@ def on_signal(sig: int, callback: SignalCallback, *more: int) -> SignalHandle:
     return SignalHandle(sub, _hub.subscribe(sub))
 
 
-class _TrioSignalHandle(SignalHandle):
-    """:func:`on_signal` on trio: a background job iterating a signal receiver."""
+class _TrioHub:
+    """Fan-out on trio, for one trio run: one receiver job per signal.
 
-    __slots__ = ("_callback", "_error", "_job", "_ready", "_signals")
+    Each signal has its own ``anyio.open_signal_receiver`` (in a background
+    job) while it has subscribers, and every signal it receives goes to all of
+    them.  One receiver per signal, so opening and closing them never disturbs
+    the handlers of other signals; a new receiver for a signal waits until the
+    previous one has closed (and restored the handler from before it).
+    """
+
+    def __init__(self) -> None:
+        self._subs: dict[int, list[_TrioSignalHandle]] = {}
+        self._jobs: dict[int, BackgroundJob] = {}
+        self._ready: dict[int, anyio.Event] = {}
+        self._closing: dict[int, BackgroundJob] = {}  # receivers being closed
+
+    def subscribe(self, handle: _TrioSignalHandle) -> list[anyio.Event]:
+        for sig in handle.signals:
+            self._subs.setdefault(sig, []).append(handle)
+            if sig not in self._jobs:
+                ready = anyio.Event()
+                self._ready[sig] = ready
+                previous = self._closing.pop(sig, None)
+                self._jobs[sig] = BackgroundJob(
+                    functools.partial(self._receive, sig, ready, previous),
+                    name=f"anycore-signal-{_name(sig)}",
+                )
+        return [self._ready[sig] for sig in handle.signals]
+
+    def unsubscribe(self, handle: _TrioSignalHandle) -> None:
+        for sig in handle.signals:
+            subs = self._subs.get(sig, [])
+            if handle in subs:
+                subs.remove(handle)
+            if not subs:
+                self._subs.pop(sig, None)
+                job = self._jobs.pop(sig, None)
+                self._ready.pop(sig, None)
+                if job is not None:
+                    job.cancel()
+                    self._closing[sig] = job
+
+    async def _receive(self, sig: int, ready: anyio.Event, previous: BackgroundJob | None) -> None:
+        try:
+            if previous is not None:
+                await previous.wait()  # it restores the handler from before it
+            with anyio.open_signal_receiver(signal.Signals(sig)) as receiver:
+                ready.set()
+                async for received in receiver:
+                    for handle in list(self._subs.get(sig, ())):
+                        handle.deliver(received)
+        finally:
+            ready.set()
+
+
+_trio_hub_var: Any = None  # a trio RunVar holding the run's _TrioHub
+
+
+def _trio_hub() -> _TrioHub:
+    import trio
+
+    global _trio_hub_var
+    if _trio_hub_var is None:
+        _trio_hub_var = trio.lowlevel.RunVar("anycore_signal_hub")
+    hub: _TrioHub | None = _trio_hub_var.get(None)
+    if hub is None:
+        hub = _TrioHub()
+        _trio_hub_var.set(hub)
+    return hub
+
+
+class _TrioSignalHandle(SignalHandle):
+    """:func:`on_signal` on trio: a subscription to the run's :class:`_TrioHub`."""
+
+    __slots__ = ("_callback", "_hub", "_ready", "_signals")
 
     def __init__(self, signals: frozenset[int], callback: SignalCallback) -> None:
         self._signals = signals
         self._callback = callback
         self._removed = False
-        self._error: BaseException | None = None
-        self._ready = anyio.Event()
-        self._job = BackgroundJob(self._receive, name=f"on_signal({callback!r})")
+        self._hub = _trio_hub()
+        self._ready = self._hub.subscribe(self)
 
-    async def _receive(self) -> None:
+    def deliver(self, sig: int) -> None:
         try:
-            with anyio.open_signal_receiver(*map(signal.Signals, self._signals)) as receiver:
-                self._ready.set()
-                async for sig in receiver:
-                    try:
-                        result = self._callback(sig)
-                        if isinstance(result, Awaitable):
-                            await result
-                    except Exception:
-                        logger.exception("signal callback %r failed", self._callback)
-        except Exception as exc:
-            self._error = exc
-            raise
-        finally:
-            self._ready.set()
+            result = self._callback(sig)
+        except Exception:
+            logger.exception("signal callback %r failed", self._callback)
+            return
+        if isinstance(result, Awaitable):
+            awaitable = result
+
+            async def run() -> None:
+                await awaitable
+
+            BackgroundJob(run, name=f"signal callback {self._callback!r}")
 
     async def wait_installed(self) -> None:
-        await self._ready.wait()
-        if self._error is not None:
-            raise SignalError(f"cannot handle signals: {self._error}") from self._error
+        for ready in self._ready:
+            await ready.wait()
 
     @property
     def signals(self) -> frozenset[int]:
         return self._signals
 
     def remove(self) -> None:
-        self._removed = True
-        self._job.cancel()
+        if not self._removed:
+            self._removed = True
+            self._hub.unsubscribe(self)
 
 
 class SignalReceiver:
@@ -389,9 +457,6 @@ class SignalReceiver:
         self._waiter: asyncio.Future[None] | None = None
         self._handle: SignalHandle | None = None
         self._closed = False
-        # On trio: anyio's receiver (a sync context manager) and its iterator.
-        self._trio_cm: Any = None
-        self._trio_iter: AsyncIterator[int] | None = None
 
     @property
     def signals(self) -> frozenset[int]:
@@ -410,15 +475,13 @@ class SignalReceiver:
         Raises:
             ClosedError: the receiver is closed.
         """
-        if self._trio_iter is not None:
-            try:
-                return int(await self._trio_iter.__anext__())
-            except StopAsyncIteration:
-                raise ClosedError("signal receiver is closed") from None
         while not self._pending:
             if self._closed:
                 raise ClosedError("signal receiver is closed")
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = running_loop()  # on trio, a stand-in whose futures trio awaits
+            if loop is None:
+                raise RuntimeStateError("SignalReceiver.receive() needs a running loop")
+            self._waiter = loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -439,11 +502,6 @@ class SignalReceiver:
             raise StopAsyncIteration from None
 
     async def __aenter__(self) -> SignalReceiver:
-        if _on_trio():
-            _require_main_thread()
-            self._trio_cm = anyio.open_signal_receiver(*map(signal.Signals, self._signals))
-            self._trio_iter = self._trio_cm.__enter__()
-            return self
         self._handle = on_signal(next(iter(self._signals)), self._on_signal, *self._signals)
         try:
             await self._handle.wait_installed()
@@ -463,9 +521,6 @@ class SignalReceiver:
     def close(self) -> None:
         """Stop receiving and restore the previous handlers (idempotent)."""
         self._closed = True
-        cm, self._trio_cm, self._trio_iter = self._trio_cm, None, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
         if self._handle is not None:
             self._handle.remove()
             self._handle = None

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -131,3 +132,21 @@ def test_every_link_stays_inside_the_site(site: Path) -> None:
             if not target.is_relative_to(root) or not target.is_file():
                 broken.append(f"{page.relative_to(site)}: <{tag}> {url}")
     assert not broken, broken
+
+
+def test_the_hook_points_example_links_at_pages_from_any_depth() -> None:
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="reference/x.md"))
+    config = SimpleNamespace(docs_dir=str(ROOT / "docs"))
+    markdown = (
+        "[a](../../examples/echo.py#L3) [b](../../examples/classic/subprocess_wc.py) "
+        "[c](https://example.org/echo.py) [d](../servers.md) [e](../../examples/nope.py)"
+    )
+    assert hooks.on_page_markdown(markdown, page, config, None) == (
+        "[a](../examples/echo.md) [b](../examples/classic/subprocess_wc.md) "
+        "[c](https://example.org/echo.py) [d](../servers.md) [e](../../examples/nope.py)"
+    )
+
+
+def test_the_hook_turns_docstring_rest_into_markdown() -> None:
+    rest = "Uses :class:`~anycore.Queue` and ``put``; run it::\n\n    python x.py\n"
+    assert hooks._rest_to_markdown(rest) == "Uses `Queue` and `put`; run it:\n\n    python x.py\n"

@@ -395,3 +395,35 @@ async def test_shell_command_pid_is_the_programs() -> None:
         )  # not "sh"
         with open(f"/proc/{a.pid}/environ", "rb") as f:
             assert b"FOO=1" in f.read().split(b"\0")
+
+
+async def test_tail_follows_across_restarts_and_reloads(tmp_path: Path) -> None:
+    import json
+
+    def printer(version: str) -> Program:
+        code = "import os, time; print('V', os.environ['V'], flush=True); time.sleep(120)"
+        return Program("a", command=(PY, "-c", code), env={"V": version}, ready_line="V")
+
+    path = str(tmp_path / "ctl.sock")
+    async with Supervisor([printer("one")], control_socket=path) as sup:
+        await sup.wait_state("a", S.RUNNING, timeout=30)
+        async with await anyio.connect_unix(path) as stream:
+            await stream.send(b"tail a 5\n")
+            buffer = b""
+
+            async def next_item() -> dict[str, object]:
+                nonlocal buffer
+                with anyio.fail_after(30):
+                    while b"\n" not in buffer:
+                        buffer += await stream.receive()
+                line, _, buffer = buffer.partition(b"\n")
+                item: dict[str, object] = json.loads(line)
+                return item
+
+            assert await next_item() == {"ok": True, "following": "a"}
+            assert await next_item() == {"name": "a", "stream": "stdout", "line": "V one"}
+            await sup.restart("a")
+            assert (await next_item())["line"] == "V one"
+            await sup.reload([printer("two")])
+            assert (await next_item())["line"] == "V two"
+    assert not os.path.exists(path)

@@ -1301,8 +1301,12 @@ class Supervisor:
         self._order = new_order
         for n in new_order:
             if n in changed or n in added:
+                previous = {i.name: i for i in self._instances.get(n, [])}
                 self._instances[n] = self._make_instances(by_name[n])
                 for inst in self._instances[n]:
+                    old = previous.get(inst.name)
+                    if old is not None:  # `ctl tail` keeps following a restarted one
+                        inst.history, inst.followers = old.history, old.followers
                     inst.start()
         logger.info(
             "reloaded: added %s, changed %s, removed %s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import os
 from typing import Any
 
 from anycore.errors import PeerClosed
@@ -46,11 +47,21 @@ def count_until_eof(chan: Any) -> int:
         count += 1
 
 
-def increment(value: Any, times: int) -> int:
-    """Increment a SharedValue under its lock."""
+def increment(value: Any, times: int, ready: Any = None, go: Any = None) -> int:
+    """Increment a SharedValue under its lock, with a yield inside the
+    critical section so that, without the lock, other processes would run
+    between the read and the write (and updates would be lost).
+
+    With *ready* / *go*: say ready, then start together with the others.
+    """
+    if ready is not None:
+        ready.release()
+        go.sync_wait(30)
     for _ in range(times):
         with value.lock:
-            value.value += 1
+            seen = value.value
+            os.sched_yield()
+            value.value = seen + 1
     return times
 
 

@@ -1365,7 +1365,11 @@ class Supervisor:
                 logger.warning("control socket: accept failed: %s", exc)
                 await asyncio.sleep(0.5)  # back off from a descriptor shortage
                 continue
-            uid = peer_uid(conn)
+            try:
+                uid = peer_uid(conn)
+            except OSError:  # gone already
+                conn.close()
+                continue
             if uid is not None and uid not in _TRUSTED_UIDS:
                 logger.warning("control socket: refused a connection from uid %d", uid)
                 conn.close()
@@ -1378,6 +1382,8 @@ class Supervisor:
         conn = self._control_tasks.pop(task, None)
         if conn is not None:
             conn.close()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("control connection failed", exc_info=task.exception())
 
     async def _close_control(self) -> None:
         listener, self._control = self._control, None
@@ -1399,7 +1405,10 @@ class Supervisor:
                 os.unlink(path)  # only our own socket file, not a successor's
 
     async def _serve_control(self, conn: socket.socket) -> None:
-        reader, writer = await asyncio.open_unix_connection(sock=conn, limit=_MAX_REQUEST)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=_MAX_REQUEST)
+        except OSError:
+            return  # the peer left at once; _control_done closes the socket
         try:
             for _ in range(_MAX_REQUESTS_PER_CONNECTION):
                 try:

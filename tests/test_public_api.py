@@ -100,3 +100,10 @@ def test_message_passing_errors_fit_the_standard_library_and_anyio() -> None:
     assert issubclass(anycore.InsecureListener, ValueError)
     assert issubclass(anycore.UndecodableMessage, anycore.RemoteProtocolError)
     assert anycore.Pipe is anycore._connection.Pipe  # type: ignore[attr-defined]
+
+
+def test_command_line_and_supervision_names() -> None:
+    assert anycore.add_standard_options.__module__ == "anycore._cli"
+    assert anycore.apply_standard_options.__module__ == "anycore._cli"
+    assert issubclass(anycore.ControlSocketError, PermissionError)
+    assert issubclass(anycore.ControlSocketError, anycore.AnycoreError)

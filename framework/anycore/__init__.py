@@ -159,6 +159,9 @@ _LAZY: dict[str, str] = {
     "UnknownProgram": "._supervisor",
     "Stack": "._stackfile",
     "load_stack": "._stackfile",
+    # -- command line --
+    "add_standard_options": "._cli",
+    "apply_standard_options": "._cli",
 }
 
 __all__ = ["__version__", *_errors.__all__, *_LAZY]
@@ -190,6 +193,10 @@ if TYPE_CHECKING:
         carry_context_var as carry_context_var,
         current_worker_id as current_worker_id,
         register_exit_flush as register_exit_flush,
+    )
+    from ._cli import (
+        add_standard_options as add_standard_options,
+        apply_standard_options as apply_standard_options,
     )
 
     # -- protocol handlers, servers, clients, datagrams --

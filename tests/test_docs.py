@@ -128,3 +128,16 @@ def test_getting_started_names_every_extra() -> None:
     table = table.split("\n## ", 1)[0]
     missing = [e for e in project["optional-dependencies"] if f"`{e}`" not in table]
     assert not missing, f"extras not described in getting-started.md's Install: {missing}"
+
+
+def test_the_facility_map_covers_every_classic_module() -> None:
+    headings = re.findall(r"^## (.+)$", (DOCS / "facility-map.md").read_text(), re.M)
+    wanted = [
+        "asyncore", "asynchat", "socketserver", "subprocess", "os process functions",
+        "signal", "threading", "queue", "multiprocessing", "logging", "logging.handlers",
+        "logging.config", "optparse",
+    ]  # fmt: skip
+    assert headings == wanted
+    text = (DOCS / "facility-map.md").read_text()
+    for name in ("Process", "Pool", "Pipe", "Queue", "managers", "connection", "shared_memory"):
+        assert f"`multiprocessing.{name}" in text, name

@@ -1,0 +1,298 @@
+"""The architecture's rules, as tests (docs/design.md, "The layers").
+
+The import graph is read from the source (module-level *and* function-level
+``import`` statements of anycore's own modules), so a lazy import inside a
+function counts as much as one at the top.  Each rule has an explicit list of
+today's known exceptions: a new violation fails at once, and an exception
+that no longer occurs fails too (so the lists only shrink).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "framework" / "anycore"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _resolve(current: str, is_package: bool, module: str | None, level: int) -> str:
+    if level == 0:
+        return module or ""
+    base = current.split(".")
+    if not is_package:
+        base = base[:-1]
+    if level > 1:
+        base = base[: -(level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def _imports(name: str, path: Path, known: set[str]) -> Iterator[tuple[str, bool]]:
+    """(imported anycore module, inside a function?) for each import in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_package = path.name == "__init__.py"
+
+    def visit(
+        node: ast.AST, in_function: bool, in_type_checking: bool
+    ) -> Iterator[tuple[str, bool]]:
+        for child in ast.iter_child_nodes(node):
+            func = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            tc = in_tc or (
+                isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test)
+            )
+            if isinstance(child, ast.Import) and not tc:
+                for alias in child.names:
+                    if alias.name.startswith("anycore"):
+                        yield _longest_known(alias.name, known), func
+            elif isinstance(child, ast.ImportFrom) and not tc:
+                target = _resolve(name, is_package, child.module, child.level)
+                if not target.startswith("anycore"):
+                    continue
+                for alias in child.names:
+                    sub = f"{target}.{alias.name}"
+                    yield (sub if sub in known else _longest_known(target, known)), func
+            yield from visit(child, func, tc)
+
+    yield from visit(tree, False, False)
+
+
+def _longest_known(name: str, known: set[str]) -> str:
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name
+
+
+@functools.cache
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = {dep for dep, _ in _imports(name, path, known) if dep and dep != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    # Tarjan's strongly connected components, iteratively.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: set[frozenset[str]] = set()
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            for child in children:
+                if child not in graph:
+                    continue
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.add(frozenset(component))
+    return found
+
+
+# The package __init__ files re-export lazily (PEP 562): they name every
+# module, and some modules import a public name through them.  Edges *into*
+# a package __init__ are not dependencies on the package's modules.
+_FACADES = {"anycore", "anycore.logging", "anycore.testing"}
+
+
+@functools.cache
+def _graph_without_facades() -> dict[str, set[str]]:
+    return {m: deps - _FACADES for m, deps in _graph().items() if m not in _FACADES}
+
+
+# Today's import circles (issue 13 cuts them).  Each entry: the modules of one
+# strongly connected component, and why it exists.
+def _cycle(*names: str) -> frozenset[str]:
+    return frozenset(f"anycore.{n}" for n in names)
+
+
+KNOWN_CYCLES: dict[frozenset[str], str] = {
+    _cycle("_pools", "_pool_tasks", "_pool_threads", "_pool_processes", "_pool_dask"): (
+        "the backends import Backend/Job from _pools, which imports them by name: "
+        "the contract moves to a module of its own"
+    ),
+    _cycle("_client", "_portable"): (
+        "the portable driver's connect path lives in _client and needs the driver back"
+    ),
+    _cycle(
+        "_child",
+        "logging._children",
+        "logging._engine",
+        "logging._lifecycle",
+        "logging._sink",
+        "logging._structured",
+    ): "logging reaches _child for the exit-flush registry, which moves to _state",
+}
+
+
+def test_no_import_circle_beyond_the_known_ones() -> None:
+    cycles = _cycles(_graph_without_facades())
+    names = {c: sorted(m.removeprefix("anycore.") for m in c) for c in cycles}
+    new = [names[c] for c in cycles if c not in KNOWN_CYCLES]
+    gone = [sorted(c) for c in KNOWN_CYCLES if c not in cycles]
+    assert not gone, f"these circles are gone: remove them from KNOWN_CYCLES: {gone}"
+    assert not new, f"new import circles: {new}"
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        for dep in graph.get(node, ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_the_framers_import_nothing_async() -> None:
+    for module in ("anycore._framing",):
+        path = _modules()[module]
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+        }
+        assert not imported & {"asyncio", "anyio", "trio", "uvloop"}, (module, imported)
+        deps = _reaches(_graph_without_facades(), module)
+        assert deps <= {"anycore.errors"}, (module, deps)
+
+
+# Logging may use the core and the leaves, never networking, processes or
+# supervision.  Known exceptions, with the reason each still exists:
+LOGGING_KNOWN: dict[tuple[str, str], str] = {
+    ("anycore.logging._lifecycle", "anycore._child"): "the exit-flush registry; moves to _state",
+}
+
+_NOT_FOR_LOGGING = (
+    "anycore._handler",
+    "anycore._portable",
+    "anycore._server",
+    "anycore._client",
+    "anycore._datagram",
+    "anycore._datagram_portable",
+    "anycore._datagram_server",
+    "anycore._datagram_client",
+    "anycore._child",
+    "anycore._pools",
+    "anycore._pool_processes",
+    "anycore._spawn",
+    "anycore._subprocess",
+    "anycore._supervisor",
+    "anycore._cli",
+)
+
+
+def test_logging_does_not_import_networking_processes_or_supervision() -> None:
+    graph = _graph_without_facades()
+    bad = {
+        (m, dep)
+        for m, deps in graph.items()
+        if m.startswith("anycore.logging")
+        for dep in deps
+        if dep in _NOT_FOR_LOGGING
+    }
+    assert not bad - set(LOGGING_KNOWN), sorted(bad - set(LOGGING_KNOWN))
+    assert not set(LOGGING_KNOWN) - bad, (
+        f"fixed, remove from LOGGING_KNOWN: {set(LOGGING_KNOWN) - bad}"
+    )
+
+
+def test_nothing_in_the_package_imports_the_test_kit() -> None:
+    graph = _graph()
+    users = sorted(
+        m
+        for m, deps in graph.items()
+        if not m.startswith("anycore.testing")
+        and any(d == "anycore.testing" or d.startswith("anycore.testing.") for d in deps)
+    )
+    assert not users, users
+
+
+def test_the_leaves_import_nothing_of_anycore() -> None:
+    graph = _graph_without_facades()
+    assert graph["anycore._state"] == set()
+    assert graph["anycore.errors"] == set()
+
+
+# Modules over 800 lines, each with the reason it is still one module (the
+# concepts to split it into are issue 13's).
+LONG_MODULES: dict[str, str] = {
+    "anycore._handler": "handler API, asyncio driver, line/length handlers: a split per layer",
+    "anycore._child": "wire format, start method and the child process: three modules to be",
+    "anycore._supervisor": "program state machine, control socket, notify socket",
+    "anycore._pools": "pool front end, results and the backend contract",
+    "anycore._cli": "the command's parser and each sub-command's runner",
+    "anycore._connection": "Connection, codecs, handshake, Listener/Client: one wire protocol",
+    "anycore._managers": "manager server, registry and proxies",
+    "anycore._sharedmem": "shared values, arrays and the channel",
+    "anycore._subprocess": "Process and its options, run() and friends",
+    "anycore._server": "serve(), Server, limits and shedding",
+    "anycore._framing": "the framers, each small; kept together as the sans-IO layer",
+    "anycore._queues": "Queue with its thread side, LifoQueue, PriorityQueue",
+}
+
+
+@pytest.mark.parametrize("limit", [800])
+def test_no_module_over_the_line_limit_unless_listed(limit: int) -> None:
+    long = {
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in _modules().items()
+    }
+    over = {name for name, n in long.items() if n > limit}
+    assert not over - set(LONG_MODULES), sorted((n, long[n]) for n in over - set(LONG_MODULES))
+    shrunk = set(LONG_MODULES) - over
+    assert not shrunk, f"now under {limit} lines: remove from LONG_MODULES: {sorted(shrunk)}"

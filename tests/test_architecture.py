@@ -47,14 +47,10 @@ def _imports(name: str, path: Path, known: set[str]) -> Iterator[tuple[str, bool
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_package = path.name == "__init__.py"
 
-    def visit(
-        node: ast.AST, in_function: bool, in_type_checking: bool
-    ) -> Iterator[tuple[str, bool]]:
+    def visit(node: ast.AST, in_function: bool, in_tc: bool) -> Iterator[tuple[str, bool]]:
         for child in ast.iter_child_nodes(node):
             func = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
-            tc = in_tc or (
-                isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test)
-            )
+            tc = in_tc or (isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test))
             if isinstance(child, ast.Import) and not tc:
                 for alias in child.names:
                     if alias.name.startswith("anycore"):

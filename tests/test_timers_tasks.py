@@ -215,3 +215,26 @@ async def test_task_local_is_isolated_per_task() -> None:
         await asyncio.get_running_loop().create_task(fresh(), context=contextvars.Context())
         == "nobody"
     )
+
+
+def test_every_and_timer_on_trio_run_on_trios_clock() -> None:
+    # every() and Timer read anyio.current_time(): under trio that is trio's
+    # clock, so trio's MockClock drives them (a day of timers in milliseconds).
+    import trio
+    import trio.testing
+
+    async def main() -> tuple[list[int], list[int], float]:
+        ticks = [tick.index async for tick in anycore.every(3600.0, limit=3)]
+        fired: list[int] = []
+        async with anycore.Timer(86400.0, fired.append, 1) as timer:
+            await timer.wait()
+        cancelled = anycore.Timer(10.0, fired.append, 2)
+        cancelled.start()
+        cancelled.cancel()
+        await cancelled.wait()
+        return ticks, fired, trio.current_time()
+
+    ticks, fired, now = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert ticks == [0, 1, 2]
+    assert fired == [1]
+    assert now == 2 * 3600.0 + 86400.0

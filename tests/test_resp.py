@@ -500,3 +500,27 @@ def test_redis_benchmark(resp_server: int, pipeline: int) -> None:
     assert all(rps > 0 for rps in rows.values())
     assert "WARNING" not in out.stderr, out.stderr
     assert "Error" not in out.stdout + out.stderr
+
+
+_fuzz_bytes = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from(
+        [b"*", b"$", b"\r\n", b"*2\r\n", b"$3\r\n", b"$-1\r\n", b"GET", b"$ 4", b"$+4", b"$4_0"]
+    ),
+    st.builds(lambda n: b"$%d\r\n" % n, st.integers(-5, 1 << 40)),
+    st.builds(lambda n: b"*%d\r\n" % n, st.integers(-5, 1 << 40)),
+)
+
+
+@given(st.lists(_fuzz_bytes, max_size=40))
+def test_fuzzed_input_raises_only_resp_errors_and_stays_bounded(chunks: list[bytes]) -> None:
+    parser = resp.RespParser(max_bulk=4096, max_command=8192, max_query_buffer=16384)
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            while (cmd := parser.next_command()) is not None:
+                assert cmd and all(isinstance(a, bytes) for a in cmd)
+                assert sum(map(len, cmd)) <= 8192
+            assert parser.buffered <= 16384 + 64
+    except resp.RespError:
+        pass

@@ -519,7 +519,8 @@ def test_fuzzed_input_raises_only_resp_errors_and_stays_bounded(chunks: list[byt
         for chunk in chunks:
             parser.feed(chunk)
             while (cmd := parser.next_command()) is not None:
-                assert cmd and all(isinstance(a, bytes) for a in cmd)
+                assert cmd
+                assert all(isinstance(a, bytes) for a in cmd)
                 assert sum(map(len, cmd)) <= 8192
             assert parser.buffered <= 16384 + 64
     except resp.RespError:

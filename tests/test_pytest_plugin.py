@@ -119,6 +119,16 @@ def test_unknown_loop_in_the_ini_option_is_a_usage_error(pytester: pytest.Pytest
     assert result.ret != 0
 
 
+def test_loops_option_without_pytest_asyncio_says_what_to_do(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nanycore_loops = asyncio uvloop\n")
+    pytester.makepyfile(test_it="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", PLUGIN, "-p", "no:asyncio", "-p", "no:cacheprovider"
+    )
+    result.stderr.fnmatch_lines(["*anycore_loops needs pytest-asyncio*anyio_backend*"])
+    assert result.ret != 0
+
+
 ANYIO_TESTS = """
 import logging
 

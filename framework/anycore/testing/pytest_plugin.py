@@ -109,6 +109,11 @@ class _Loops:
 def pytest_configure(config: pytest.Config) -> None:
     names = str(config.getini("anycore_loops")).split()
     if names:
+        if not config.pluginmanager.hasplugin("asyncio"):
+            raise pytest.UsageError(
+                "anycore_loops needs pytest-asyncio (pip install pytest-asyncio); "
+                "with anyio's plugin, parametrize the anyio_backend fixture instead"
+            )
         factories = loop_factories(names)
         if not factories:
             raise pytest.UsageError(f"anycore_loops = {' '.join(names)}: none is installed")

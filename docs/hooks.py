@@ -14,7 +14,8 @@ Registered in mkdocs.yml (``hooks:``); excluded from the site itself.
   GitHub) without the site linking outside itself.
 * Sphinx roles left in the rendered docstrings (``:meth:`feed```, which
   mkdocstrings shows as is) are reduced to the code they name, ``~`` shortening
-  ``~anycore.FrameTooLarge`` to ``FrameTooLarge`` as Sphinx does.
+  ``~anycore.FrameTooLarge`` to ``FrameTooLarge`` as Sphinx does; a paragraph
+  that introduced a literal block (``Example::``) ends in one colon.
 
 Rejected: one hand-written page per example (drifts, and there are dozens).
 """
@@ -180,10 +181,10 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
 
 
 def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    """Drop the Sphinx role markers the rendered docstrings still show."""
+    """Drop the reST markup the rendered docstrings still show."""
 
     def code(match: re.Match[str]) -> str:
         name = match.group(2).rsplit(".", 1)[-1] if match.group(1) else match.group(2)
         return f"<code>{name}</code>"
 
-    return RENDERED_ROLE.sub(code, html)
+    return RENDERED_ROLE.sub(code, html).replace("::</p>", ":</p>")

@@ -22,6 +22,8 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 ENTRY = re.compile(r"^::: (anycore(?:\.\w+)*)$", re.M)
 PUBLIC_MODULES = ("anycore", "anycore.errors", "anycore.logging", "anycore.testing")
+# Public modules documented as modules (not listed in an __all__).
+PUBLIC_SUBMODULES = {"anycore.testing.pytest_plugin"}
 
 
 def _pages() -> list[Path]:
@@ -75,7 +77,7 @@ def test_reference_entries_name_public_names() -> None:
         for module_name in PUBLIC_MODULES
         for name in importlib.import_module(module_name).__all__
     }
-    stale = sorted(_reference_entries() - public)
+    stale = sorted(_reference_entries() - public - PUBLIC_SUBMODULES)
     assert not stale, stale
 
 

@@ -126,6 +126,30 @@ def test_process_family_pipeline_and_pty_die_with_parent(tmp_path: Path) -> None
         _kill_parent_and_check(proc, 6)  # sh and two sleeps, 2 pipeline stages, the pty
 
 
+def test_a_killed_guard_is_replaced_and_takes_over_the_list(tmp_path: Path) -> None:
+    with _parent(
+        tmp_path,
+        """
+        import asyncio, os, signal, anycore
+        from anycore._spawn import _guard
+
+        async def main():
+            async with anycore.Process(["sleep", "300"], die_with_parent=True):
+                first = _guard.pid
+                os.kill(first, signal.SIGKILL)
+                os.waitpid(first, 0)
+                async with anycore.Process(["sleep", "301"], die_with_parent=True):
+                    assert _guard.pid != first
+                    print("READY", flush=True)
+                    await asyncio.sleep(300)
+
+        asyncio.run(main())
+        """,
+    ) as proc:
+        _read_until(proc, b"READY")
+        _kill_parent_and_check(proc, 3)  # both sleeps and the new guard
+
+
 def test_child_process_and_busy_pool_die_with_parent(tmp_path: Path) -> None:
     with _parent(
         tmp_path,

@@ -33,6 +33,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -591,9 +592,7 @@ class _Guard:
         self.pid = -1
         self.watched: dict[int, bool] = {}  # pid -> its group too
 
-    def _ensure(self) -> int:
-        if self._fd >= 0 and self._owner == os.getpid():
-            return self._fd
+    def _start(self) -> None:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         argv = [sys.executable, "-I", "-S", "-c", _GUARD_SOURCE, "anycore-guard", str(os.getpid())]
@@ -612,18 +611,33 @@ class _Guard:
         finally:
             os.close(read_end)
             os.close(null)
-        self.watched.clear()
         self._fd, self._owner = write_end, os.getpid()
-        return write_end
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def _send(self, line: str) -> None:
         with self._lock:
-            try:
-                os.write(self._ensure(), line.encode())
-            except OSError as exc:  # the guard died: start a new one next time
-                logger.warning("die_with_parent guard is gone (%s); restarting it", exc)
-                os.close(self._fd)
-                self._fd = -1
+            for _ in range(2):
+                if self._fd < 0 or self._owner != os.getpid():
+                    self._start()
+                    if self.watched:  # a new guard after one died: it takes over the list
+                        self._write(
+                            "".join(
+                                f"+{'g' if g else 'p'}{p}\n" for p, g in self.watched.items()
+                            ).encode()
+                        )
+                try:
+                    self._write(line.encode())
+                    return
+                except OSError as exc:
+                    logger.warning("the die_with_parent guard is gone (%s); restarting it", exc)
+                    os.close(self._fd)
+                    self._fd = -1
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(self.pid, os.WNOHANG)  # our child: no zombie left
 
     def watch(self, pid: int, *, group: bool) -> None:
         """Kill ``pid`` (its process group when ``group``) if this process dies."""

@@ -143,3 +143,11 @@ def test_the_facility_map_covers_every_classic_module() -> None:
     text = (DOCS / "facility-map.md").read_text()
     for name in ("Process", "Pool", "Pipe", "Queue", "managers", "connection", "shared_memory"):
         assert f"`multiprocessing.{name}" in text, name
+
+
+def test_no_page_needs_a_cdn_at_view_time() -> None:
+    # Material renders a ```mermaid fence with mermaid.js fetched from unpkg.com:
+    # the built HTML would look self-contained, the diagram would not render offline.
+    mermaid = re.compile(r"^\s*```\s*mermaid", re.M)
+    fenced = [p.name for p in DOCS.rglob("*.md") if mermaid.search(p.read_text())]
+    assert not fenced, fenced

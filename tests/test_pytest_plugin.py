@@ -177,6 +177,32 @@ def test_fixtures_under_anyio_plugin_on_asyncio_and_trio(pytester: pytest.Pytest
     result.stdout.fnmatch_lines(["*BACKEND asyncio OK*", "*BACKEND trio OK*"])
 
 
+def test_loaded_through_a_pytest11_entry_point_and_also_listed_in_a_conftest(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an install gives pytest: a distribution declaring the entry point
+    # (here a bare .dist-info on the path, so the shared venv is left alone).
+    site = tmp_path / "site"
+    info = site / "anycore_entry_point-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: anycore-entry-point\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(f"[pytest11]\n{PLUGIN} = {PLUGIN}\n")
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'framework'}:{site}")
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_it="""
+        def test_fixture_from_the_entry_point(log_capture):
+            assert len(log_capture) == 0
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    # An old conftest that lists the plugin too: loaded once, no clash.
+    pytester.makeconftest(f'pytest_plugins = ["{PLUGIN}"]\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 def test_installed_distribution_declares_the_entry_point() -> None:
     dist = importlib.metadata.distribution("anycore")
     declared = {ep.name: ep.value for ep in dist.entry_points if ep.group == "pytest11"}

@@ -17,7 +17,8 @@ over three channels, in the same run:
   library's Connection on the same fd (the framing is the same), so the
   difference to the baseline is the parent's async side.
 
-Every reply is checked; a lost or wrong reply prints FAILED for that row
+The parent's CPU time per round trip is printed too (steadier than wall time on a
+busy machine).  Every reply is checked; a lost or wrong reply prints FAILED for that row
 instead of a figure.  ``main(quick)`` runs few round trips once; the full run
 repeats each contender (round robin, median).
 """
@@ -28,6 +29,7 @@ import asyncio
 import multiprocessing
 import os
 import pickle
+import resource
 import statistics
 import struct
 import subprocess
@@ -38,6 +40,7 @@ from functools import partial
 from multiprocessing import connection as mpc
 
 from anycore import Connection, Pipe
+from benchmarks import _report
 
 try:
     import uvloop
@@ -54,6 +57,22 @@ _RAW_CHILD = (
     "import sys; from benchmarks.bench_messaging import echo_raw; "
     "echo_raw(int(sys.argv[1]), int(sys.argv[2]))"
 )
+
+
+Timing = tuple[float, float]  # (wall seconds, this process's CPU seconds)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _now() -> Timing:
+    return time.perf_counter(), _cpu()
+
+
+def _since(started: Timing) -> Timing:
+    return time.perf_counter() - started[0], _cpu() - started[1]
 
 
 class Lost(Exception):
@@ -125,7 +144,7 @@ def _payload(kind: str) -> bytes:
     return pickle.dumps(SMALL) if kind == "small" else BIG
 
 
-def run_raw(kind: str, n: int) -> float:
+def run_raw(kind: str, n: int) -> Timing:
     payload = _payload(kind)
     p2c_r, p2c_w = os.pipe()
     c2p_r, c2p_w = os.pipe()
@@ -154,17 +173,17 @@ def run_raw(kind: str, n: int) -> float:
 
         for _ in range(WARMUP):
             trip()
-        started = time.perf_counter()
+        started = _now()
         for _ in range(n):
             trip()
-        return time.perf_counter() - started
+        return _since(started)
     finally:
         os.close(p2c_w)
         os.close(c2p_r)
         proc.wait(30)
 
 
-def run_mp(kind: str, n: int) -> float:
+def run_mp(kind: str, n: int) -> Timing:
     mine, theirs = CTX.Pipe()
     proc = CTX.Process(target=echo_stdlib, args=(theirs,))
     proc.start()
@@ -183,10 +202,10 @@ def run_mp(kind: str, n: int) -> float:
 
         for _ in range(WARMUP):
             trip()
-        started = time.perf_counter()
+        started = _now()
         for _ in range(n):
             trip()
-        return time.perf_counter() - started
+        return _since(started)
     except EOFError as exc:
         raise Lost("the child closed its end") from exc
     finally:
@@ -194,7 +213,7 @@ def run_mp(kind: str, n: int) -> float:
         proc.join(30)
 
 
-async def _anycore_trips(kind: str, n: int) -> float:
+async def _anycore_trips(kind: str, n: int) -> Timing:
     mine, theirs = Pipe()
     proc = CTX.Process(target=echo_anycore_fd, args=(theirs,))
     proc.start()
@@ -214,17 +233,17 @@ async def _anycore_trips(kind: str, n: int) -> float:
 
             for _ in range(WARMUP):
                 await trip()
-            started = time.perf_counter()
+            started = _now()
             for _ in range(n):
                 await trip()
-            return time.perf_counter() - started
+            return _since(started)
     except EOFError as exc:
         raise Lost("the child closed its end") from exc
     finally:
         await asyncio.to_thread(proc.join, 30)
 
 
-def run_anycore(factory: Callable[[], asyncio.AbstractEventLoop], kind: str, n: int) -> float:
+def run_anycore(factory: Callable[[], asyncio.AbstractEventLoop], kind: str, n: int) -> Timing:
     loop = factory()
     try:
         return loop.run_until_complete(asyncio.wait_for(_anycore_trips(kind, n), 300))
@@ -235,9 +254,9 @@ def run_anycore(factory: Callable[[], asyncio.AbstractEventLoop], kind: str, n: 
 # -- reporting ---------------------------------------------------------------------
 
 
-def measure(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float | str]:
-    """Median seconds per contender (round robin), or why it failed."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
+def measure(runs: dict[str, Callable[[], Timing]], repeats: int) -> dict[str, Timing | str]:
+    """Median wall and CPU seconds per contender (round robin), or why it failed."""
+    times: dict[str, list[Timing]] = {name: [] for name in runs}
     failed: dict[str, str] = {}
     for _ in range(repeats):
         for name, run in runs.items():
@@ -247,21 +266,41 @@ def measure(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, flo
                 times[name].append(run())
             except (Lost, OSError, TimeoutError) as exc:
                 failed[name] = f"{type(exc).__name__}: {exc}"
-    return {
-        name: failed[name] if name in failed else statistics.median(times[name]) for name in runs
-    }
+    out: dict[str, Timing | str] = {}
+    for name in runs:
+        if name in failed:
+            out[name] = failed[name]
+        else:
+            out[name] = (
+                statistics.median(t[0] for t in times[name]),
+                statistics.median(t[1] for t in times[name]),
+            )
+    return out
 
 
-def report(title: str, n: int, results: dict[str, float | str], baseline: str) -> None:
+def report(title: str, label: str, n: int, results: dict[str, Timing | str], baseline: str) -> None:
+    """Per round trip: wall time (ratio to *baseline*) and the parent's CPU time.
+
+    The anycore rows also go to the run's summary (or its failures).
+    """
     print(f"\n{title} ({n:,} round trips)")
     base = results.get(baseline)
     for name, result in results.items():
         if isinstance(result, str):
             print(f"  {name:<34} FAILED: {result}")
+            if name.startswith("anycore"):
+                _report.failure("messaging", f"{label} round trip, {name}: {result}")
             continue
-        per_trip = result / n * 1e6
-        ratio = f"{base / result:5.2f}x" if isinstance(base, float) else "  -  "
-        print(f"  {name:<34} {per_trip:9.1f} us/round trip   {ratio}")
+        wall, cpu = (x / n * 1e6 for x in result)
+        ratio = f"{base[0] / result[0]:5.2f}x" if isinstance(base, tuple) else "  -  "
+        print(f"  {name:<34} {wall:9.1f} us/round trip {ratio}   parent CPU {cpu:7.1f} us")
+        if name.startswith("anycore") and isinstance(base, tuple):
+            _report.ratio(
+                "messaging",
+                f"{label} round trip, {name}",
+                base[0] / result[0],
+                baseline=baseline,
+            )
 
 
 def main(quick: bool) -> None:
@@ -272,16 +311,17 @@ def main(quick: bool) -> None:
     ]
     if uvloop is not None:
         loops.append(("uvloop", uvloop.new_event_loop))
+    labels = {"small": "small object", "big": "1 MB bytes"}
     titles = {"small": f"small object {SMALL!r}", "big": "1 MB bytes"}
     for kind, n in sizes.items():
-        runs: dict[str, Callable[[], float]] = {
+        runs: dict[str, Callable[[], Timing]] = {
             "raw os.pipe (blocking)": partial(run_raw, kind, n),
             "multiprocessing.Pipe (blocking)": partial(run_mp, kind, n),
         }
         for loop_name, factory in loops:
             runs[f"anycore.Pipe ({loop_name})"] = partial(run_anycore, factory, kind, n)
         report(
-            f"{titles[kind]} to a child and back", n, measure(runs, repeats),
+            f"{titles[kind]} to a child and back", labels[kind], n, measure(runs, repeats),
             "multiprocessing.Pipe (blocking)",
         )  # fmt: skip
 

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import re
+import socket
 import weakref
 from collections.abc import Iterator
 from typing import ClassVar
@@ -335,3 +336,26 @@ async def test_repeated_warnings_are_rate_limited_and_summarised(
     assert re.fullmatch(
         r"\.\.\. and \d+ more connections with malformed input in the last \d+ s", summaries[0]
     )
+
+
+async def test_a_client_that_never_reads_costs_bounded_memory_and_times_out() -> None:
+    """A sync handler's replies to a client that never reads: the output stops
+    at write_high_water (plus the kernel's buffers), reading pauses, and
+    idle_timeout then aborts the connection (a graceful close would wait for
+    the unread data for ever)."""
+    Big.handled = 0
+    async with serve(Big, "tcp://127.0.0.1:0", idle_timeout=0.5) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            sock.sendall(b"a\n" * 200)  # 50 MiB of replies if all were built
+            await _until(lambda: any(h.statistics().writing_paused for h in server.connections()))
+            with anycore.fail_after(10):
+                while server.statistics().connections:
+                    stats = [h.statistics() for h in server.connections()]
+                    for s in stats:
+                        assert s.write_buffer_size < 32 * REPLY
+                    await asyncio.sleep(0.02)
+            assert Big.handled < 60
+        finally:
+            sock.close()

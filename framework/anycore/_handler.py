@@ -1087,7 +1087,12 @@ class _Connection:
             seconds,
             extra={"anycore_connection": self.log_context},
         )
-        self.close()
+        if self._write_state()[0]:
+            # Unsent data after the whole idle time: the peer is not reading,
+            # and a graceful close would wait for it for ever.
+            self.abort()
+        else:
+            self.close()
 
     def _queue_frames(self, data: bytes) -> None:
         """Async handlers: parse ``data`` into the frame queue (a parse error is

@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks import _report
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 SLOW_WRITE = 0.001
 
@@ -394,12 +396,30 @@ def main(quick: bool) -> None:
     )
     print("  targets:")
     base = burst.get("structlog direct")
+    file_base = burst.get("stdlib FileHandler")
     for name in ours:
         for label, rows in (("burst", burst), ("slow", slow), ("1M", big)):
             r = rows.get(name)
             if r is None or r["lost_runs"]:
                 print(f"    {name} {label}: lossless MISSED")
+                _report.failure("logging", f"{name}, {label}: records lost")
                 continue
+            if label == "burst" and base:
+                _report.ratio(
+                    "logging",
+                    f"{name}: loop-side cost per record, burst",
+                    r["cost_us"] / base["cost_us"],
+                    baseline="structlog writing directly",
+                    target=1.0,
+                    higher_is_better=False,
+                )
+            if label == "burst" and file_base:
+                _report.ratio(
+                    "logging",
+                    f"{name}: records/s to the end of close, burst",
+                    r["rate"] / file_base["rate"],
+                    baseline="stdlib FileHandler",
+                )
             parts = ["lossless met"]
             if label != "1M":
                 parts.append(f"lag p99 < 0.5 ms {_verdict(r['lag_p99_ms'] < 0.5)}")

@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks import _report
+
 WORKERS = 2
 
 
@@ -243,6 +245,27 @@ def main(quick: bool = False) -> None:
         f"Pool.imap_unordered(1) {per_task_mp:.1f} us (target: anycore <= mp)"
     )
     print("  ratios: baseline seconds / anycore seconds (> 1: anycore is faster)")
+    _report.ratio(
+        "pools",
+        "20,000 tiny tasks, map, taking turns",
+        fair["mp.Pool.map"] / fair["anycore map"],
+        baseline="multiprocessing.Pool.map",
+        target=1.0,
+    )
+    _report.ratio(
+        "pools",
+        "unchunked dispatch, imap_unordered(chunksize=1)",
+        per_task_mp / per_task_ours,
+        baseline="Pool.imap_unordered(chunksize=1)",
+        target=1.0,
+    )
+    _report.ratio(
+        "pools",
+        "10 ms CPU tasks: parallel efficiency",
+        speedup / WORKERS,
+        baseline=f"ideal {WORKERS}-core speed-up",
+        target=0.95,
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import _report
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "benchmarks" / "_baselines"
 EXAMPLES = ROOT / "examples"
@@ -555,6 +557,21 @@ def report(
                 f"- target P=1 CPU/request within 10% of raw: {cpu:.2f}x "
                 f"{'met' if cpu <= 1.10 else 'MISSED'}"
             )
+            _report.ratio(
+                "protocols",
+                "RESP example, redis-benchmark P=16 req/s",
+                vs_raw,
+                baseline="raw uvloop Protocol",
+                target=0.9,
+            )
+            _report.ratio(
+                "protocols",
+                "RESP example, CPU per request P=1",
+                cpu,
+                baseline="raw uvloop Protocol",
+                target=1.10,
+                higher_is_better=False,
+            )
         lines.append("")
     if len(echo) == 2:
         r = echo[1]
@@ -570,6 +587,22 @@ def report(
                 f"{e.p99_ms:.2f} | {e.p99_ms / r.p99_ms:.2f}x | {e.cpu_us:.2f} | "
                 f"{e.cpu_us / r.cpu_us:.2f}x |"
             )
+        ours = echo[0]
+        _report.ratio(
+            "protocols",
+            "TCP echo 1 KiB x 100 connections: msg/s",
+            ours.rate / r.rate,
+            baseline="raw uvloop Protocol echo",
+            target=0.92,
+        )
+        _report.ratio(
+            "protocols",
+            "TCP echo: CPU per message",
+            ours.cpu_us / r.cpu_us,
+            baseline="raw uvloop Protocol echo",
+            target=1.08,
+            higher_is_better=False,
+        )
         lines.append("")
     if layer:
         lines.append(

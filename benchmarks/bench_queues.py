@@ -28,6 +28,7 @@ from functools import partial
 import anyio
 
 from anycore import Queue
+from benchmarks import _report
 
 try:
     import uvloop
@@ -284,6 +285,13 @@ def main(quick: bool) -> None:
                 rates,
                 "asyncio.Queue",
             )
+            _report.ratio(
+                "queues",
+                f"one loop ({loop_name}, {bound}): items/s",
+                rates["anycore.Queue"] / rates["asyncio.Queue"],
+                baseline=f"asyncio.Queue ({bound})",
+                target=1.2 if not maxsize else 1.0,
+            )
 
     loop_name, factory = loops[-1]
     for maxsize in sizes:
@@ -305,6 +313,14 @@ def main(quick: bool) -> None:
         rates = median_rates(n_threads, repeats, thread_runs)
         baseline = "janus thread -> loop" if janus is not None else "queue.Queue thread -> thread"
         report(f"across threads ({loop_name}), {bound}", n_threads, rates, baseline)
+        if janus is not None:
+            _report.ratio(
+                "queues",
+                f"thread -> loop ({loop_name}, {bound}): items/s",
+                rates["anycore thread -> loop"] / rates["janus thread -> loop"],
+                baseline=f"janus ({bound})",
+                target=4.0 if not maxsize else 1.0,
+            )
 
 
 if __name__ == "__main__":

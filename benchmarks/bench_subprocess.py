@@ -29,6 +29,7 @@ import anyio
 import uvloop
 
 import anycore
+from benchmarks import _report
 
 TRUE = "/bin/true"
 IN_FLIGHT = 8
@@ -171,6 +172,14 @@ def bench_spawn(quick: bool) -> None:
             print(
                 f"  anycore [{loop}]: {ours / floor:.2f}x the floor (target >= 0.80); "
                 f"{ours / rivals[best_name]:.2f}x the best asyncio/anyio ({best_name})"
+            )
+            _report.ratio(
+                "subprocess",
+                f"spawn /bin/true, {'sequential' if mode == 'seq' else f'{IN_FLIGHT} in flight'}"
+                f" [{loop}]",
+                ours / floor,
+                baseline="posix_spawn + waitpid",
+                target=0.9,
             )
 
 

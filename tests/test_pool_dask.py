@@ -293,6 +293,15 @@ async def test_scatter_sends_once_and_local_backends_pass_through(scheduler: str
         assert ref is not data
         sizes = await pool.starmap(tasks.size_of, [(ref, i) for i in range(8)], chunksize=1)
         assert sizes == [len(data) + i for i in range(8)]
+        # collections travel whole (in a box the task opens), quickly
+        started = time.monotonic()
+        numbers = await pool.scatter(list(range(200_000)))
+        table = await pool.scatter({"a": 1})
+        assert time.monotonic() - started < 10
+        assert await pool.apply(len, (numbers,)) == 200_000
+        assert await pool.apply(sorted, (table,), {"reverse": True}) == ["a"]
+        assert await pool.map(len, [numbers, table]) == [200_000, 1]
+        assert await pool.apply(tasks.add, (1,), {"b": 2, "c": 3}) == 6
     async with anycore.WorkerPool("threads", workers=1) as local:
         assert await local.scatter(data) is data
     pool = _pool(scheduler)
@@ -352,6 +361,7 @@ def _our_processes() -> set[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 async def test_own_local_cluster_worker_loss_and_nothing_left_behind() -> None:
     before = _our_processes()
     async with anycore.WorkerPool("dask", workers=2, allowed_failures=0) as pool:
@@ -371,3 +381,24 @@ async def test_own_local_cluster_worker_loss_and_nothing_left_behind() -> None:
     left = [p for p in workers if psutil.pid_exists(p)]
     assert not left, left
     assert _our_processes() - before == set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_scale_out_example_agrees_on_every_backend(scheduler: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(anycore.__file__).parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, "examples/scale_out.py", "--address", scheduler],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stdout.splitlines()
+    for label in ("tasks", "threads", "processes", "dask LocalCluster", f"dask at {scheduler}"):
+        assert any(line.startswith(label) and "primes=6057" in line for line in lines), lines
+    assert lines[-1] == "all 5 runs agree"

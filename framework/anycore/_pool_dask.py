@@ -27,8 +27,11 @@ Design points:
   :class:`~anycore.errors.DaskWorkerLost`.  Only that task fails; the pool
   keeps working.
 * ``scatter(obj)`` puts *obj* on the cluster once and returns its Dask
-  future; passed as an argument (also inside tuples, lists and dicts) it
-  reaches the task as the object.  Scattered data lives as long as the pool.
+  future; passed as an argument of a call, an item of a map or an element
+  of a starmap's tuple, it reaches the task as the object.  Lists, tuples,
+  sets and dicts are scattered in a box (pickled whole: Dask would
+  serialize them item by item), which the task opens.  Scattered data
+  lives as long as the pool.
 * Logs: a worker plugin (registered by the pool, removed at shutdown) adds
   a handler to each worker's root logger that forwards the records logged
   inside this pool's tasks, with ``worker_id`` set on them, as Dask events
@@ -67,7 +70,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from ._child import WORKER_ID, Snapshot, context_snapshot, picklable_snapshot, restore_snapshot
-from ._pools import RUNNING, Backend, Job, PoolConfig, run_job_body
+from ._pools import CALL, MAP, RUNNING, Backend, Job, PoolConfig, run_job_body
 from .errors import ChildProcessFailed, DaskWorkerLost
 from .logging._receiver import dispatch_locally
 
@@ -112,10 +115,55 @@ def _worker_id(prefix: str) -> str:
     return f"{prefix}-{name}"
 
 
+class _Box:
+    """A scattered list, tuple, set or dict, pickled whole.
+
+    Dask serializes those collections item by item (20 s for a list of
+    200,000 ints); in a box they go as one pickle, and the task unboxes them.
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return (_Box, (self.obj,))
+
+
+_BOXED = (list, tuple, set, frozenset, dict)
+
+
+def _unbox(x: Any) -> Any:
+    return x.obj if type(x) is _Box else x
+
+
+def _unbox_args(kind: int, args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """Scattered arguments: as arguments of a call, items of a map, of a starmap's tuples."""
+    if kind == CALL:
+        args = tuple(_unbox(a) for a in args)
+        if kwargs:
+            kwargs = {k: _unbox(v) for k, v in kwargs.items()}
+    elif kind == MAP:
+        args = [_unbox(x) for x in args]
+    else:
+        args = [tuple(_unbox(a) for a in item) for item in args]
+    return args, kwargs
+
+
 def _run_task(
-    token: str, prefix: str, kind: int, fn: Any, args: Any, kwargs: Any, snapshot: Snapshot | None
+    token: str,
+    prefix: str,
+    kind: int,
+    fn: Any,
+    args: Any,
+    kwargs: Any,
+    snapshot: Snapshot | None,
+    boxed: bool,
 ) -> Any:
     """The body of every Dask task of a pool (runs on a worker)."""
+    if boxed:
+        args, kwargs = _unbox_args(kind, args, kwargs)
     ctx = contextvars.copy_context()
     return ctx.run(_run_in_context, token, _worker_id(prefix), kind, fn, args, kwargs, snapshot)
 
@@ -269,6 +317,7 @@ class DaskBackend(Backend):
         self._config: PoolConfig | None = None
         self._watchers: dict[int, tuple[Any, asyncio.Task[None]]] = {}
         self._scattered: list[Any] = []
+        self._boxed = False  # a collection was scattered: tasks unbox their arguments
         self._closing = False
         self._quiet = False
         self._scratch: str | None = None
@@ -418,6 +467,7 @@ class DaskBackend(Backend):
             job.args,
             job.kwargs,
             job.context,
+            self._boxed,
             key=f"{name}-{self._token}-{job.id}",
             pure=False,
         )
@@ -483,6 +533,9 @@ class DaskBackend(Backend):
         client = self._client
         if client is None:
             raise ChildProcessFailed("the dask backend is not connected")
+        if type(obj) in _BOXED:
+            obj = _Box(obj)
+            self._boxed = True
         # In a list: scatter() would send a list's items one by one.
         (fut,) = await client.scatter([obj], hash=False)
         self._scattered.append(fut)

@@ -9,7 +9,7 @@ SOURCES := $(shell find framework -name '*.py' -o -name 'py.typed') pyproject.to
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bench lint docs install clean
+.PHONY: run test test-stress bench lint docs install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The heavier reliability suite (load, hostile peers at scale); bounded.
+test-stress: install
+	$(BIN)/python -m pytest tests/stress -m stress $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

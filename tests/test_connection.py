@@ -602,3 +602,25 @@ async def test_poll_and_wait_work_on_fd_numbers_past_1024() -> None:
         assert await conn.poll(5)
         assert await wait_connections([conn], timeout=5) == [conn]
         assert await conn.recv_bytes() == b"hi"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 4096, 70_000])
+async def test_frames_arriving_in_any_split(chunk: int) -> None:
+    messages = [b"", b"a", b"hello" * 10, b"tail"]
+    if chunk >= 4096:  # a body past the 64 KiB read chunk, piece by piece
+        messages.insert(3, os.urandom(100_000))
+    wire = b"".join(struct.pack("!i", len(m)) + m for m in messages)
+    wire += struct.pack("!i", -1) + struct.pack("!Q", 3) + b"ext"  # the extended header
+    mine, raw = socket.socketpair()
+    conn = Connection(mine.detach())
+
+    async def trickle() -> None:
+        for i in range(0, len(wire), chunk):
+            raw.sendall(wire[i : i + chunk])  # fits the socket buffer: never blocks
+            await anyio.lowlevel.checkpoint()  # the reader sees each piece alone
+
+    with raw, conn:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(trickle)
+            got = [await conn.recv_bytes() for _ in range(len(messages) + 1)]
+    assert got == [*messages, b"ext"]

@@ -1520,9 +1520,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         if self._resume_handle is not None:
             self._resume_handle.cancel()
             self._resume_handle = None
-        if self._guard is not None:
-            self._guard.stop()
-            self._guard = None
+        self._guard = None  # (it refers back to us)
         self._out.clear()
         self._release_drain_waiters()
         if not self._made:
@@ -1920,6 +1918,12 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
 
     # -- used by the server ------------------------------------------------------
 
+    def check_guard(self, now: float) -> None:
+        """The server's periodic sweep: apply frame_deadline / min_receive_rate."""
+        guard = self._guard
+        if guard is not None:
+            guard.check(now)
+
     def shed_rank(self, now: float) -> float | None:
         """Since when this connection has been idle or slow (``None``: busy, or
         not watched); the server sheds the smallest at ``max_connections``."""
@@ -1971,8 +1975,9 @@ class GuardPolicy:
 
 
 class _Guard:
-    """Per-connection slowloris guard: a timer every ``policy.period`` that
-    looks at the framer and the counters (nothing runs per read).
+    """Per-connection slowloris guard, checked by the server's sweep every
+    ``policy.period`` (one timer per server, nothing per read): it looks at
+    the framer and the counters.
 
     A frame is in progress while the framer holds a partial frame and reading
     is not paused by us.  It must complete within ``frame_deadline`` and, per
@@ -1983,7 +1988,6 @@ class _Guard:
     __slots__ = (
         "_conn",
         "_frames",
-        "_handle",
         "_partial_since",
         "_policy",
         "_quiet_since",
@@ -1995,7 +1999,6 @@ class _Guard:
     def __init__(self, conn: _ProtocolDriver, policy: GuardPolicy) -> None:
         self._conn = conn
         self._policy = policy
-        self._handle: asyncio.TimerHandle | None = None
         self._reads = 0
         self._quiet_since = 0.0
         self._partial_since: float | None = None
@@ -2004,14 +2007,7 @@ class _Guard:
         self._rate_bytes = 0
 
     def start(self) -> None:
-        loop = self._conn.loop
-        self._quiet_since = loop.time()
-        self._handle = loop.call_later(self._policy.period, self._tick)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._quiet_since = self._conn.loop.time()
 
     def _in_frame(self) -> bool:
         conn = self._conn
@@ -2033,13 +2029,13 @@ class _Guard:
             return None  # read since the last check: not quiet
         return self._quiet_since
 
-    def _tick(self) -> None:
-        self._handle = None
+    def check(self, now: float) -> None:
+        """One look (the server's sweep): cut a frame over its deadline or
+        below the receive rate; note since when the connection is quiet."""
         conn = self._conn
         if conn._closing:
             return
         policy = self._policy
-        now = conn.loop.time()
         if conn.reads != self._reads:
             self._reads = conn.reads
             self._quiet_since = now
@@ -2069,7 +2065,6 @@ class _Guard:
                     self._rate_bytes = conn.bytes_in
         else:
             self._partial_since = None
-        self._handle = conn.loop.call_later(policy.period, self._tick)
 
 
 def _dropped_send(data: bytes) -> None:

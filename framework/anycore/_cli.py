@@ -263,10 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
         "supervise",
         help="run the programs of a stack file",
         description=(
-            "Run every program of STACKFILE (a Procfile, or TOML when it ends in "
-            ".toml), restart them by policy, merge their output. SIGTERM/SIGINT stop "
-            "the stack in reverse dependency order, SIGHUP re-reads the file, SIGUSR1 "
-            "reopens the log file."
+            "Run every program of STACKFILE (./Procfile by default; TOML when it ends "
+            "in .toml), with the variables of ./.env, restart them by policy, merge "
+            "their output. SIGTERM/SIGINT stop the stack in reverse dependency order, "
+            "SIGHUP re-reads the file, SIGUSR1 reopens the log file; the stack's "
+            "[supervisor] forward_signals are also sent on to every program."
         ),
     )
     sup.add_argument(
@@ -294,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Ask a running 'anycore supervise' for status, to start/stop/restart a "
             "program, to send it a signal (signal NAME SIG) or to follow its output "
             "(tail NAME)."
+        ),
+        epilog=(
+            "examples: anycore ctl status | anycore ctl restart web | "
+            "anycore ctl signal web HUP | anycore ctl tail web -n 50"
         ),
     )
     ctl.add_argument("--socket", metavar="PATH", help="the supervisor's control socket")

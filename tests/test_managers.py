@@ -6,6 +6,7 @@ other processes (ChildProcess) that get proxies pickled or join by address.
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import subprocess
@@ -289,3 +290,22 @@ async def test_a_silent_or_garbage_client_does_not_stop_the_server(manager: Sync
         with pytest.raises(EOFError):
             await conn.recv()
     assert await d.getitem("k") == 1
+
+
+async def test_a_queue_item_whose_client_vanished_goes_back(manager: SyncManager) -> None:
+    q = await manager.Queue()
+    await q.put("precious")
+    await q.put("second")
+    address = manager.address
+    assert isinstance(address, tuple)
+    async with Client(address, authkey=KEY) as conn:
+        # A get whose client is gone by the time the server has the item: the
+        # request, then EOF at once (a cancelled client closes its connection).
+        await conn.send(("call", q._token.ident, "get", (), {}))
+        half = socket.socket(fileno=os.dup(conn.fileno()))
+        half.shutdown(socket.SHUT_WR)
+        half.close()
+        with pytest.raises(EOFError):  # the server dropped it, reply unsent
+            await conn.recv()
+    assert await q.qsize() == 2
+    assert [await q.get(), await q.get()] == ["precious", "second"]  # order kept

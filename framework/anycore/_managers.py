@@ -9,7 +9,9 @@ multiprocessing.managers re-expressed for an event loop.  This module owns:
   ``acquire``, a Queue's ``get``) is awaited in that connection's task, so a
   waiting call blocks no other client; if the client disconnects meanwhile
   the call is cancelled (a cancelled ``acquire`` does not take the lock
-  later).  The server runs in a child process (:class:`anycore.ChildProcess`,
+  later), and if it disconnects just after, the object's ``_abandoned_``
+  hook undoes the call (a Queue puts the item back; a Lock is released when
+  its holder's connection closes).  The server runs in a child process (:class:`anycore.ChildProcess`,
   the default) or as a task in the current loop (``process=False``);
 * the **registry** with :meth:`BaseManager.register` semantics: type ids
   mapped to callables, ``exposed`` methods (default: the public ones),
@@ -40,10 +42,12 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import queue as stdlib_queue
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -52,7 +56,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
-from ._connection import Address, Client, Connection, Listener, Pipe
+from ._connection import Address, Client, Connection, Listener, Pipe, _fd_readable_now
 from .errors import (
     AuthenticationError,
     ClosedError,
@@ -148,55 +152,100 @@ class _ManagedValue:
 
 
 class _ManagedQueue:
-    """A queue whose blocking get / put are awaited in the server."""
+    """A FIFO queue whose blocking get / put are awaited in the server.
+
+    Its own (rather than asyncio.Queue) for one thing asyncio's lacks: an item
+    whose ``get`` finished just as its client vanished is put back at the
+    front (:meth:`_abandoned_`), so a cancelled client loses nothing.
+    """
 
     def __init__(self, maxsize: int = 0) -> None:
-        self._q: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self._items: deque[Any] = deque()
+        self._maxsize = maxsize
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._unfinished = 0
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+
+    @staticmethod
+    def _wake(waiters: deque[asyncio.Future[None]]) -> None:
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def _wait(self, waiters: deque[asyncio.Future[None]]) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._wake(waiters)  # woken, then cancelled: pass the turn on
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
+            raise
 
     async def get(self, block: bool = True, timeout: float | None = None) -> Any:
         if not block:
             return self.get_nowait()
-        try:
-            with anyio.fail_after(timeout):
-                return await self._q.get()
-        except TimeoutError:
-            raise stdlib_queue.Empty from None
+        with anyio.move_on_after(timeout):
+            while not self._items:
+                await self._wait(self._getters)
+            return self.get_nowait()
+        raise stdlib_queue.Empty
 
     async def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if not block:
             return self.put_nowait(item)
-        try:
-            with anyio.fail_after(timeout):
-                await self._q.put(item)
-        except TimeoutError:
-            raise stdlib_queue.Full from None
+        with anyio.move_on_after(timeout):
+            while self.full():
+                await self._wait(self._putters)
+            return self.put_nowait(item)
+        raise stdlib_queue.Full
 
     def get_nowait(self) -> Any:
-        try:
-            return self._q.get_nowait()
-        except asyncio.QueueEmpty:
-            raise stdlib_queue.Empty from None
+        if not self._items:
+            raise stdlib_queue.Empty
+        item = self._items.popleft()
+        self._wake(self._putters)
+        return item
 
     def put_nowait(self, item: Any) -> None:
-        try:
-            self._q.put_nowait(item)
-        except asyncio.QueueFull:
-            raise stdlib_queue.Full from None
+        if self.full():
+            raise stdlib_queue.Full
+        self._items.append(item)
+        self._unfinished += 1
+        self._all_done.clear()
+        self._wake(self._getters)
+
+    def _abandoned_(self, method: str, result: Any) -> None:
+        """The client of a finished call went away before it got *result*."""
+        if method in ("get", "get_nowait"):
+            self._items.appendleft(result)  # back where it was, whatever the bound
+            self._wake(self._getters)
 
     def qsize(self) -> int:
-        return self._q.qsize()
+        return len(self._items)
 
     def empty(self) -> bool:
-        return self._q.empty()
+        return not self._items
 
     def full(self) -> bool:
-        return self._q.full()
+        return 0 < self._maxsize <= len(self._items)
 
     def task_done(self) -> None:
-        self._q.task_done()
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._all_done.set()
 
     async def join(self) -> None:
-        await self._q.join()
+        await self._all_done.wait()
 
 
 class _ManagedEvent:
@@ -413,18 +462,39 @@ class _Server:
                 except Exception as exc:
                     log.warning("manager: dropping a client that sent garbage: %s", exc)
                     return
-                reply, gone = await self._answer(conn, request)
+                reply, gone, undo = await self._answer(conn, request)
+                if undo is not None and not gone:
+                    # The client sends nothing while it waits for a reply:
+                    # anything readable now means it has gone.
+                    gone = _fd_readable_now(conn.fileno())
                 if gone:
+                    if undo is not None:
+                        undo()
                     return
                 try:
                     await conn.send(reply)
                 except Exception:
+                    if undo is not None:
+                        undo()
                     return
                 if request and request[0] == "shutdown":
                     self.stop.set()
                     return
 
-    async def _answer(self, conn: Connection, request: Any) -> tuple[tuple[str, Any], bool]:
+    async def _answer(
+        self, conn: Connection, request: Any
+    ) -> tuple[tuple[str, Any], bool, Callable[[], None] | None]:
+        """The reply; whether the client has gone; how to undo the call if it has."""
+        reply, gone = await self._answer_call(conn, request)
+        undo = None
+        if reply[0] == "ok" and request[0] == "call":
+            served = self.objects.get(request[1])
+            abandoned = getattr(served.obj, "_abandoned_", None) if served else None
+            if abandoned is not None:
+                undo = functools.partial(abandoned, request[2], reply[1])
+        return reply, gone, undo
+
+    async def _answer_call(self, conn: Connection, request: Any) -> tuple[tuple[str, Any], bool]:
         try:
             op = request[0]
             if op == "call":

@@ -624,3 +624,17 @@ async def test_frames_arriving_in_any_split(chunk: int) -> None:
             tg.start_soon(trickle)
             got = [await conn.recv_bytes() for _ in range(len(messages) + 1)]
     assert got == [*messages, b"ext"]
+
+
+async def test_abstract_unix_address_and_bytes_path(tmp_path: Path) -> None:
+    for address in ("\0anycore-test-" + os.urandom(4).hex(), os.fsencode(tmp_path / "b.sock")):
+        async with Listener(address) as listener, anyio.create_task_group() as tg:
+
+            async def client() -> None:
+                async with Client(listener.address) as c:
+                    await c.send(1)
+
+            tg.start_soon(client)
+            async with await listener.accept() as conn:
+                assert await conn.recv() == 1
+    assert not (tmp_path / "b.sock").exists()

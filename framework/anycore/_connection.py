@@ -1056,7 +1056,12 @@ class Listener:
                 os.rmdir(self._tmpdir)
             raise
         self._sock: socket.socket | None = sock
-        self._unlink = address if fam == socket.AF_UNIX and isinstance(address, str) else None
+        abstract = isinstance(address, str | bytes) and address[:1] in ("\0", b"\0")
+        self._unlink = (
+            os.fsdecode(address)
+            if fam == socket.AF_UNIX and isinstance(address, str | bytes) and not abstract
+            else None
+        )
         self._address: Address = sock.getsockname()
         self._read_ready = _FdReady(sock.fileno(), write=False)
         self.last_accepted: Any = None

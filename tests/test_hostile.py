@@ -359,3 +359,30 @@ async def test_a_client_that_never_reads_costs_bounded_memory_and_times_out() ->
             assert Big.handled < 60
         finally:
             sock.close()
+
+
+async def test_shedding_spares_active_connections() -> None:
+    """At the limit with every connection active (reading and answered within
+    the last guard period), the new connection is refused, not an active one."""
+    async with serve(Echo, "tcp://127.0.0.1:0", max_connections=2) as server:
+        pairs = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        for i, (r, w) in enumerate(pairs):
+            w.write(b"%d\r\n" % i)
+            assert await asyncio.wait_for(r.readline(), 5) == b"%d\r\n" % i
+        extra: list[asyncio.StreamWriter] = []
+        try:
+            r3, w3 = await asyncio.open_connection("127.0.0.1", server.port)
+        except ConnectionError:
+            pass  # reset before the connect completed
+        else:
+            extra.append(w3)
+            assert await _closed_by_server(r3)
+        with anycore.fail_after(5):
+            while server.statistics().refused == 0:
+                await asyncio.sleep(0.01)
+        stats = server.statistics()
+        assert (stats.refused, stats.shed) == (1, 0)
+        for i, (r, w) in enumerate(pairs):
+            w.write(b"again %d\r\n" % i)
+            assert await asyncio.wait_for(r.readline(), 5) == b"again %d\r\n" % i
+        await _cleanup([], [w for _, w in pairs] + extra)

@@ -68,6 +68,13 @@ async def test_sync_manager_types(manager: SyncManager) -> None:
     assert [await q.get(), await q.get_nowait()] == ["a", "b"]
     with pytest.raises(queue.Empty):
         await q.get(block=False)
+    with pytest.raises(queue.Empty):
+        await q.get(timeout=0.01)
+    await q.task_done()
+    await q.task_done()
+    await q.join()  # both items done
+    with pytest.raises(ValueError, match="too many"):
+        await q.task_done()
 
     ev = await manager.Event()
     assert not await ev.wait(0.01)

@@ -386,3 +386,26 @@ async def test_shedding_spares_active_connections() -> None:
             w.write(b"again %d\r\n" % i)
             assert await asyncio.wait_for(r.readline(), 5) == b"again %d\r\n" % i
         await _cleanup([], [w for _, w in pairs] + extra)
+
+
+class Greeter(LineHandler):
+    """Sends a large greeting in connection_made, asking output_blocked."""
+
+    def connection_made(self) -> None:
+        self.send(b"g" * (256 * 1024))
+        self.blocked_at_start = self.output_blocked
+
+    def line_received(self, line: bytes) -> None:
+        self.send_line(line)
+
+
+async def test_output_blocked_in_connection_made_resumes_reading() -> None:
+    async with serve(Greeter, "tcp://127.0.0.1:0") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"after\r\n")
+        assert await asyncio.wait_for(reader.readexactly(256 * 1024), 10) == b"g" * (256 * 1024)
+        assert await asyncio.wait_for(reader.readline(), 5) == b"after\r\n"
+        (handler,) = server.connections()
+        assert isinstance(handler, Greeter)
+        assert handler.blocked_at_start
+        await _cleanup([], [writer])

@@ -1740,6 +1740,8 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
             self._in_batch = False
             if self._out:
                 self._flush()
+            if self._held:  # the handler asked output_blocked and it was
+                self._after_hold()
         return not self._closing
 
     def _fail(self) -> None:

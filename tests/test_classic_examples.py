@@ -99,6 +99,14 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
     "threading_lock.py": ([], [r"with the lock: balance 100$"]),
     "threading_rlock.py": ([], [r"inventory: \{'apple': 2, 'pear': 1, 'plum': 1\}"]),
     "threading_semaphores.py": ([], [r"produced 0", r"consumed 0", r"consumed 4"]),
+    "threading_condition.py": (
+        [],
+        [r"event: 1000 items produced, 1 wake-up\(s\) seen", r"condition: 1000 of 1000 items"],
+    ),
+    "threading_stoppable.py": (
+        [],
+        [r"suspended at step (\d+); still \1 after 50 ms", r"resumed: step \d+", r"terminated: True"],
+    ),
     "threading_worker_queue.py": (
         [],
         [r"joined: \['ALPHA', 'BETA', 'GAMMA'\]", r"queue closed and drained", r"DELTA"],

@@ -10,7 +10,8 @@ only add a call per operation.  What anyio lacks is added here:
 * :class:`BoundedSemaphore` - a semaphore whose over-release raises
   :class:`~anycore.errors.TooManyReleases` (an anycore error and a ValueError).
 * Thread-safe variants for code that spans the loop and plain threads:
-  :class:`ThreadSafeEvent`, :class:`ThreadSafeSemaphore`, :class:`ThreadSafeLock`.
+  :class:`ThreadSafeEvent`, :class:`ThreadSafeSemaphore`, :class:`ThreadSafeLock`,
+  :class:`ThreadSafeCondition`.
   Tasks ``await`` them (the loop never blocks); threads call the ``sync_*``
   methods (or ``with``), which block only the calling thread.
 
@@ -35,11 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from _thread import allocate_lock
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio import CapacityLimiter, Condition, Event, Lock, Semaphore
@@ -55,11 +58,14 @@ __all__ = [
     "Lock",
     "RLock",
     "Semaphore",
+    "ThreadSafeCondition",
     "ThreadSafeEvent",
     "ThreadSafeLock",
     "ThreadSafeSemaphore",
     "ThreadSafeStatistics",
 ]
+
+_T = TypeVar("_T")
 
 # (loop, future) for a task, (None, held _thread.lock) for a thread.
 _Waiter = tuple[asyncio.AbstractEventLoop | None, Any]
@@ -504,3 +510,160 @@ class ThreadSafeLock(ThreadSafeSemaphore):
     def locked(self) -> bool:
         """Whether the lock is held."""
         return self._value == 0
+
+
+class ThreadSafeCondition:
+    """A condition variable shared by tasks and plain threads.
+
+    ``threading.Condition`` for code that spans the loop and threads: tasks
+    ``async with cond: await cond.wait()``, threads ``with cond:
+    cond.sync_wait()``; ``notify`` / ``notify_all`` from either side, with
+    the lock held.  Waiters are woken in FIFO order across both kinds.  A
+    task cancelled while it waits re-acquires the lock before the
+    cancellation propagates (as ``asyncio.Condition`` does) and, if it had
+    just been notified, passes the notification on, so none is lost.
+
+    Args:
+        lock: the :class:`ThreadSafeLock` to use (a new one by default).
+    """
+
+    __slots__ = ("_guard", "_lock", "_waiters")
+
+    def __init__(self, lock: ThreadSafeLock | None = None) -> None:
+        self._lock = lock if lock is not None else ThreadSafeLock()
+        self._guard = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
+
+    @property
+    def lock(self) -> ThreadSafeLock:
+        """The underlying lock."""
+        return self._lock
+
+    def _check_held(self, what: str) -> None:
+        if not self._lock.locked():
+            raise RuntimeStateError(f"{what} needs the condition's lock held")
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def wait(self) -> None:
+        """Release the lock, wait for a notification, re-acquire the lock (in a task)."""
+        self._check_held("wait()")
+        loop = _running("ThreadSafeCondition.wait()")
+        fut: asyncio.Future[None] = loop.create_future()
+        entry: _Waiter = (loop, fut)
+        with self._guard:
+            self._waiters.append(entry)
+        self._lock.release()
+        cancelled: BaseException | None = None
+        try:
+            await fut
+        except BaseException as exc:
+            cancelled = exc
+            with self._guard:
+                try:
+                    self._waiters.remove(entry)
+                    notified = False
+                except ValueError:
+                    notified = True
+            if notified:
+                self._notify_locked_guard(1)  # hand the notification on
+        # Re-acquire whatever happens; a cancellation waits for the lock first
+        # (shielded: a cancel scope that stays cancelled must not spin here).
+        with anyio.CancelScope(shield=True):
+            await self._lock.acquire()
+        if cancelled is not None:
+            raise cancelled
+
+    async def wait_for(self, predicate: Callable[[], _T]) -> _T:
+        """Wait until ``predicate()`` is true (checked with the lock held); return it."""
+        result = predicate()
+        while not result:
+            await self.wait()
+            result = predicate()
+        return result
+
+    # -- threads -----------------------------------------------------------------
+
+    def sync_wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, wait for a notification, re-acquire (in a plain thread).
+
+        Returns:
+            False when ``timeout`` passed without a notification.
+
+        Raises:
+            RuntimeStateError: called inside a running event loop.
+        """
+        self._check_held("sync_wait()")
+        _refuse_blocking_in_loop("sync_wait()")
+        w = allocate_lock()
+        w.acquire()
+        entry: _Waiter = (None, w)
+        with self._guard:
+            self._waiters.append(entry)
+        self._lock.release()
+        try:
+            got = w.acquire(True, -1.0 if timeout is None else max(timeout, 0.0))
+            if not got:
+                with self._guard:
+                    try:
+                        self._waiters.remove(entry)
+                    except ValueError:
+                        got = True  # notified just as the wait timed out
+            return got
+        finally:
+            self._lock.sync_acquire()
+
+    def sync_wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
+        """``threading.Condition.wait_for``: wait until ``predicate()`` is true."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.sync_wait(left)
+            result = predicate()
+        return result
+
+    # -- either side --------------------------------------------------------------
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters (the lock must be held)."""
+        self._check_held("notify()")
+        self._notify_locked_guard(n)
+
+    def notify_all(self) -> None:
+        """Wake every waiter (the lock must be held)."""
+        self._check_held("notify_all()")
+        self._notify_locked_guard(len(self._waiters))
+
+    def _notify_locked_guard(self, n: int) -> None:
+        with self._guard:
+            woken = 0
+            while woken < n and self._waiters:
+                if _wake(self._waiters.popleft()):
+                    woken += 1
+
+    def statistics(self) -> ThreadSafeStatistics:
+        """Who is waiting for a notification."""
+        with self._guard:
+            return _stats(self._waiters)
+
+    async def __aenter__(self) -> ThreadSafeCondition:
+        await self._lock.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> ThreadSafeCondition:
+        self._lock.sync_acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._lock.release()

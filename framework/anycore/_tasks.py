@@ -8,7 +8,9 @@ The threading module's vocabulary, re-expressed for tasks:
   never silently lost;
 * ``threading.enumerate`` / ``active_count`` -> :func:`live_tasks` /
   :func:`active_count`;
-* ``threading.local``   -> :class:`TaskLocal`, built on contextvars.
+* ``threading.local``   -> :class:`TaskLocal`, built on contextvars;
+* the stoppable thread's suspend / resume -> :class:`PauseSwitch`, pause
+  points the task chooses (stop is cancellation).
 
 Structured concurrency (anyio task groups) remains the first choice for work
 whose lifetime a caller owns; ``spawn`` is for work that belongs to the
@@ -28,10 +30,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import anyio
+
 from ._backend import BackgroundJob, require_asyncio
 from ._runtime import current_runtime
 
-__all__ = ["TaskLocal", "active_count", "live_tasks", "spawn", "start_job"]
+__all__ = ["PauseSwitch", "TaskLocal", "active_count", "live_tasks", "spawn", "start_job"]
 
 _USE_TASK_GROUPS = (
     "on trio, start background work in a task group that outlives it "
@@ -164,3 +168,57 @@ class TaskLocal:
         except KeyError:
             raise AttributeError(name) from None
         object.__getattribute__(self, "_var").set(MappingProxyType(values))
+
+
+class PauseSwitch:
+    """Pause and resume a task at points it chooses (the stoppable thread's suspend).
+
+    The classic stoppable thread checks flags in its loop: *stop* (here: cancel
+    the task) and *suspend* / *resume*.  A coroutine cannot be frozen from
+    outside between two arbitrary lines, and should not be: it may hold a lock
+    or be half-way through a write.  So the task says where it may pause:
+    ``await switch.checkpoint()`` returns at once while running and waits
+    while paused.  Works on asyncio and trio (an anyio Event).
+
+    ::
+
+        switch = PauseSwitch()
+        async def worker():
+            while True:
+                await switch.checkpoint()
+                ...one step of work...
+        switch.pause(); switch.resume(); task.cancel()
+    """
+
+    __slots__ = ("_paused", "_resumed", "pauses")
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._resumed: anyio.Event | None = None  # while paused
+        self.pauses = 0  #: how many times pause() took effect
+
+    @property
+    def paused(self) -> bool:
+        """Whether the switch is paused now."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Make the next :meth:`checkpoint` wait until :meth:`resume`."""
+        if not self._paused:
+            self._paused = True
+            self._resumed = None
+            self.pauses += 1
+
+    def resume(self) -> None:
+        """Let waiting and future checkpoints through."""
+        self._paused = False
+        event, self._resumed = self._resumed, None
+        if event is not None:
+            event.set()
+
+    async def checkpoint(self) -> None:
+        """Return at once while running; wait (cancellably) while paused."""
+        while self._paused:
+            if self._resumed is None:
+                self._resumed = anyio.Event()
+            await self._resumed.wait()

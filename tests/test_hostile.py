@@ -16,7 +16,7 @@ import pytest
 
 import anycore
 from anycore import Handler, LineHandler, NetstringHandler, RawHandler, serve
-from anycore._handler import LogLimiter, log_limiter
+from anycore._handler import LogLimiter
 
 REPLY = 256 * 1024
 
@@ -303,20 +303,16 @@ async def test_max_connections_admits_exactly_that_many(on_limit: str) -> None:
 # -- a flood of bad connections costs a bounded number of log lines -------------
 
 
-@pytest.fixture
-def fast_limiter(monkeypatch: pytest.MonkeyPatch) -> Iterator[LogLimiter]:
-    monkeypatch.setattr(log_limiter, "burst", 5)
-    monkeypatch.setattr(log_limiter, "interval", 0.5)
-    log_limiter._windows.clear()
-    yield log_limiter
-    log_limiter._windows.clear()
-
-
 async def test_repeated_warnings_are_rate_limited_and_summarised(
-    fast_limiter: LogLimiter, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="anycore")
-    async with serve(NetstringHandler, "tcp://127.0.0.1:0") as server:
+    srv = serve(NetstringHandler, "tcp://127.0.0.1:0")
+    assert isinstance(srv.log_limiter, LogLimiter)  # each server has its own
+    assert (srv.log_limiter.burst, srv.log_limiter.interval) == (10, 10.0)
+    srv.log_limiter.burst = 5
+    srv.log_limiter.interval = 0.5
+    async with srv as server:
         for _ in range(60):
             r, w = await asyncio.open_connection("127.0.0.1", server.port)
             w.write(b"garbage!")

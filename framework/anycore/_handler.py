@@ -366,7 +366,7 @@ class Handler:
         Args:
             exc: the :class:`~anycore.FrameTooLarge` error.
         """
-        log_limiter.log(
+        limiter_of(self).log(
             logger,
             logging.ERROR,
             "frames too large",
@@ -806,12 +806,21 @@ class LogLimiter:
             )
 
 
-#: The limiter of the drivers' and servers' per-connection warnings and errors.
+#: The limiter of per-connection warnings and errors outside a server (client
+#: connections); each Server has its own (``Server.log_limiter``).
 log_limiter = LogLimiter()
 
 
-def log_handler_error(what: str, exc: BaseException, conn_id: int) -> None:
-    log_limiter.log(
+def limiter_of(handler: Handler) -> LogLimiter:
+    """The log limiter for ``handler``'s connection: its server's, else the default."""
+    limiter = getattr(handler.server, "log_limiter", None)
+    return limiter if isinstance(limiter, LogLimiter) else log_limiter
+
+
+def log_handler_error(
+    what: str, exc: BaseException, conn_id: int, limiter: LogLimiter | None = None
+) -> None:
+    (limiter or log_limiter).log(
         logger,
         logging.ERROR,
         "handler errors",
@@ -1013,7 +1022,7 @@ class _Connection:
                 new.feed(leftover)
 
     def _handler_error(self, what: str, exc: BaseException) -> None:
-        log_handler_error(what, exc, self.connection_id)
+        log_handler_error(what, exc, self.connection_id, limiter_of(self.handler))
         self._fail()
         self.close()
 
@@ -1032,7 +1041,7 @@ class _Connection:
                 self.framer = self.handler.make_framer()
             return
         if isinstance(exc, IncompleteFrame):
-            log_limiter.log(
+            limiter_of(self.handler).log(
                 logger,
                 logging.WARNING,
                 "streams that ended inside a frame",
@@ -1042,7 +1051,7 @@ class _Connection:
                 extra={"anycore_connection": self.log_context},
             )
         else:
-            log_limiter.log(
+            limiter_of(self.handler).log(
                 logger,
                 logging.ERROR,
                 "connections with malformed input",
@@ -1054,7 +1063,7 @@ class _Connection:
         self.close()
 
     def _write_limit_exceeded(self, limit: int) -> None:
-        log_limiter.log(
+        limiter_of(self.handler).log(
             logger,
             logging.WARNING,
             "connections over their write buffer limit",
@@ -1068,7 +1077,7 @@ class _Connection:
         self.abort()
 
     def _cut_slow(self, why: str) -> None:
-        log_limiter.log(
+        limiter_of(self.handler).log(
             logger,
             logging.INFO,
             "slow connections closed",
@@ -1882,7 +1891,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         try:
             handler.connection_lost(exc)
         except Exception as err:
-            log_handler_error("connection_lost", err, self.connection_id)
+            log_handler_error("connection_lost", err, self.connection_id, limiter_of(handler))
             self.owner.handler_failed()
         self._finish()
 
@@ -1891,7 +1900,7 @@ class _ProtocolDriver(asyncio.Protocol, _Connection):
         try:
             await self.handler.connection_lost(exc)  # type: ignore[misc]
         except Exception as err:
-            log_handler_error("connection_lost", err, self.connection_id)
+            log_handler_error("connection_lost", err, self.connection_id, limiter_of(self.handler))
             self.owner.handler_failed()
         finally:
             self._finish()

@@ -47,11 +47,11 @@ from ._endpoints import Endpoint, parse_endpoint
 from ._handler import (
     GuardPolicy,
     Handler,
+    LogLimiter,
     _Owner,
     _ProtocolDriver,
     check_handler_factory,
     checked_handler,
-    log_limiter,
 )
 from ._resource import AsyncResource
 from .errors import EndpointError, LoopUnavailable
@@ -213,6 +213,8 @@ class Server(_Owner, AsyncResource):
         self.portable = portable
         self._sockets = list(sockets)
         self._counters = _Counters()
+        #: Rate-limits this server's per-connection log records (see LogLimiter).
+        self.log_limiter = LogLimiter()
         self._conns: dict[_ProtocolDriver, None] = {}
         self._setups: set[asyncio.Task[None]] = set()
         self._setup_of: dict[_ProtocolDriver, asyncio.Task[None]] = {}
@@ -616,7 +618,7 @@ class Server(_Owner, AsyncResource):
             listener.backoff = 0.0
             if limit is not None and self._live() >= limit and not self._shed_one():
                 self._counters.refused += 1
-                log_limiter.log(
+                self.log_limiter.log(
                     logger,
                     logging.WARNING,
                     "connections refused at max_connections",
@@ -667,7 +669,7 @@ class Server(_Owner, AsyncResource):
             return False
         self._counters.shed += 1
         assert oldest is not None
-        log_limiter.log(
+        self.log_limiter.log(
             logger,
             logging.INFO,
             "connections shed at max_connections",
@@ -724,7 +726,7 @@ class Server(_Owner, AsyncResource):
             raise
         except Exception as exc:
             self._counters.errors += 1
-            log_limiter.log(
+            self.log_limiter.log(
                 logger,
                 logging.WARNING,
                 "connections that failed during setup",

@@ -105,7 +105,11 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
     ),
     "threading_stoppable.py": (
         [],
-        [r"suspended at step (\d+); still \1 after 50 ms", r"resumed: step \d+", r"terminated: True"],
+        [
+            r"suspended at step (\d+); still \1 after 50 ms",
+            r"resumed: step \d+",
+            r"terminated: True",
+        ],
     ),
     "threading_worker_queue.py": (
         [],

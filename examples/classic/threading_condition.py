@@ -28,7 +28,7 @@ def produce_with_event(event: threading.Event, items: list[int]) -> None:
 
 
 async def event_misuse() -> int:
-    event, items = threading.Event(), []
+    event, items = threading.Event(), list[int]()
     wakeups = 0
     thread = threading.Thread(target=produce_with_event, args=(event, items))
     thread.start()
@@ -47,7 +47,7 @@ def produce_with_condition(cond: anycore.ThreadSafeCondition, items: list[int]) 
 
 
 async def condition_done_right() -> int:
-    cond, items = anycore.ThreadSafeCondition(), []
+    cond, items = anycore.ThreadSafeCondition(), list[int]()
     thread = threading.Thread(target=produce_with_condition, args=(cond, items))
     thread.start()
     consumed = 0

@@ -22,12 +22,21 @@ class Worker:
         self.switch = anycore.PauseSwitch()
         self.steps = 0
         self.task: asyncio.Task[None] | None = None
+        self._watch: tuple[int, asyncio.Event] | None = None
 
     async def run(self) -> None:
         while True:
             await self.switch.checkpoint()  # suspend() stops us here
             self.steps += 1
+            if self._watch is not None and self.steps >= self._watch[0]:
+                self._watch[1].set()
             await asyncio.sleep(0.001)  # one step of work
+
+    async def wait_for_steps(self, n: int) -> None:
+        reached = asyncio.Event()
+        self._watch = (n, reached)
+        if self.steps < n:
+            await reached.wait()
 
     def start(self) -> None:
         self.task = anycore.spawn(self.run, name="worker")
@@ -47,22 +56,17 @@ class Worker:
             pass
 
 
-async def wait_for_steps(worker: Worker, n: int) -> None:
-    while worker.steps < n:
-        await asyncio.sleep(0.001)
-
-
 async def main() -> None:
     worker = Worker()
     worker.start()
-    await wait_for_steps(worker, 10)
+    await worker.wait_for_steps(10)
     worker.suspend()
     await asyncio.sleep(0.01)  # let it reach its checkpoint
     held = worker.steps
     await asyncio.sleep(0.05)
     print(f"suspended at step {held}; still {worker.steps} after 50 ms")
     worker.resume()
-    await wait_for_steps(worker, held + 10)
+    await worker.wait_for_steps(held + 10)
     print(f"resumed: step {worker.steps}")
     await worker.terminate()
     print("terminated:", worker.task is not None and worker.task.cancelled())

@@ -448,3 +448,20 @@ async def test_serve_forever_reports_started_to_a_task_group() -> None:
         await close(writer)
         tg.cancel_scope.cancel()
     assert not server.is_serving()
+
+
+def test_task_status_and_handler_context_manager_on_trio() -> None:
+    import anyio
+
+    import anycore
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(serve(Echo, "tcp://127.0.0.1:0").serve_forever)
+            async with await anycore.connect(f"tcp://127.0.0.1:{server.port}", Echo) as client:
+                assert not client.is_closing()
+            assert client.is_closing()
+            tg.cancel_scope.cancel()
+        assert not server.is_serving()
+
+    anyio.run(main, backend="trio")

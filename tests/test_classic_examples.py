@@ -139,6 +139,32 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
     "mp_manager_watch.py": ([], [r"watcher saw \{'a': 1, 'b': 2, 'c': 3\}"]),
     "mp_custom_manager.py": ([], [r"vector \[3\.0, 4\.0\] norm 5\.0", r"refused: .*not exposed"]),
     "mp_listener_adder.py": ([], [r"first client got 5", r"second client got 42"]),
+    "optparse_options.py": (
+        [
+            "-v",
+            "-o",
+            "out.txt",
+            "-d",
+            "2",
+            "-m",
+            "fast",
+            "-p",
+            "3",
+            "4",
+            "--quiet",
+            "--workers",
+            "3",
+        ],
+        [
+            r"verbose = True",
+            r"output = 'out.txt'",
+            r"debug = 2",
+            r"mode = 'fast'",
+            r"point = \[3, 4\]",
+            r"noise = 0",
+            r"workers = 3",
+        ],
+    ),
     "socket_time_tcp.py": ([], [r"the time is \w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}"] * 2),
     "socket_time_udp.py": ([], [r"the time is \w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}"]),
 }
@@ -209,6 +235,19 @@ def test_two_handlers_send_only_errors_to_stderr(tmp_path: Path) -> None:
         "spam - CRITICAL - critical message",
     ]
     assert "debug message" not in proc.stdout.split("--- spam.log:")[0]  # propagate off
+
+
+def test_optparse_defaults_and_a_rejected_choice() -> None:
+    script = str(CLASSIC / "optparse_options.py")
+    defaults = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, timeout=60, check=True
+    )
+    for line in ("verbose = False", "mode = 'slow'", "point = [0, 0]", "noise = 1"):
+        assert line in defaults.stdout
+    bad = subprocess.run([sys.executable, script, "-m", "warp"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "invalid choice: 'warp' (choose from 'slow', 'fast', 'ludicrous')" in bad.stderr
+    assert bad.stdout == ""
 
 
 def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float = 20.0) -> bytes:

@@ -10,8 +10,9 @@ running loop (asyncio or uvloop), so nothing blocks it.
 
 Design points:
 
-* A job is one ``client.submit`` of :func:`_run_task` (a key of its own,
-  ``pure=False``), which runs the job body on the worker in a copy of the
+* A job is one Dask task of :func:`_run_task` (a key of its own,
+  ``pure=False``; the jobs dispatched in one loop turn go as one
+  ``client.map``, one graph update for all), which runs the job body on the worker in a copy of the
   caller's carried context (the processes backend's snapshot) with the
   worker id ``<pool>-<dask worker name>`` set.  Its outcome reaches
   ``job.finish`` through one small watcher task per job awaiting the Dask
@@ -70,7 +71,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from ._child import WORKER_ID, Snapshot, context_snapshot, picklable_snapshot, restore_snapshot
-from ._pools import CALL, MAP, RUNNING, Backend, Job, PoolConfig, run_job_body
+from ._pools import CALL, FINISHED, MAP, RUNNING, Backend, Job, PoolConfig, run_job_body
 from .errors import ChildProcessFailed, DaskWorkerLost
 from .logging._receiver import dispatch_locally
 
@@ -317,6 +318,7 @@ class DaskBackend(Backend):
         self._config: PoolConfig | None = None
         self._watchers: dict[int, tuple[Any, asyncio.Task[None]]] = {}
         self._scattered: list[Any] = []
+        self._outbox: list[Job] = []
         self._boxed = False  # a collection was scattered: tasks unbox their arguments
         self._closing = False
         self._quiet = False
@@ -404,6 +406,10 @@ class DaskBackend(Backend):
 
     async def shutdown(self, graceful: bool) -> None:
         self._closing = True
+        outbox, self._outbox = self._outbox, []
+        for job in outbox:
+            if job.state != FINISHED:
+                job.finish(False, asyncio.CancelledError())
         watchers = list(self._watchers.values())
         self._watchers.clear()
         for fut, task in watchers:
@@ -457,7 +463,6 @@ class DaskBackend(Backend):
     def _submit(self, job: Job) -> Any:
         config = self._config
         assert config is not None
-        name = getattr(job.fn, "__name__", "job")
         return self._client.submit(
             _run_task,
             self._token,
@@ -468,14 +473,61 @@ class DaskBackend(Backend):
             job.kwargs,
             job.context,
             self._boxed,
-            key=f"{name}-{self._token}-{job.id}",
+            key=self._key(job),
             pure=False,
         )
+
+    def _key(self, job: Job) -> str:
+        return f"{getattr(job.fn, '__name__', 'job')}-{self._token}-{job.id}"
 
     def dispatch(self, job: Job) -> None:
         if self._client is None or self._closing:
             job.finish(False, ChildProcessFailed("the dask backend is not connected"))
             return
+        # Jobs dispatched in one turn of the loop (a map's window) go to the
+        # scheduler as one client.map: one graph update instead of one each.
+        job.state = RUNNING
+        self._outbox.append(job)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        jobs = [job for job in self._outbox if job.state != FINISHED]
+        self._outbox = []
+        if not jobs:
+            return
+        if self._client is None or self._closing:
+            for job in jobs:
+                job.finish(False, ChildProcessFailed("the dask backend is not connected"))
+            return
+        if len(jobs) > 1:
+            config = self._config
+            assert config is not None
+            n = len(jobs)
+            try:
+                futures = self._client.map(
+                    _run_task,
+                    [self._token] * n,
+                    [config.name] * n,
+                    [job.kind for job in jobs],
+                    [job.fn for job in jobs],
+                    [job.args for job in jobs],
+                    [job.kwargs for job in jobs],
+                    [job.context for job in jobs],
+                    [self._boxed] * n,
+                    key=[self._key(job) for job in jobs],
+                    pure=False,
+                )
+            except Exception:
+                pass  # one by one below: only the job that cannot go fails
+            else:
+                for job, fut in zip(jobs, futures, strict=True):
+                    self._watch_future(job, fut)
+                return
+        for job in jobs:
+            self._submit_one(job)
+
+    def _submit_one(self, job: Job) -> None:
         try:
             try:
                 fut = self._submit(job)
@@ -487,10 +539,12 @@ class DaskBackend(Backend):
         except Exception as exc:
             job.finish(False, exc)
             return
+        self._watch_future(job, fut)
+
+    def _watch_future(self, job: Job, fut: Any) -> None:
         task = asyncio.get_running_loop().create_task(self._watch(job, fut))
         self._watchers[job.id] = (fut, task)
         job.slot = fut
-        job.state = RUNNING
 
     async def _watch(self, job: Job, fut: Any) -> None:
         try:
@@ -524,7 +578,7 @@ class DaskBackend(Backend):
         if client is not None:
             info = client.scheduler_info()
             workers = int(info.get("n_workers", len(info.get("workers", ()))))
-        return workers, 0, len(self._watchers)
+        return workers, 0, len(self._watchers) + len(self._outbox)
 
     # -- data ---------------------------------------------------------------------
 

@@ -296,6 +296,14 @@ async def test_a_silent_or_garbage_client_does_not_stop_the_server(manager: Sync
         await conn.send_bytes(b"\x80\x05garbage")
         with pytest.raises(EOFError):
             await conn.recv()
+    for nonsense in [5, (), ("call",), ("call", "no-such-id", "get", (), {}), ("nope",)]:
+        async with Client(address, authkey=KEY) as conn:
+            await conn.send(nonsense)
+            try:
+                kind, _ = await conn.recv()  # refused with a reply ...
+            except EOFError:
+                kind = "dropped"  # ... or dropped
+            assert kind in ("error", "manager-error", "dropped"), nonsense
     assert await d.getitem("k") == 1
 
 

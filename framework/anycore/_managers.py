@@ -11,8 +11,10 @@ multiprocessing.managers re-expressed for an event loop.  This module owns:
   the call is cancelled (a cancelled ``acquire`` does not take the lock
   later), and if it disconnects just after, the object's ``_abandoned_``
   hook undoes the call (a Queue puts the item back; a Lock is released when
-  its holder's connection closes).  The server runs in a child process (:class:`anycore.ChildProcess`,
-  the default) or as a task in the current loop (``process=False``);
+  its holder's connection closes).  Each client's handshake runs in its own
+  task too.  The server runs in a child process
+  (:class:`anycore.ChildProcess`, the default) or as a task in the current
+  loop (``process=False``);
 * the **registry** with :meth:`BaseManager.register` semantics: type ids
   mapped to callables, ``exposed`` methods (default: the public ones),
   ``method_to_typeid`` (a method whose result is itself shared and comes
@@ -453,36 +455,38 @@ class _Server:
             state.close()
 
     async def _serve_client(self, conn: Connection) -> None:
-        if True:
-            while True:
-                try:
-                    request = await conn.recv()
-                except (PeerClosed, ClosedError):
-                    return
-                except Exception as exc:
-                    log.warning("manager: dropping a client that sent garbage: %s", exc)
-                    return
-                reply, gone, undo = await self._answer(conn, request)
-                if undo is not None and not gone:
-                    # The client sends nothing while it waits for a reply:
-                    # anything readable now means it has gone.
-                    gone = _fd_readable_now(conn.fileno())
-                if gone:
-                    if undo is not None:
-                        undo()
-                    return
-                try:
-                    await conn.send(reply)
-                except Exception:
-                    if undo is not None:
-                        undo()
-                    return
-                if request and request[0] == "shutdown":
-                    self.stop.set()
-                    return
+        while True:
+            try:
+                request = await conn.recv()
+            except (PeerClosed, ClosedError):
+                return
+            except Exception as exc:
+                log.warning("manager: dropping a client that sent garbage: %s", exc)
+                return
+            if not isinstance(request, tuple) or not request:
+                log.warning("manager: dropping a client that sent %r", type(request))
+                return
+            reply, gone, undo = await self._answer(conn, request)
+            if undo is not None and not gone:
+                # The client sends nothing while it waits for a reply:
+                # anything readable now means it has gone.
+                gone = _fd_readable_now(conn.fileno())
+            if gone:
+                if undo is not None:
+                    undo()
+                return
+            try:
+                await conn.send(reply)
+            except Exception:
+                if undo is not None:
+                    undo()
+                return
+            if request[0] == "shutdown":
+                self.stop.set()
+                return
 
     async def _answer(
-        self, conn: Connection, request: Any
+        self, conn: Connection, request: tuple[Any, ...]
     ) -> tuple[tuple[str, Any], bool, Callable[[], None] | None]:
         """The reply; whether the client has gone; how to undo the call if it has."""
         reply, gone = await self._answer_call(conn, request)

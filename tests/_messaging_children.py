@@ -107,6 +107,11 @@ class Counter:
     async def slow_incr(self, event: Any) -> int:
         return self.incr()
 
+    def unpicklable(self) -> Any:
+        import threading
+
+        return threading.Lock()
+
 
 class CounterManager(BaseManager):
     pass
@@ -115,7 +120,7 @@ class CounterManager(BaseManager):
 CounterManager.register(
     "Counter",
     Counter,
-    exposed=("incr", "get", "spawn", "slow_incr"),
+    exposed=("incr", "get", "spawn", "slow_incr", "unpicklable"),
     method_to_typeid={"spawn": "Counter"},
 )
 

@@ -191,6 +191,9 @@ async def test_registered_user_class_exposed_and_method_to_typeid() -> None:
         assert isinstance(child, AsyncProxy)
         assert await child.get() == 110
         assert await c.get() == 11
+        with pytest.raises(TypeError, match="pickle"):  # the result cannot travel
+            await c.unpicklable()
+        assert await c.get() == 11  # ... and the connection carries on
         with pytest.raises(MethodNotExposed):
             c.reset  # noqa: B018 - the attribute lookup is what raises
         with pytest.raises(MethodNotExposed):

@@ -476,7 +476,16 @@ class _Server:
                     undo()
                 return
             try:
-                await conn.send(reply)
+                data = conn.codec.dumps(reply)
+            except Exception as exc:  # a result that does not pickle: say so
+                from ._child import exception_payload
+
+                if undo is not None:
+                    undo()
+                    undo = None
+                data = conn.codec.dumps(("error", exception_payload(exc)))
+            try:
+                await conn.send_bytes(data)
             except Exception:
                 if undo is not None:
                     undo()

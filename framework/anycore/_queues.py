@@ -46,17 +46,21 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import sys
 import threading
 import time
+import weakref
 from _thread import LockType, allocate_lock
 from asyncio.events import _get_running_loop as _asyncio_loop
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from ._backend import running_loop as _get_running_loop
+from ._runtime import Phase, current_runtime
 from .errors import QueueClosed, QueueEmpty, QueueFull, RuntimeStateError, TooManyReleases
 
 __all__ = [
@@ -111,6 +115,53 @@ class QueueStatistics:
     threaded: bool
 
 
+# -- the runtime's shutdown: queues drain, then close ---------------------------
+
+_logger = logging.getLogger("anycore.queues")
+# The live queues of each runtime (weakly: a queue nobody holds is gone).
+_live: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Queue[Any]]] = weakref.WeakKeyDictionary()
+#: Seconds a queue may go without an item taken before shutdown stops waiting.
+DRAIN_IDLE = 0.5
+
+
+def _register_with_runtime(queue: Queue[Any]) -> None:
+    runtime = current_runtime()
+    if runtime is None:
+        return
+    live = _live.get(runtime)
+    if live is None:
+        live = _live[runtime] = weakref.WeakSet()
+        runtime.add_shutdown_step(Phase.POOLS, "anycore.queues", partial(_drain_all, live))
+    live.add(queue)
+
+
+def _set_from_anywhere(
+    loop: asyncio.AbstractEventLoop, loop_thread: int, event: asyncio.Event
+) -> None:
+    if threading.get_ident() == loop_thread:
+        event.set()
+    else:
+        loop.call_soon_threadsafe(event.set)
+
+
+async def _drain_all(live: weakref.WeakSet[Queue[Any]]) -> None:
+    """Close every open queue, let consumers take what is queued, count the rest."""
+    queues = [q for q in list(live) if not q._closed]
+    for q in queues:
+        q.close()
+    for q in queues:
+        await q._wait_drained(DRAIN_IDLE)
+    left = [(q, q.qsize()) for q in queues if q.qsize()]
+    if left:
+        total = sum(n for _, n in left)
+        _logger.warning(
+            "%d queued item(s) in %d queue(s) were not consumed at shutdown; "
+            "they stay in their queues (get_nowait() still returns them)",
+            total,
+            len(left),
+        )
+
+
 class Queue(Generic[T]):
     """A FIFO queue for tasks and threads, ended by :meth:`close`.
 
@@ -142,6 +193,7 @@ class Queue(Generic[T]):
         "_lock",
         "_loop",
         "_maxsize",
+        "_on_empty",
         "_pop",
         "_push",
         "_putters",
@@ -164,10 +216,13 @@ class Queue(Generic[T]):
         self._closed = False
         self._threaded = False
         self._lock = threading.Lock()
+        self._on_empty: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = _get_running_loop()
         # True only while: bound to a loop, not threaded, not closed.  The
         # in-loop operations take their lock-free path only when it is set.
         self._fast = self._loop is not None
+        if self._loop is not None:
+            _register_with_runtime(self)
 
     def _init_storage(self) -> None:
         items: deque[T] = deque()
@@ -272,6 +327,8 @@ class Queue(Generic[T]):
         if self._loop is None:
             self._loop = _get_running_loop()
             self._fast = self._loop is not None and not self._threaded and not self._closed
+            if self._loop is not None:
+                _register_with_runtime(self)
 
     def _waiting_loop(self) -> asyncio.AbstractEventLoop:
         # Lock held, in a task about to wait: the loop to make the future on.
@@ -455,6 +512,8 @@ class Queue(Generic[T]):
                 item = self._pop()
                 if self._putters:
                     self._wake(self._putters, on_loop)
+                if not self._items and self._on_empty is not None:
+                    self._on_empty()  # (closed queues only take this path)
                 return item
             if self._closed:
                 raise QueueClosed
@@ -480,6 +539,8 @@ class Queue(Generic[T]):
                     item = self._pop()
                     if self._putters:
                         self._wake_from_loop(self._putters)
+                    if not self._items and self._on_empty is not None:
+                        self._on_empty()
                     return item
         return await self._get_wait()
 
@@ -493,6 +554,8 @@ class Queue(Generic[T]):
                     item = self._pop()
                     if self._putters:
                         self._wake_from_loop(self._putters)
+                    if not self._items and self._on_empty is not None:
+                        self._on_empty()
                     return item
                 if self._closed:
                     raise QueueClosed
@@ -511,6 +574,22 @@ class Queue(Generic[T]):
                         if self._items:
                             self._wake_from_loop(getters)
                 raise
+
+    async def _wait_drained(self, idle: float) -> None:
+        # Shutdown, after close(): wait while consumers keep taking items.
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        while self._items:
+            emptied = asyncio.Event()
+            self._on_empty = partial(_set_from_anywhere, loop, loop_thread, emptied)
+            before = len(self._items)
+            try:
+                await asyncio.wait_for(emptied.wait(), idle)
+            except TimeoutError:
+                if len(self._items) >= before:
+                    return  # nobody is consuming: give up on this queue
+            finally:
+                self._on_empty = None
 
     def __aiter__(self) -> Queue[T]:
         return self
@@ -665,6 +744,8 @@ class Queue(Generic[T]):
                 item = self._pop()
                 if self._putters:
                     self._wake_from_thread(self._putters)
+                if not self._items and self._on_empty is not None:
+                    self._on_empty()
                 return item
         getters = self._getters
         deadline = None if timeout is None or not block else time.monotonic() + timeout
@@ -675,6 +756,8 @@ class Queue(Generic[T]):
                         item = self._pop()
                         if self._putters:
                             self._wake_from_thread(self._putters)
+                        if not self._items and self._on_empty is not None:
+                            self._on_empty()
                         return item
                     if self._closed:
                         raise QueueClosed

@@ -22,6 +22,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks import _report
+
 WORKERS = 2
 
 
@@ -75,6 +77,7 @@ async def bench(quick: bool) -> tuple[int, float, dict[str, float | None]]:
                 processes=True,
                 host="127.0.0.1",
                 dashboard_address=None,
+                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                 memory_limit="512MiB",
                 local_directory=scratch,
                 silence_logs=logging.ERROR,
@@ -125,6 +128,7 @@ def main(quick: bool = False) -> None:
     for name, secs in table.items():
         if secs is None:
             print(f"    {name:34s}   FAILED: a wrong or missing result")
+            _report.failure("dask pools", f"{name}: a wrong or missing result")
             continue
         overhead_ms = (secs * WORKERS - serial) / n * 1e3
         efficiency = serial / (secs * WORKERS)
@@ -136,9 +140,25 @@ def main(quick: bool = False) -> None:
     ours = table["anycore dask map"]
     if ours is None or base is None:
         print("  FAILED: no anycore dask map / Client.map figure to compare")
+        _report.failure("dask pools", "no anycore dask map / Client.map figure to compare")
     else:
         verdict = "ok" if ours <= 1.1 * base else "MISSED"
         print(f"  anycore dask map / Client.map: {ours / base:.2f}x (target <= 1.10: {verdict})")
+        _report.ratio(
+            "dask pools",
+            f"{n} CPU tasks of 10 ms, map on a LocalCluster(2)",
+            base / ours,
+            baseline="distributed Client.map + gather",
+            target=round(1 / 1.1, 2),
+        )
+        unchunked = table["anycore dask imap_unordered(1)"]
+        if unchunked is not None:
+            _report.ratio(
+                "dask pools",
+                f"{n} CPU tasks of 10 ms, imap_unordered (one task each)",
+                base / unchunked,
+                baseline="distributed Client.map + gather",
+            )
 
 
 if __name__ == "__main__":

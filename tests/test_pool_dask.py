@@ -360,7 +360,20 @@ def test_without_distributed_the_error_names_the_extra(monkeypatch: pytest.Monke
 
 
 def _our_processes() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """This process's descendants, but multiprocessing's per-interpreter
+    helpers (resource tracker, forkserver), which live until exit."""
+    found = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(p.cmdline())
+        except psutil.ZombieProcess:
+            cmdline = ""  # exited, not reaped: a leak as much as a live one
+        except psutil.Error:
+            continue
+        if "multiprocessing.resource_tracker" in cmdline or "multiprocessing.forkserver" in cmdline:
+            continue
+        found.add(p.pid)
+    return found
 
 
 @pytest.mark.slow
@@ -405,3 +418,28 @@ def test_scale_out_example_agrees_on_every_backend(scheduler: str) -> None:
     for label in ("tasks", "threads", "processes", "dask LocalCluster", f"dask at {scheduler}"):
         assert any(line.startswith(label) and "primes=6057" in line for line in lines), lines
     assert lines[-1] == "all 5 runs agree"
+
+
+async def test_a_failing_initializer_fails_the_start_clearly(scheduler: str) -> None:
+    with pytest.raises(ChildProcessFailed, match="initializer failed"):
+        async with _pool(scheduler, initializer=tasks.fail, initargs=(3,)):
+            pass
+    # nothing of it stays on the shared cluster; the next pool works
+    async with _pool(scheduler) as pool:
+        assert await pool.apply(tasks.square, (5,)) == 25
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_cancelled_while_starting_its_cluster_leaves_nothing() -> None:
+    before = _our_processes()
+    pool = anycore.WorkerPool("dask", workers=2)
+    starting = asyncio.ensure_future(pool.start())
+    # cancel once a worker process exists: in the middle of the start
+    await _until(lambda: bool(_our_processes() - before) or starting.done(), 60)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await _until(lambda: not _our_processes() - before, 30)
+    with pytest.raises(PoolClosed):
+        await pool.apply(tasks.square, (1,))

@@ -319,6 +319,7 @@ class DaskBackend(Backend):
         self._watchers: dict[int, tuple[Any, asyncio.Task[None]]] = {}
         self._scattered: list[Any] = []
         self._outbox: list[Job] = []
+        self._starting: asyncio.Future[None] | None = None
         self._boxed = False  # a collection was scattered: tasks unbox their arguments
         self._closing = False
         self._quiet = False
@@ -360,7 +361,10 @@ class DaskBackend(Backend):
             # Scratch space of its own: the shared default one is guarded by
             # a file lock that other clusters on the machine contend for.
             self._scratch = tempfile.mkdtemp(prefix="anycore-dask-")
-            await self._cluster
+            # Shielded: distributed cannot close a cluster cancelled half-way
+            # up; on cancellation, shutdown() lets it finish, then closes it.
+            self._starting = asyncio.ensure_future(self._cluster_up(self._cluster))
+            await asyncio.shield(self._starting)
             target: Any = self._cluster
         else:
             target = self.address
@@ -372,6 +376,10 @@ class DaskBackend(Backend):
         )
         await self._client
         await self._install_plugin(config)
+
+    @staticmethod
+    async def _cluster_up(cluster: Any) -> None:
+        await cluster
 
     async def _install_plugin(self, config: PoolConfig) -> None:
         root = logging.getLogger()
@@ -420,6 +428,10 @@ class DaskBackend(Backend):
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
         timeout = self._connect_timeout
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(starting), timeout)
         if client is not None:
             scattered, self._scattered = self._scattered, []
             for fut in scattered:

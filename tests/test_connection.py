@@ -638,3 +638,37 @@ async def test_abstract_unix_address_and_bytes_path(tmp_path: Path) -> None:
             async with await listener.accept() as conn:
                 assert await conn.recv() == 1
     assert not (tmp_path / "b.sock").exists()
+
+
+async def test_concurrent_senders_and_receivers_take_turns() -> None:
+    a, b = Pipe()
+    big = os.urandom(300_000)  # longer than the socket buffer: senders must queue
+    got: list[bytes] = []
+    async with a, b:
+
+        async def sender(i: int) -> None:
+            await a.send_bytes(bytes([i]) + big)
+
+        async def receiver() -> None:
+            got.append(await b.recv_bytes())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(receiver)
+            for i in range(8):
+                tg.start_soon(sender, i)
+    assert sorted(m[0] for m in got) == list(range(8))
+    assert all(m[1:] == big for m in got)
+
+
+async def test_a_sender_cancelled_while_waiting_for_its_turn_gives_it_up() -> None:
+    a, b = Pipe()
+    async with a, b, anyio.create_task_group() as tg:
+        tg.start_soon(a.send_bytes, b"x" * (8 << 20))  # holds the turn: nobody reads yet
+        async with anyio.create_task_group() as waiting:
+            waiting.start_soon(a.send, "never sent")
+            await anyio.wait_all_tasks_blocked()
+            waiting.cancel_scope.cancel()
+        assert len(await b.recv_bytes()) == 8 << 20  # the first send completes ...
+        await a.send("after")  # ... and the turn is free again
+        assert await b.recv() == "after"

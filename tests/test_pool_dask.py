@@ -443,3 +443,43 @@ async def test_cancelled_while_starting_its_cluster_leaves_nothing() -> None:
     await _until(lambda: not _our_processes() - before, 30)
     with pytest.raises(PoolClosed):
         await pool.apply(tasks.square, (1,))
+
+
+async def test_the_public_backend_contract_is_enough_for_a_new_engine() -> None:
+    from anycore._pool_dask import DaskBackend
+    from anycore.abc import CALL, Job, PoolBackend, PoolConfig, run_job_body
+
+    assert issubclass(DaskBackend, PoolBackend)
+    seen: list[int] = []
+
+    class Inline(PoolBackend):
+        async def start(self, config: PoolConfig) -> None:
+            self.workers = config.workers
+
+        def capture_context(self) -> None:
+            return None
+
+        def dispatch(self, job: Job) -> None:
+            seen.append(job.kind)
+            try:
+                job.finish(True, run_job_body(job.kind, job.fn, job.args, job.kwargs))
+            except Exception as exc:
+                job.finish(False, exc)
+
+        def cancel(self, job: Job) -> None:
+            pass
+
+        def counts(self) -> tuple[int, int, int]:
+            return self.workers, 0, 0
+
+        async def shutdown(self, graceful: bool) -> None:
+            pass
+
+    async with anycore.WorkerPool(Inline(), workers=3) as pool:
+        assert await pool.map(abs, [-1, -2, 3]) == [1, 2, 3]
+        assert await pool.apply(tasks.add, (1, 2), {"c": 3}) == 6
+        with pytest.raises(ValueError, match="bad 1"):
+            await pool.apply(tasks.fail, (1,))
+        assert await pool.scatter(b"big") == b"big"  # the default: the object itself
+        assert pool.statistics().workers == 3
+    assert CALL in seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -72,3 +73,8 @@ def killed_once(marker: str, release: str) -> str:
 
 def kill_my_worker() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x

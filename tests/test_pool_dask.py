@@ -104,6 +104,7 @@ async def _everything(pool: anycore.WorkerPool) -> dict[str, Any]:
     out["submit"] = await (await pool.submit(tasks.add, 1, 2, c=3))
     out["submit_nowait"] = await pool.submit_nowait(tasks.square, 7)
     out["apply"] = await pool.apply(tasks.add, (2, 3), {"c": 4})
+    out["coroutine function"] = await pool.apply(tasks.async_double, (21,))
     got: list[Any] = []
     ok = await pool.apply_async(tasks.square, (9,), callback=got.append)
     bad = await pool.apply_async(tasks.fail, (1,), error_callback=got.append)

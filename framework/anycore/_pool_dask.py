@@ -12,9 +12,9 @@ Design points:
 
 * A job is one Dask task of :func:`_run_task` (a key of its own,
   ``pure=False``; the jobs dispatched in one loop turn go as one
-  ``client.map``, one graph update for all), which runs the job body on the worker in a copy of the
-  caller's carried context (the processes backend's snapshot) with the
-  worker id ``<pool>-<dask worker name>`` set.  Its outcome reaches
+  ``client.map``, one graph update for all), which runs the job body on
+  the worker in a copy of the caller's carried context (the processes
+  backend's snapshot) with the worker id ``<pool>-<dask worker name>`` set.  Its outcome reaches
   ``job.finish`` through one small watcher task per job awaiting the Dask
   future: distributed's futures report their state only to awaiters
   (``Future.add_done_callback`` runs callbacks in a thread of its own).
@@ -344,6 +344,9 @@ class DaskBackend(Backend):
             }
             if self._allowed_failures is not None:
                 scheduler_kwargs["allowed_failures"] = self._allowed_failures
+            # Scratch space of its own: the shared default one is guarded by
+            # a file lock that other clusters on the machine contend for.
+            self._scratch = tempfile.mkdtemp(prefix="anycore-dask-")
             self._cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call,unused-ignore]
                 n_workers=config.workers,
                 threads_per_worker=1,
@@ -358,9 +361,6 @@ class DaskBackend(Backend):
             )
             self._quiet = True
             _quiet_distributed(True)
-            # Scratch space of its own: the shared default one is guarded by
-            # a file lock that other clusters on the machine contend for.
-            self._scratch = tempfile.mkdtemp(prefix="anycore-dask-")
             # Shielded: distributed cannot close a cluster cancelled half-way
             # up; on cancellation, shutdown() lets it finish, then closes it.
             self._starting = asyncio.ensure_future(self._cluster_up(self._cluster))

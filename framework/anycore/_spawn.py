@@ -560,6 +560,16 @@ while True:
         continue
     data = os.read(0, 65536)
     if not data:
+        # EOF: the parent is exiting - or a stray close() in it hit our pipe.
+        # An exiting parent's children are handed to init a moment after its
+        # files close; a parent still there after 2 s is alive, and starts a
+        # new guard with the whole list on its next message.
+        for _ in range(200):
+            if os.getppid() != parent:
+                break
+            select.select([], [], [], 0.01)
+        else:
+            sys.exit(0)
         break
     lines = (buf + data).split(b"\n")
     buf = lines.pop()[-64:]
@@ -591,8 +601,12 @@ class _Guard:
         self._owner = -1
         self.pid = -1
         self.watched: dict[int, bool] = {}  # pid -> its group too
+        self._identity: tuple[int, int] | None = None
+        self._retired: list[int] = []  # guards replaced, not yet reaped
 
     def _start(self) -> None:
+        if self.pid > 0 and self._owner == os.getpid():
+            self._retired.append(self.pid)  # reaped once it has exited
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         argv = [sys.executable, "-I", "-S", "-c", _GUARD_SOURCE, "anycore-guard", str(os.getpid())]
@@ -612,16 +626,38 @@ class _Guard:
             os.close(read_end)
             os.close(null)
         self._fd, self._owner = write_end, os.getpid()
+        self._identity = _fd_identity(write_end)
+
+    def _usable(self) -> bool:
+        # Our pipe, still: a stray close() elsewhere in the program (then the
+        # number reused for another file) must neither feed that file our
+        # lines nor leave us without a guard.
+        return (
+            self._fd >= 0
+            and self._owner == os.getpid()
+            and _fd_identity(self._fd) == self._identity
+        )
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
 
+    def _reap_retired(self) -> None:
+        for pid in list(self._retired):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._retired.remove(pid)
+
     def _send(self, line: str) -> None:
         with self._lock:
+            if self._retired:
+                self._reap_retired()
             for _ in range(2):
-                if self._fd < 0 or self._owner != os.getpid():
+                if not self._usable():
                     self._start()
                     if self.watched:  # a new guard after one died: it takes over the list
                         self._write(
@@ -634,10 +670,9 @@ class _Guard:
                     return
                 except OSError as exc:
                     logger.warning("the die_with_parent guard is gone (%s); restarting it", exc)
-                    os.close(self._fd)
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
                     self._fd = -1
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(self.pid, os.WNOHANG)  # our child: no zombie left
 
     def watch(self, pid: int, *, group: bool) -> None:
         """Kill ``pid`` (its process group when ``group``) if this process dies."""
@@ -648,7 +683,15 @@ class _Guard:
         """``pid`` ended: take it off the list."""
         group = self.watched.pop(pid, None)
         if group is not None and self._fd >= 0 and self._owner == os.getpid():
-            self._send(f"-{'g' if group else 'p'}{pid}\n")
+            self._send(f"-{'g' if group else 'p'}{pid}\n")  # restarts a lost guard too
+
+
+def _fd_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 _guard = _Guard()
@@ -665,6 +708,7 @@ def _forget_guard_after_fork() -> None:
     _guard._fd = -1
     _guard._lock = threading.Lock()
     _guard.watched = {}
+    _guard._retired = []
 
 
 os.register_at_fork(after_in_child=_forget_guard_after_fork)

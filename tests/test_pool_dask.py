@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -381,6 +382,8 @@ def _our_processes() -> set[int]:
 @pytest.mark.timeout(180)
 async def test_own_local_cluster_worker_loss_and_nothing_left_behind() -> None:
     before = _our_processes()
+    scratch = Path(tempfile.gettempdir())
+    dirs_before = set(scratch.glob("anycore-dask-*"))
     async with anycore.WorkerPool("dask", workers=2, allowed_failures=0) as pool:
         assert pool.statistics().workers == 2
         pids = {pid for pid, _ in await pool.map(lambda _: tasks.where(), range(8))}
@@ -398,6 +401,7 @@ async def test_own_local_cluster_worker_loss_and_nothing_left_behind() -> None:
     left = [p for p in workers if psutil.pid_exists(p)]
     assert not left, left
     assert _our_processes() - before == set()
+    assert set(scratch.glob("anycore-dask-*")) == dirs_before  # its scratch space is gone
 
 
 @pytest.mark.slow

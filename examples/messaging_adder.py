@@ -3,8 +3,10 @@
     python examples/messaging_adder.py
 
 The server listens on a loopback port with an authkey and serves every
-client in its own task: each message is a pair of numbers, each answer their
-sum, until the client hangs up.  Then three clients talk to it:
+client in its own task (``Listener.serve``: the handshake runs in that task
+too, so a slow client holds up nobody): each message is a pair of numbers,
+each answer their sum, until the client hangs up.  Then three clients talk
+to it:
 
 1. anycore's async ``Client`` with the right key;
 2. the standard library's blocking ``multiprocessing.connection.Client`` (in a
@@ -16,7 +18,10 @@ sum, until the client hangs up.  Then three clients talk to it:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
+from functools import partial
 from multiprocessing import connection as mp_connection
 
 import anyio
@@ -38,27 +43,15 @@ class Tally:
             self.reached.set()
 
 
-async def serve_adder(listener: Listener, served: Tally) -> None:
-    """Accept clients forever; a failed handshake costs only that client."""
-    async with anyio.create_task_group() as tg:
-        while True:
-            try:
-                conn = await listener.accept()
-            except AuthenticationError as exc:
-                print(f"server: refused a client: {exc}")
-                continue
-            tg.start_soon(add_for, conn, served)
-
-
 async def add_for(conn: Connection, served: Tally) -> None:
-    async with conn:
-        while True:
-            try:
-                a, b = await conn.recv()
-            except PeerClosed:
-                served.one_more()
-                return
-            await conn.send(a + b)
+    """One authenticated client: sums until it hangs up (serve() then closes it)."""
+    while True:
+        try:
+            a, b = await conn.recv()
+        except PeerClosed:
+            served.one_more()
+            return
+        await conn.send(a + b)
 
 
 def stdlib_client(address: tuple[str, int], authkey: bytes) -> list[int]:
@@ -72,6 +65,8 @@ def stdlib_client(address: tuple[str, int], authkey: bytes) -> list[int]:
 
 
 async def main() -> None:
+    # serve() logs the clients it refuses; show those lines here.
+    logging.basicConfig(level=logging.WARNING, format="server: %(message)s", stream=sys.stdout)
     authkey = os.urandom(16)
     served = Tally(expected=2)
     async with Listener(("127.0.0.1", 0), authkey=authkey) as listener:
@@ -79,7 +74,7 @@ async def main() -> None:
         assert isinstance(address, tuple)
         print(f"adder listening on {address[0]}:{address[1]}")
         async with anyio.create_task_group() as tg:
-            tg.start_soon(serve_adder, listener, served)
+            await tg.start(listener.serve, partial(add_for, served=served))
 
             async with Client(address, authkey=authkey) as conn:
                 for a, b in [(1, 2), (20, 22), (0.5, 0.25)]:

@@ -564,7 +564,7 @@ def test_messaging_adder_example() -> None:
     assert "anycore client: 20 + 22 = 42" in out
     assert "stdlib client: [123, 0]" in out
     assert "wrong key: digest sent was rejected" in out
-    assert "server: refused a client: digest received was wrong" in out
+    assert "refused a peer: digest received was wrong" in out
     assert out.rstrip().endswith("server served 2 client(s)\ndone")
 
 
@@ -672,3 +672,37 @@ async def test_a_sender_cancelled_while_waiting_for_its_turn_gives_it_up() -> No
         assert len(await b.recv_bytes()) == 8 << 20  # the first send completes ...
         await a.send("after")  # ... and the turn is free again
         assert await b.recv() == "after"
+
+
+async def test_listener_serve_handshakes_each_peer_in_its_own_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handled: list[Any] = []
+
+    async def handler(conn: Connection) -> None:
+        msg = await conn.recv()
+        if msg == "boom":
+            raise RuntimeError("handler bug")
+        handled.append(msg)
+        await conn.send(msg * 2)
+
+    async with Listener(authkey=KEY) as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, handler)
+        with socket.create_connection(tcp(listener)), anyio.fail_after(8):  # a silent peer ...
+            async with Client(listener.address, authkey=KEY) as c:  # ... holds up nobody
+                await c.send(21)
+                assert await c.recv() == 42
+            with pytest.raises(AuthenticationError):
+                await Client(listener.address, authkey=b"wrong")
+            async with Client(listener.address, authkey=KEY) as c:
+                await c.send("boom")
+                with pytest.raises(EOFError):  # the failing handler's connection closes
+                    await c.recv()
+            async with Client(listener.address, authkey=KEY) as c:  # still serving
+                await c.send(1)
+                assert await c.recv() == 2
+        tg.cancel_scope.cancel()
+    assert handled == [21, 1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("refused a peer" in m for m in messages)
+    assert any("the handler failed" in m for m in messages)

@@ -43,6 +43,7 @@ import hmac
 import io
 import ipaddress
 import json
+import logging
 import os
 import pickle
 import select
@@ -50,7 +51,7 @@ import socket
 import struct
 import tempfile
 import warnings
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
 
@@ -85,6 +86,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("anycore.connection")
 
 #: The largest message a Connection accepts unless told otherwise (64 MiB).
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
@@ -1125,6 +1128,49 @@ class Listener:
     async def _authenticate_accepted(self, conn: Connection) -> None:
         if self._authkey is not None:
             await _authenticate(conn, self._authkey, True, self._handshake_timeout)
+
+    async def serve(
+        self,
+        handler: Callable[[Connection], Awaitable[object]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve peers until cancelled (or the listener is closed).
+
+        Each accepted peer gets its own task: the handshake runs there (so a
+        slow or silent peer holds up nobody), then ``await handler(conn)``;
+        the connection is closed when the handler returns.  A peer that
+        fails the handshake is logged and dropped; an exception from a
+        handler is logged with its traceback and ends only that connection.
+
+        Args:
+            handler: ``async def handler(conn)``, called with each
+                authenticated Connection.
+            task_status: for ``await task_group.start(listener.serve, handler)``:
+                reported once the loop accepts.
+        """
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while True:
+                try:
+                    conn = await self._accept_unauthenticated()
+                except ClosedError:
+                    return
+                tg.start_soon(self._serve_one, handler, conn)
+
+    async def _serve_one(
+        self, handler: Callable[[Connection], Awaitable[object]], conn: Connection
+    ) -> None:
+        with conn:
+            try:
+                await self._authenticate_accepted(conn)
+            except AuthenticationError as exc:
+                log.warning("listener %r: refused a peer: %s", self._address, exc)
+                return
+            try:
+                await handler(conn)
+            except Exception:
+                log.exception("listener %r: the handler failed", self._address)
 
     def close(self) -> None:
         """Stop listening (idempotent); a Unix socket file is removed."""

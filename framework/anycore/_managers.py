@@ -60,7 +60,6 @@ import anyio
 
 from ._connection import Address, Client, Connection, Listener, Pipe, _fd_readable_now
 from .errors import (
-    AuthenticationError,
     ClosedError,
     ManagerError,
     MethodNotExposed,
@@ -424,34 +423,19 @@ class _Server:
         return ident, names
 
     async def serve(self, listener: Listener) -> None:
+        # Listener.serve: each client's handshake in its own task, so a silent
+        # client cannot hold up the others.
         async with anyio.create_task_group() as tg:
-
-            async def accept_loop() -> None:
-                while True:
-                    try:
-                        # Each handshake runs in its client's task: a silent
-                        # client cannot hold up the others.
-                        conn = await listener._accept_unauthenticated()
-                    except ClosedError:
-                        return
-                    tg.start_soon(self._handle, listener, conn)
-
-            tg.start_soon(accept_loop)
+            tg.start_soon(listener.serve, self._handle)
             await self.stop.wait()
             tg.cancel_scope.cancel()
 
-    async def _handle(self, listener: Listener, conn: Connection) -> None:
+    async def _handle(self, conn: Connection) -> None:
         state = _ClientState()
         _CLIENT.set(state)  # this task's context: its calls see their client
         try:
-            try:
-                await listener._authenticate_accepted(conn)
-            except AuthenticationError as exc:
-                log.warning("manager: a client failed authentication: %s", exc)
-                return
             await self._serve_client(conn)
         finally:
-            conn.close()
             state.close()
 
     async def _serve_client(self, conn: Connection) -> None:

@@ -83,6 +83,11 @@ log = logging.getLogger("anycore.pools")
 _POOL_TOKEN: ContextVar[str | None] = ContextVar("anycore.dask_pool", default=None)
 
 _PLAIN = (str, int, float, bool, type(None))
+# Not forwarded: what getMessage() replaces, and structlog's markers (the
+# parent would take the rendered message for an event dict).
+_NOT_SENT = frozenset(
+    {"args", "exc_info", "message", "msg", "_from_structlog", "_logger", "_name", "_record"}
+)
 
 # While a pool's own LocalCluster runs, distributed's INFO chatter (starting,
 # registering, closing) is held back in this process: WARNING and above pass.
@@ -202,7 +207,7 @@ class _Forwarder(logging.Handler):
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
             attrs: dict[str, Any] = {}
             for key, value in record.__dict__.items():
-                if key in ("args", "exc_info", "message", "msg"):
+                if key in _NOT_SENT:
                     continue
                 attrs[key] = value if isinstance(value, _PLAIN) else repr(value)
             attrs["msg"] = record.getMessage()

@@ -143,10 +143,19 @@ async def _everything(pool: anycore.WorkerPool) -> dict[str, Any]:
     return out
 
 
-async def test_every_call_gives_what_the_processes_backend_gives(scheduler: str) -> None:
+@pytest.mark.parametrize(
+    "where", ["existing scheduler", pytest.param("own LocalCluster", marks=pytest.mark.slow)]
+)
+async def test_every_call_gives_what_the_processes_backend_gives(
+    where: str, scheduler: str
+) -> None:
     async with anycore.WorkerPool("processes", workers=2) as pool:
         expected = await _everything(pool)
-    async with _pool(scheduler) as pool:
+    if where == "own LocalCluster":
+        dask_pool = anycore.WorkerPool("dask", workers=2)
+    else:
+        dask_pool = _pool(scheduler)
+    async with dask_pool as pool:
         got = await _everything(pool)
         assert pool.backend_name == "dask"
         stats = pool.statistics()

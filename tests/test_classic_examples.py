@@ -166,6 +166,10 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
     "socket_time_tcp.py": ([], [r"the time is \w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}"] * 2),
+    "socket_time_unixgram.py": (
+        [],
+        [r"serving on unixgram://", r"the time is \w{3} \w{3}", r"socket file removed: True"],
+    ),
     "socket_time_udp.py": ([], [r"the time is \w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}"]),
 }
 

@@ -57,6 +57,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -72,6 +73,8 @@ log = logging.getLogger("anycore.datagram")
 
 #: A socket address as the loop reports it: ``(host, port)`` for IPv4,
 #: ``(host, port, flowinfo, scope_id)`` for IPv6.
+# (host, port[, flowinfo, scope_id]) for UDP; (path,) for a Unix datagram
+# socket - the path a str, or bytes for an abstract or autobound name.
 Address: TypeAlias = tuple[Any, ...]
 
 # The largest UDP payload over IPv4 (65535 - 8 byte UDP header - 20 byte IP header).
@@ -291,6 +294,20 @@ def _is_async(method: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(method)
 
 
+def _address(name: Any) -> Address | None:
+    """The socket module's address as anycore's: a tuple, ``(path,)`` for AF_UNIX."""
+    if name is None or name == "" or name == b"":
+        return None
+    return (name,) if isinstance(name, str | bytes) else tuple(name)
+
+
+def _sockaddr(addr: Address | None) -> Any:
+    """anycore's address as the socket module's (``(path,)`` -> ``path``)."""
+    if addr is not None and len(addr) == 1 and isinstance(addr[0], str | bytes):
+        return addr[0]
+    return addr
+
+
 class _Glue(asyncio.DatagramProtocol):
     """The asyncio protocol between a transport and a DatagramHandler."""
 
@@ -300,6 +317,7 @@ class _Glue(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.sockname: Address | None = None
         self.peer: Address | None = None
+        self.unix = False  # an AF_UNIX socket: addresses are (path,)
         self.loop = asyncio.get_running_loop()
         self._received_cb = handler.datagram_received
         self._async = _is_async(handler.datagram_received)
@@ -336,7 +354,7 @@ class _Glue(asyncio.DatagramProtocol):
         if self.paused_writing and _buffered(transport) > self.handler.write_buffer_limit:
             self.dropped_write_buffer += 1
             return
-        transport.sendto(data, addr)
+        transport.sendto(data, _sockaddr(addr) if self.unix else addr)
         self.datagrams_sent += 1
         self.bytes_sent += size
 
@@ -361,10 +379,10 @@ class _Glue(asyncio.DatagramProtocol):
         transport = cast(asyncio.DatagramTransport, transport)
         self.transport = transport
         self.handler._transport = transport
-        name = transport.get_extra_info("sockname")
-        self.sockname = None if name is None else tuple(name)
-        peer = transport.get_extra_info("peername")
-        self.peer = None if peer is None else tuple(peer)
+        self.sockname = _address(transport.get_extra_info("sockname"))
+        self.peer = _address(transport.get_extra_info("peername"))
+        sock = transport.get_extra_info("socket")
+        self.unix = sock is not None and sock.family == socket.AF_UNIX
         limit = self.handler.write_buffer_limit
         # Ask to pause writing at the limit; sendto drops beyond it.
         cast(Any, transport).set_write_buffer_limits(high=limit, low=limit // 4)
@@ -382,6 +400,8 @@ class _Glue(asyncio.DatagramProtocol):
             self.made.set_result(None)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        if self.unix:
+            addr = (addr,)  # a path (or an autobound name): anycore's 1-tuple
         size = len(data)
         if size > self._max_size:
             self.dropped_too_large += 1

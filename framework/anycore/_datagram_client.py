@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,11 +27,14 @@ from ._backend import running_on_asyncio
 from ._datagram import Address, DatagramHandler, DatagramStatistics, _Glue
 from ._datagram_portable import _close_portable, _PortableGlue
 from ._datagram_server import (
+    _attach,
     _bind_addresses,
     _close_glues,
     _is_ip,
     _make_socket,
+    _parse_datagram,
     _parse_udp,
+    _unix_datagram_socket,
 )
 from ._endpoints import Endpoint
 from ._resource import AsyncResource
@@ -118,6 +124,8 @@ class DatagramEndpoint(AsyncResource):
         self._pglue: _PortableGlue | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._tg_task: int | None = None
+        self._unix_path: str | None = None
+        self._unix_dir: str | None = None
         self.handler: DatagramHandler | None = None
 
     async def start(self) -> None:
@@ -130,6 +138,13 @@ class DatagramEndpoint(AsyncResource):
         """
         if self.handler is not None:
             raise RuntimeStateError("this datagram endpoint was already started")
+        remote = None if self._remote is None else _parse_datagram(self._remote)
+        local = None if self._local is None else _parse_datagram(self._local)
+        if (remote is not None and remote.scheme == "unixgram") or (
+            local is not None and local.scheme == "unixgram"
+        ):
+            await self._start_unix(remote, local)
+            return
         remote_addr: Address | None = None
         local_addr: Address | None = None
         family = 0
@@ -179,6 +194,64 @@ class DatagramEndpoint(AsyncResource):
             await glue.made
         except BaseException:
             glue.abort()
+            raise
+
+    def _make_handler(self) -> DatagramHandler:
+        if self._factory is None:
+            self._queue = _ReceiveQueue(self._max_queued)
+            return self._queue
+        made: object = self._factory()
+        if not isinstance(made, DatagramHandler):
+            raise TypeError(f"the handler factory returned {made!r}, not a DatagramHandler")
+        return made
+
+    async def _start_unix(self, remote: Endpoint | None, local: Endpoint | None) -> None:
+        # A Unix datagram socket, connected to the remote path if given.  It
+        # must be bound to receive replies: to the local path, or to one in
+        # a private directory of its own (Linux's autobind names are not
+        # portable, and uvloop cannot send to them).
+        for ep in (remote, local):
+            if ep is not None and ep.scheme != "unixgram":
+                raise EndpointError(f"{ep}: cannot mix unixgram:// with {ep.scheme}://")
+        if local is not None:
+            assert local.path is not None
+            path = local.path
+        else:
+            self._unix_dir = tempfile.mkdtemp(prefix="anycore-dgram-")
+            path = os.path.join(self._unix_dir, "client.sock")
+        sock = _unix_datagram_socket(path)
+        self._unix_path = path
+        try:
+            if remote is not None:
+                assert remote.path is not None
+                sock.connect(remote.path)
+        except BaseException:
+            sock.close()
+            raise
+        handler = self.handler = self._make_handler()
+        portable = not running_on_asyncio() if self._portable_opt is None else self._portable_opt
+        if not portable:
+            self._glue = await _attach(sock, handler)
+            return
+        usock: Any
+        try:
+            if remote is not None:
+                usock = await anyio.abc.ConnectedUNIXDatagramSocket.from_socket(sock)
+            else:
+                usock = await anyio.abc.UNIXDatagramSocket.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        pglue = _PortableGlue(handler, usock, sock, connected=remote is not None)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg_task = anyio.get_current_task().id
+        self._pglue = pglue
+        try:
+            await self._tg.start(pglue.run)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
             raise
 
     async def _start_portable(
@@ -326,6 +399,14 @@ class DatagramEndpoint(AsyncResource):
             await _close_glues([self._glue], 1.0)
         if self._pglue is not None:
             await _close_portable([self._pglue], 1.0)
+        path, self._unix_path = self._unix_path, None
+        if path is not None:  # our unixgram socket file (and its directory)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        directory, self._unix_dir = self._unix_dir, None
+        if directory is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
         tg = self._tg
         if tg is not None and anyio.get_current_task().id == self._tg_task:
             self._tg = None

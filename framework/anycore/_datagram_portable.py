@@ -18,7 +18,7 @@ from typing import Any, cast
 import anyio
 import anyio.abc
 
-from ._datagram import Address, DatagramHandler, DatagramStatistics
+from ._datagram import Address, DatagramHandler, DatagramStatistics, _address, _sockaddr
 
 log = logging.getLogger("anycore.datagram")
 
@@ -44,8 +44,8 @@ class _PortableGlue:
         # The stdlib socket anyio wrapped (same fd, non-blocking): sendto stays sync.
         self.raw = raw
         self.connected = connected
-        self.sockname: Address | None = tuple(self.raw.getsockname())
-        self.peer: Address | None = tuple(self.raw.getpeername()) if connected else None
+        self.sockname: Address | None = _address(self.raw.getsockname())
+        self.peer: Address | None = _address(self.raw.getpeername()) if connected else None
         self.closing = False
         self.closed = False
         self.paused_writing = False
@@ -78,7 +78,7 @@ class _PortableGlue:
             if addr is None:
                 self.raw.send(data)
             else:
-                self.raw.sendto(data, addr)
+                self.raw.sendto(data, _sockaddr(addr))
         except BlockingIOError:
             self.dropped_write_buffer += 1
             return
@@ -150,6 +150,8 @@ class _PortableGlue:
                         data, addr = item, cast(Address, self.peer)
                     else:
                         data, addr = item
+                        if self.raw.family == socket.AF_UNIX:
+                            addr = (addr,)
                     size = len(data)
                     if size > limit:
                         self.dropped_too_large += 1

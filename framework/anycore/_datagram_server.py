@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import socket
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -39,21 +42,66 @@ log = logging.getLogger("anycore.datagram")
 # -- endpoint strings -------------------------------------------------------------
 
 
+def _parse_datagram(endpoint: str | Endpoint) -> Endpoint:
+    """Parse with the shared endpoint parser and insist on a datagram scheme."""
+    ep = parse_endpoint(endpoint)
+    if ep.scheme not in ("udp", "unixgram"):
+        raise EndpointError(
+            f"{str(ep)!r}: datagram endpoints use udp://host:port or unixgram:///path "
+            "(e.g. udp://127.0.0.1:0); stream endpoints go to serve() / connect()"
+        )
+    return ep
+
+
 def _parse_udp(endpoint: str | Endpoint) -> tuple[Endpoint, str, int]:
     """Parse with the shared endpoint parser and insist on ``udp://``."""
-    ep = parse_endpoint(endpoint)
+    ep = _parse_datagram(endpoint)
     if ep.scheme != "udp":
-        raise EndpointError(
-            f"{str(ep)!r}: datagram endpoints use the udp:// scheme (e.g. udp://127.0.0.1:0); "
-            "stream endpoints go to serve() / connect()"
-        )
+        raise EndpointError(f"{str(ep)!r}: expected a udp://host:port endpoint here")
     assert ep.host is not None
     assert ep.port is not None
     return ep, ep.host, ep.port
 
 
 def _endpoint_of(addr: Address) -> Endpoint:
+    if len(addr) == 1:  # (path,): a Unix datagram socket
+        path = addr[0]
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "backslashreplace")
+        return Endpoint("unixgram", path=str(path))
     return Endpoint("udp", host=str(addr[0]), port=int(addr[1]))
+
+
+def _unix_datagram_socket(path: str) -> socket.socket:
+    """A non-blocking AF_UNIX datagram socket bound to ``path``.
+
+    A stale socket file left by a dead server is replaced; a live one, or a
+    file that is not a socket, is an error.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(mode):
+                raise EndpointError(f"unixgram://{path}: the path exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:
+                os.unlink(path)  # nobody is bound to it any more
+            else:
+                raise OSError(errno.EADDRINUSE, f"unixgram://{path} is in use")
+            finally:
+                probe.close()
+        sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _is_ip(host: str) -> bool:
@@ -184,6 +232,7 @@ class DatagramServer(AsyncResource):
         self._portable = False
         self._glues: list[_Glue] = []
         self._pglues: list[_PortableGlue] = []
+        self._unix_paths: list[str] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._tg_task: int | None = None
         self.handlers: list[DatagramHandler] = []
@@ -207,13 +256,21 @@ class DatagramServer(AsyncResource):
         self._closed = anyio.Event()
         portable = self._portable_opt
         self._portable = not running_on_asyncio() if portable is None else portable
-        parsed = [_parse_udp(e) for e in self._endpoints]
+        parsed = [_parse_datagram(e) for e in self._endpoints]
         try:
             if self._portable:
                 self._tg = anyio.create_task_group()
                 await self._tg.__aenter__()
                 self._tg_task = anyio.get_current_task().id
-            for _ep, host, port in parsed:
+            for ep in parsed:
+                if ep.scheme == "unixgram":
+                    assert ep.path is not None
+                    await self._serve_socket(_unix_datagram_socket(ep.path))
+                    self._unix_paths.append(ep.path)
+                    continue
+                assert ep.host is not None
+                assert ep.port is not None
+                host, port = ep.host, ep.port
                 reuse, broadcast = self._reuse_port, self._broadcast
                 first_port = port
                 for family, addr in await _bind_addresses(host, port):
@@ -224,26 +281,7 @@ class DatagramServer(AsyncResource):
                     sock = _make_socket(family, addr, reuse_port=reuse, broadcast=broadcast)
                     if port == 0 and first_port == 0:
                         first_port = sock.getsockname()[1]
-                    made: object = self._factory()
-                    if not isinstance(made, DatagramHandler):
-                        sock.close()
-                        raise TypeError(
-                            f"the handler factory returned {made!r}, not a DatagramHandler"
-                        )
-                    handler = made
-                    self.handlers.append(handler)
-                    if self._portable:
-                        assert self._tg is not None
-                        try:
-                            wrapped = await anyio.abc.UDPSocket.from_socket(sock)
-                        except BaseException:
-                            sock.close()
-                            raise
-                        pglue = _PortableGlue(handler, wrapped, sock, connected=False)
-                        self._pglues.append(pglue)
-                        await self._tg.start(pglue.run)
-                    else:
-                        self._glues.append(await _attach(sock, handler))
+                    await self._serve_socket(sock)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._shutdown(0)
@@ -258,6 +296,31 @@ class DatagramServer(AsyncResource):
                 self.aclose,
             )
         log.debug("datagram server serving %s", " ".join(map(str, self.endpoints)))
+
+    async def _serve_socket(self, sock: socket.socket) -> None:
+        # One handler per bound socket, on the asyncio or the portable driver.
+        made: object = self._factory()
+        if not isinstance(made, DatagramHandler):
+            sock.close()
+            raise TypeError(f"the handler factory returned {made!r}, not a DatagramHandler")
+        handler = made
+        self.handlers.append(handler)
+        if self._portable:
+            assert self._tg is not None
+            wrapped: Any
+            try:
+                if sock.family == socket.AF_UNIX:
+                    wrapped = await anyio.abc.UNIXDatagramSocket.from_socket(sock)
+                else:
+                    wrapped = await anyio.abc.UDPSocket.from_socket(sock)
+            except BaseException:
+                sock.close()
+                raise
+            pglue = _PortableGlue(handler, wrapped, sock, connected=False)
+            self._pglues.append(pglue)
+            await self._tg.start(pglue.run)
+        else:
+            self._glues.append(await _attach(sock, handler))
 
     def _all(self) -> list[_Glue | _PortableGlue]:
         return [*self._glues, *self._pglues]
@@ -282,9 +345,9 @@ class DatagramServer(AsyncResource):
         Raises:
             RuntimeStateError: nothing is bound.
         """
-        addresses = self.addresses
+        addresses = [a for a in self.addresses if len(a) >= 2]
         if not addresses:
-            raise RuntimeStateError("the datagram server has no bound socket")
+            raise RuntimeStateError("the datagram server has no bound UDP socket")
         return int(addresses[0][1])
 
     def is_serving(self) -> bool:
@@ -359,6 +422,10 @@ class DatagramServer(AsyncResource):
             else:
                 await _close_glues(self._glues, drain_timeout)
         finally:
+            paths, self._unix_paths = self._unix_paths, []
+            for path in paths:  # our unixgram socket files
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             if self._closed is not None:
                 self._closed.set()
 

@@ -22,8 +22,8 @@ from .errors import EndpointError
 
 __all__ = ["Endpoint", "parse_endpoint"]
 
-Scheme = Literal["tcp", "tls", "unix", "udp"]
-_SCHEMES = ("tcp", "tls", "unix", "udp")
+Scheme = Literal["tcp", "tls", "unix", "udp", "unixgram"]
+_SCHEMES = ("tcp", "tls", "unix", "udp", "unixgram")
 _TLS_OPTIONS = frozenset({"cert", "key", "ca", "verify", "hostname", "password"})
 _VERIFY = {
     "none": _ssl.CERT_NONE,
@@ -41,10 +41,11 @@ class Endpoint:
     """A parsed endpoint.
 
     Attributes:
-        scheme: ``"tcp"``, ``"tls"``, ``"unix"`` or ``"udp"``.
+        scheme: ``"tcp"``, ``"tls"``, ``"unix"``, ``"udp"`` or ``"unixgram"``
+            (Unix datagram sockets).
         host: host name or address (without brackets); ``None`` for unix.
         port: port number (0 asks the OS for a free one); ``None`` for unix.
-        path: the socket path for unix endpoints.
+        path: the socket path for unix and unixgram endpoints.
         options: the query options (tls: cert, key, ca, verify, hostname, password).
     """
 
@@ -62,7 +63,7 @@ class Endpoint:
     @property
     def is_stream(self) -> bool:
         """Whether this is a stream (tcp, tls, unix) rather than a datagram endpoint."""
-        return self.scheme != "udp"
+        return self.scheme not in ("udp", "unixgram")
 
     def option(self, name: str, default: str | None = None) -> str | None:
         """The value of query option ``name``, or ``default``."""
@@ -76,8 +77,8 @@ class Endpoint:
         return replace(self, port=port)
 
     def __str__(self) -> str:
-        if self.scheme == "unix":
-            return f"unix://{self.path}"
+        if self.scheme in ("unix", "unixgram"):
+            return f"{self.scheme}://{self.path}"
         host = self.host or ""
         if ":" in host:
             host = f"[{host}]"
@@ -135,7 +136,8 @@ def parse_endpoint(endpoint: str | Endpoint) -> Endpoint:
     """Parse an endpoint string.
 
     Accepted forms: ``tcp://host:port``, ``tcp://[::1]:port``, ``unix:///path``
-    (everything after ``unix://`` is the path), ``udp://host:port`` and
+    (everything after ``unix://`` is the path), ``udp://host:port``,
+    ``unixgram:///path`` (a Unix datagram socket) and
     ``tls://host:port?cert=FILE&key=FILE&ca=FILE&verify=none|optional|required``.
 
     Args:
@@ -163,12 +165,12 @@ def parse_endpoint(endpoint: str | Endpoint) -> Endpoint:
         raise EndpointError(
             f"{endpoint!r}: unknown scheme {scheme!r} (expected one of {', '.join(_SCHEMES)})"
         )
-    if scheme == "unix":
+    if scheme in ("unix", "unixgram"):
         if not rest:
-            raise EndpointError(f"{endpoint!r}: missing socket path (write unix:///path)")
+            raise EndpointError(f"{endpoint!r}: missing socket path (write {scheme}:///path)")
         if "\x00" in rest:
             raise EndpointError(f"{endpoint!r}: the socket path contains a NUL byte")
-        return Endpoint("unix", path=rest)
+        return Endpoint("unixgram" if scheme == "unixgram" else "unix", path=rest)
     try:
         parts = urlsplit(f"{scheme}://{rest}")
         host = parts.hostname

@@ -21,7 +21,7 @@ DOCS = ROOT / "docs"
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 ENTRY = re.compile(r"^::: (anycore(?:\.\w+)*)$", re.M)
-PUBLIC_MODULES = ("anycore", "anycore.errors", "anycore.logging", "anycore.testing")
+PUBLIC_MODULES = ("anycore", "anycore.abc", "anycore.errors", "anycore.logging", "anycore.testing")
 # Public modules documented as modules (not listed in an __all__).
 PUBLIC_SUBMODULES = {"anycore.testing.pytest_plugin"}
 

@@ -69,8 +69,18 @@ __all__ = [
 T = TypeVar("T")
 log = logging.getLogger("anycore.pools")
 
-CALL, MAP, STARMAP = 0, 1, 2
-QUEUED, RUNNING, FINISHED = 0, 1, 2
+#: A job's kind: one call ``fn(*args, **kwargs)``.
+CALL = 0
+#: A job's kind: a map chunk, ``fn(x)`` for each item.
+MAP = 1
+#: A job's kind: a starmap chunk, ``fn(*x)`` for each item.
+STARMAP = 2
+#: A job's state: admitted, not yet running.
+QUEUED = 0
+#: A job's state: handed to a worker.
+RUNNING = 1
+#: A job's state: finished (its outcome reported).
+FINISHED = 2
 
 _pool_ids = itertools.count(1)
 

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -263,3 +264,61 @@ async def test_register_false_leaves_the_child_to_its_owner(tmp_path: Path) -> N
         await owned.aclose()
     assert owned.exitcode == -signal.SIGTERM
     assert_no_descendants()
+
+
+class _GatedContext:
+    """A start-method context whose Process.start waits for the test's go."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.inner = multiprocessing.get_context("spawn")
+        self.go = threading.Event()
+        self.started: list[object] = []
+
+    def get_start_method(self) -> str:
+        return "spawn"
+
+    def Process(self, **kwargs: object) -> object:
+        process = _GatedProcess(self.inner.Process(**kwargs), self.go)  # type: ignore[arg-type]
+        self.started.append(process)
+        return process
+
+
+class _GatedProcess:
+    def __init__(self, real: object, gate: Any) -> None:
+        self._real = real
+        self._gate = gate
+
+    def start(self) -> None:
+        assert self._gate.wait(30)
+        self._real.start()  # type: ignore[attr-defined]
+        self.started_pid: int = self._real.pid  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+async def test_a_natively_cancelled_start_waits_for_the_start_then_kills_the_child() -> None:
+    # asyncio's Task.cancel() goes through anyio's shields: a start that gave up
+    # at once let its caller close the fds the start was still sending (the
+    # fork server died of it).  The start must be waited for, then undone.
+    from anycore._child import ProcessHandle
+
+    ctx = _GatedContext()
+    task = asyncio.create_task(
+        ProcessHandle.start(ctx, time.sleep, (60,), name=None, daemon=True, group=True)
+    )
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=0.3)
+    assert not done, "the start was abandoned while its thread still ran"
+    ctx.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    (process,) = ctx.started
+    pid = process.started_pid  # type: ignore[attr-defined]
+    end = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < end:
+        await anyio.sleep(0.01)  # polling /proc until the killed child is reaped, bounded
+    assert not Path(f"/proc/{pid}").exists(), "the child of the cancelled start is still there"

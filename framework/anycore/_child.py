@@ -850,12 +850,24 @@ class ProcessHandle:
                 watch_with_parent(process.pid, group=group)
             return process
 
-        with anyio.CancelScope(shield=True):
-            process = await anyio.to_thread.run_sync(create)
+        # Wait for the start whatever happens: a native Task.cancel() goes
+        # through anyio's shields, and a caller that then closed the sockets
+        # it passed would break the start half-way (the fork server, handed a
+        # connection without its fds, dies of it - and takes its children along).
+        starting = asyncio.get_running_loop().create_task(anyio.to_thread.run_sync(create))
+        cancelled: BaseException | None = None
+        while not starting.done():
+            try:
+                await asyncio.shield(starting)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        process = starting.result()
         handle = cls(process, group)
         if die_with_parent:
             handle.add_exit_callback(lambda h: forget_with_parent(h.pid))
         try:
+            if cancelled is not None:
+                raise cancelled
             await asyncio.sleep(0)
         except BaseException:
             handle.kill()

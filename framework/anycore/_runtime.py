@@ -169,6 +169,7 @@ class Runtime:
     ) -> None:
         self.shutdown_timeout = shutdown_timeout
         self.drain_timeout = drain_timeout
+        self._drain_deadline: float | None = None
         self.handle_signals = handle_signals
         self.report = ShutdownReport()
         self._steps: dict[Phase, list[tuple[str, Callable[[], Awaitable[None]]]]] = {
@@ -367,9 +368,21 @@ class Runtime:
             logger.warning("background task %r did not stop in %.1fs", task.get_name(), timeout)
             self.report.steps.append(StepResult(Phase.TASKS, task.get_name(), "timed out"))
 
+    def drain_time_left(self) -> float | None:
+        """Seconds left for draining, once shutdown began (``None`` before).
+
+        The runtime's ``drain_timeout`` bounds the whole drain - stopping
+        servers and finishing their connections - however the servers were
+        configured: a server closing during shutdown waits at most this long.
+        """
+        if self._drain_deadline is None:
+            return None
+        return max(0.0, self._drain_deadline - anyio.current_time())
+
     async def _run_shutdown(self) -> None:
-        await self._run_phase(Phase.STOP_ACCEPTING, self.drain_timeout)
-        await self._run_phase(Phase.DRAIN, self.drain_timeout)
+        self._drain_deadline = anyio.current_time() + self.drain_timeout
+        await self._run_phase(Phase.STOP_ACCEPTING, self.drain_time_left() or 0.0)
+        await self._run_phase(Phase.DRAIN, self.drain_time_left() or 0.0)
         if self._main_scope is not None:
             self._main_scope.cancel()
         for phase in (Phase.PROCESSES, Phase.POOLS):

@@ -54,6 +54,7 @@ from ._handler import (
     checked_handler,
 )
 from ._resource import AsyncResource
+from ._runtime import Phase, current_runtime
 from .errors import EndpointError, LoopUnavailable
 
 if TYPE_CHECKING:
@@ -294,10 +295,6 @@ class Server(_Owner, AsyncResource):
         return not running_on_asyncio()
 
     def _register_runtime(self) -> None:
-        try:
-            from ._runtime import Phase, current_runtime
-        except ImportError:  # pragma: no cover - the runtime ships with the package
-            return
         rt = current_runtime()  # on trio too: the portable engine drains the same way
         if rt is None:
             return
@@ -471,13 +468,17 @@ class Server(_Owner, AsyncResource):
         for handle in self._runtime_handles:
             handle.remove()
         self._runtime_handles = []
+        deadline = self.drain_timeout if timeout is None else timeout
+        rt = current_runtime()
+        left = None if rt is None else rt.drain_time_left()
+        if left is not None:  # the runtime's drain bound wins during shutdown
+            deadline = min(deadline, left)
         if self._engine is not None:
-            await self._engine.aclose(self.drain_timeout if timeout is None else timeout)
+            await self._engine.aclose(deadline)
             return
         self.close()
         if self._loop is None:
             return
-        deadline = self.drain_timeout if timeout is None else timeout
         for task in list(self._setups):
             task.cancel()
         for driver in list(self._conns):

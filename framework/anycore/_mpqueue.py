@@ -62,6 +62,7 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 import anyio.to_thread
 
+from ._backend import require_asyncio
 from ._queues import DEFAULT_MAXSIZE
 from .errors import QueueClosed, QueueEmpty, QueueFull, TooManyReleases
 
@@ -187,6 +188,10 @@ class ProcessQueue(Generic[T]):
         Raises:
             QueueClosed: the queue was (or got) closed.
         """
+        require_asyncio(
+            "ProcessQueue.put()",
+            "on trio, use a multiprocessing.Queue through anyio.to_thread.run_sync",
+        )
         while True:
             try:
                 self.put_nowait(item)
@@ -239,6 +244,10 @@ class ProcessQueue(Generic[T]):
         Raises:
             QueueClosed: the queue was closed and every item before it taken.
         """
+        require_asyncio(
+            "ProcessQueue.get()",
+            "on trio, use a multiprocessing.Queue through anyio.to_thread.run_sync",
+        )
         async with self._get_lock:
             while True:
                 try:
@@ -365,6 +374,9 @@ class ProcessQueue(Generic[T]):
         mpq.cancel_join_thread()
 
     async def __aenter__(self) -> Self:
+        require_asyncio(
+            "ProcessQueue", "on trio, use a multiprocessing.Queue through anyio.to_thread.run_sync"
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
+from ._backend import require_asyncio
 from .errors import AnycoreError, ControlSocketError, ProcessError, RuntimeStateError
 
 __all__ = [
@@ -1071,6 +1072,10 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
+        require_asyncio(
+            "Supervisor",
+            "supervise programs from an asyncio (or uvloop) loop, or run `anycore supervise`",
+        )
         if self._entered:
             raise RuntimeStateError("a Supervisor can be entered only once")
         self._entered = True

@@ -156,14 +156,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     _cycle("_client", "_portable"): (
         "the portable driver's connect path lives in _client and needs the driver back"
     ),
-    _cycle(
-        "_child",
-        "logging._children",
-        "logging._engine",
-        "logging._lifecycle",
-        "logging._sink",
-        "logging._structured",
-    ): "logging reaches _child for the exit-flush registry, which moves to _state",
 }
 
 
@@ -209,9 +201,7 @@ def test_the_framers_import_nothing_async() -> None:
 
 # Logging may use the core and the leaves, never networking, processes or
 # supervision.  Known exceptions, with the reason each still exists:
-LOGGING_KNOWN: dict[tuple[str, str], str] = {
-    ("anycore.logging._lifecycle", "anycore._child"): "the exit-flush registry; moves to _state",
-}
+LOGGING_KNOWN: dict[tuple[str, str], str] = {}
 
 _NOT_FOR_LOGGING = (
     "anycore._handler",

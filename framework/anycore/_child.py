@@ -62,6 +62,11 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from ._backend import require_asyncio
 from ._spawn import forget_with_parent, set_parent_death_signal, watch_with_parent
+from ._state import (
+    WORKER_ID as WORKER_ID,
+    register_exit_flush as register_exit_flush,
+    run_exit_flush as run_exit_flush,
+)
 from .errors import ChildProcessFailed, FrameTooLarge, RemoteError, RuntimeStateError
 
 __all__ = [
@@ -275,48 +280,8 @@ def rebuild_exception(
 
 # -- exit flush hooks ---------------------------------------------------------
 
-_EXIT_FLUSH: list[Callable[[], object]] = []
-
-
-def register_exit_flush(fn: Callable[[], object]) -> Callable[[], object]:
-    """Run *fn* in this process before an anycore child or pool worker exits.
-
-    multiprocessing ends children with ``os._exit``, which skips ``atexit``
-    and every other hook, so a log handler with buffered records would lose
-    them.  anycore's children call these hooks (newest first) on every exit
-    they control: return, exception, ``sys.exit``, SIGTERM, and a pool worker
-    retiring or shutting down.  Nothing runs on SIGKILL or a segfault.
-
-    Args:
-        fn: a callable taking no arguments; its exceptions are printed, not raised.
-
-    Returns:
-        A function that unregisters *fn*.
-    """
-    _EXIT_FLUSH.append(fn)
-
-    def unregister() -> None:
-        try:
-            _EXIT_FLUSH.remove(fn)
-        except ValueError:
-            pass
-
-    return unregister
-
-
-def run_exit_flush() -> None:
-    """Run the registered exit-flush hooks, newest first, then flush stdio."""
-    for fn in reversed(list(_EXIT_FLUSH)):
-        try:
-            fn()
-        except Exception:
-            traceback.print_exc()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:
-            pass
+# The registry lives in the leaf module _state, so that logging reaches it
+# without loading this module: register_exit_flush / run_exit_flush are its.
 
 
 class _Terminated(SystemExit):
@@ -391,7 +356,7 @@ def run_child_body(sock: socket.socket, body: Callable[[], T]) -> T:
 
 # -- context carried across processes -----------------------------------------
 
-WORKER_ID: ContextVar[str | None] = ContextVar("anycore.worker_id", default=None)
+# WORKER_ID lives in _state (logging reads it without loading this module).
 _CARRIED: dict[str, tuple[str, ContextVar[Any]]] = {}
 
 

@@ -78,6 +78,7 @@ from ._framing import (
     RawFramer,
     TerminatorFramer,
 )
+from ._state import connection_context
 from .errors import (
     BrokenError,
     ClosedError,
@@ -102,13 +103,10 @@ __all__ = [
 
 logger = logging.getLogger("anycore.protocol")
 
-#: The logging context of the connection whose handler is running: a dict with
-#: ``connection_id`` and ``peer`` (``None`` outside connection callbacks).  The
-#: logging layer reads it to tag records; the drivers set it on every entry into
-#: handler code and in the context of each connection's task.
-connection_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
-    "anycore_connection", default=None
-)
+# connection_context (in _state, the leaf the logging layer reads): the logging
+# context of the connection whose handler is running, a dict with
+# ``connection_id`` and ``peer``.  The drivers set it on every entry into
+# handler code and in the context of each connection's task.
 
 _connection_ids = itertools.count(1)
 

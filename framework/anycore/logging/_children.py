@@ -8,7 +8,7 @@ filters and handlers apply.  The child replaces its root handlers with a
 :class:`ChildForwardingHandler` (a :class:`~._sink.ThreadedHandler` whose
 writer thread sends the stdlib's length-prefixed pickles over that socket)
 and is flushed before the child exits (atexit, multiprocessing's exit path,
-and ``anycore._child.register_exit_flush`` via :mod:`._lifecycle`).
+and the exit-flush hooks of ``anycore._state`` via :mod:`._lifecycle`).
 
 Contract for the pool / child machinery (see docs/logging.md):
 
@@ -42,9 +42,9 @@ from typing import Any
 
 from . import _lifecycle
 from ._context import current_context
+from ._engine import ThreadedHandler
 from ._receiver import LogReceiver, dispatch_locally
 from ._records import _LENGTH, dumps_record
-from ._engine import ThreadedHandler
 
 __all__ = [
     "ENV_ADDRESS",

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
+
+from .._state import WORKER_ID, connection_context
 
 __all__ = ["ContextFilter", "bind_context", "current_context", "merge_context"]
 
@@ -65,22 +66,19 @@ def _component_context() -> dict[str, Any] | None:
     """Context that anycore's components keep in their own ContextVars.
 
     The connection drivers set ``connection_id`` and ``peer`` on every entry
-    into handler code, and pool workers set their id; reading them here (only
-    when those modules are loaded) keeps those hot paths free of logging work.
+    into handler code, and pool workers set their id, in the leaf module
+    ``anycore._state``; reading them here keeps those hot paths free of
+    logging work, and loads neither networking nor processes.
     """
     found: dict[str, Any] | None = None
-    handler = sys.modules.get("anycore._handler")
-    if handler is not None:
-        conn = handler.connection_context.get()
-        if conn:
-            found = dict(conn)
-    child = sys.modules.get("anycore._child")
-    if child is not None:
-        worker = child.WORKER_ID.get()
-        if worker is not None:
-            if found is None:
-                found = {}
-            found["worker_id"] = worker
+    conn = connection_context.get()
+    if conn:
+        found = dict(conn)
+    worker = WORKER_ID.get()
+    if worker is not None:
+        if found is None:
+            found = {}
+        found["worker_id"] = worker
     return found
 
 

@@ -5,7 +5,7 @@ drain them: the runtime's ``Phase.LOGS`` shutdown step (registered the first
 time a handler is used on a loop that has a runtime), ``atexit``, fork
 (handlers reset their writer in the child), multiprocessing children (their
 exit path skips ``atexit``) and anycore's own child machinery
-(``anycore._child.register_exit_flush`` when that module exists).
+(the exit-flush hooks of ``anycore._state``).
 
 Rejected: one global writer thread for every sink (a slow sink would delay
 the others, and order per handler is all that is promised) and flushing from
@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
+
+from .. import _state
 
 __all__ = ["aflush_all", "close_all", "flush_all", "register", "unregister"]
 
@@ -173,14 +175,7 @@ def _install_process_hooks() -> None:
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(before=_maybe_install_mp_hooks, after_in_child=_after_fork_child)
     _maybe_install_mp_hooks()
-    try:
-        from .. import _child  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        pass
-    else:
-        register_exit_flush = getattr(_child, "register_exit_flush", None)
-        if register_exit_flush is not None:
-            register_exit_flush(flush_all)
+    _state.register_exit_flush(flush_all)  # anycore's children run it before they exit
 
 
 _mp_installed = False

@@ -119,6 +119,15 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
         [],
         [r"clock child \d+ started", r"The time is \d\d:\d\d:\d\d", r"exit code -15"],
     ),
+    "mp_clock_subclass.py": (
+        [],
+        [
+            r"clock child \d+ started",
+            r"The time is \d\d:\d\d:\d\d",
+            r"ticked 3 times",
+            r"exit code 0",
+        ],
+    ),
     "mp_joinable_queue.py": ([], [r"all items processed: \[0, 1, 4, 9, 16, 25, 36, 49, 64, 81\]"]),
     "mp_several_consumers.py": ([], [r"3 consumers handled 30 tasks: True"]),
     "mp_queue_close.py": (

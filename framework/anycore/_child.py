@@ -1133,6 +1133,39 @@ def _child_entry(
         sys.exit(exit_code)
 
 
+# What ChildProcess itself keeps on an instance; the rest is the subclass's
+# (sent to the child for run()).
+_CHILD_PROCESS_ATTRS = frozenset(
+    {
+        "_setup",
+        "_target",
+        "_args",
+        "_kwargs",
+        "_name",
+        "daemon",
+        "_context",
+        "_group",
+        "grace",
+        "_max_result",
+        "_handle",
+        "_channel",
+        "_outcome",
+        "_outcome_error",
+        "_hooks",
+        "_use_runtime",
+        "_die_with_parent",
+        "_closed",
+    }
+)
+
+
+def _run_subclass(cls: type[ChildProcess[Any]], state: dict[str, Any]) -> Any:
+    # In the child: rebuild the subclass instance from its own attributes.
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj.run()
+
+
 class ChildProcess(Generic[T]):
     """Run ``target(*args, **kwargs)`` in a child process (multiprocessing.Process).
 
@@ -1222,9 +1255,29 @@ class ChildProcess(Generic[T]):
         die_with_parent: bool = ...,
     ) -> None: ...
 
+    @overload
+    def __init__(
+        self: ChildProcess[Any],
+        target: None = ...,
+        *,
+        kwargs: Mapping[str, Any] | None = ...,
+        name: str | None = ...,
+        daemon: bool = ...,
+        context: str | Any | None = ...,
+        new_process_group: bool = ...,
+        grace: float = ...,
+        max_result_size: int = ...,
+        register: bool = ...,
+        stdout: socket.socket | None = ...,
+        stderr: socket.socket | None = ...,
+        env: Mapping[str, str] | None = ...,
+        cwd: str | os.PathLike[str] | None = ...,
+        die_with_parent: bool = ...,
+    ) -> None: ...
+
     def __init__(
         self,
-        target: Callable[..., T] | Callable[..., Awaitable[T]],
+        target: Callable[..., T] | Callable[..., Awaitable[T]] | None = None,
         *args: Any,
         kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
@@ -1247,6 +1300,11 @@ class ChildProcess(Generic[T]):
         self._setup: _Setup | None = None
         if stdout is not None or stderr is not None or env is not None or cwd_text is not None:
             self._setup = (stdout, stderr, None if env is None else dict(env), cwd_text)
+        if target is None and type(self).run is ChildProcess.run:
+            raise TypeError(
+                "ChildProcess needs a target, or a subclass that overrides run() "
+                "(multiprocessing.Process's two forms)"
+            )
         self._target = target
         self._args = args
         self._kwargs = dict(kwargs or {})
@@ -1271,7 +1329,8 @@ class ChildProcess(Generic[T]):
         """The process name."""
         if self._handle is not None:
             return str(self._handle.process.name)
-        return self._name or f"ChildProcess-{getattr(self._target, '__name__', 'target')}"
+        target = self._target if self._target is not None else type(self)
+        return self._name or f"ChildProcess-{getattr(target, '__name__', 'target')}"
 
     @property
     def pid(self) -> int | None:
@@ -1329,11 +1388,30 @@ class ChildProcess(Generic[T]):
         self._handle.add_exit_callback(self._on_exit)
         self._register_runtime()
 
+    def run(self) -> Any:
+        """What the child runs when no target was given: override it in a subclass.
+
+        The subclass form of multiprocessing.Process: ``class Clock(ChildProcess):
+        def run(self): ...``.  The child gets a copy of the instance's own
+        attributes (those the subclass set; they must pickle) and calls
+        ``run()`` on it - a coroutine function runs under ``asyncio.run``.
+        Its return value is :meth:`result`.
+        """
+        raise NotImplementedError
+
     def _payload(self) -> bytes:
         cp = _get_cloudpickle()
-        triple = (self._target, self._args, self._kwargs)
-        module = getattr(self._target, "__module__", None)
-        qualname = getattr(self._target, "__qualname__", "")
+        module: str | None
+        if self._target is None:
+            cls = type(self)
+            state = {k: v for k, v in vars(self).items() if k not in _CHILD_PROCESS_ATTRS}
+            triple: tuple[Any, ...] = (_run_subclass, (cls, state), {})
+            module = cls.__module__
+            qualname = cls.__qualname__
+        else:
+            triple = (self._target, self._args, self._kwargs)
+            module = getattr(self._target, "__module__", None)
+            qualname = getattr(self._target, "__qualname__", "")
         if cp is not None and (module == "__main__" or "<" in qualname):
             return _cloudpickle_dumps(triple)
         return dumps(triple)

@@ -91,6 +91,8 @@ DEFAULT_MAX_BATCH = 4096
 # The loop writes at once, without waiting for the end of the iteration,
 # when this much is waiting.
 WRITE_SIZE = 64 * 1024
+# The most one loop iteration writes (a backlog is spread over iterations).
+LOOP_WRITE_MAX = 1024 * 1024
 # A pipe or terminal is written from the loop only in pieces it is sure to
 # take whole (POSIX: a write of at most PIPE_BUF bytes to a pipe that polls
 # writable does not block).
@@ -254,7 +256,10 @@ class ThreadedHandler(logging.Handler):
         self._start_lock = threading.Lock()
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._access_mode: _Access | None = None
-        self._direct = True  # until the sink is known (or measured) to be slow
+        # The loop writes until a write is measured slow.  (A first write by
+        # the writer thread cannot tell a slow sink from a busy loop: its
+        # timing includes the wait for the GIL after the syscall.)
+        self._direct = True
         self._slow_until = 0.0
         self._write_time = 0.0  # moving average of the writes' durations
         self._wake = _Signal()
@@ -303,7 +308,9 @@ class ThreadedHandler(logging.Handler):
         if waiting < 0:
             self._overflowed(item, size, loop)
         elif not self._direct:
-            if self._sleeping:
+            if self._thread is None:
+                self._go_threaded()
+            elif self._sleeping:
                 self._wake.set()
         elif loop is None:
             # A plain thread (or trio's loop) writes now, as the stdlib does.
@@ -405,7 +412,37 @@ class ThreadedHandler(logging.Handler):
             if not self._direct:
                 self._wake.set()
                 return
-            self._write_taken(self._take(), on_loop=on_loop)
+            if not on_loop:
+                self._write_taken(self._take(), on_loop=False)
+                return
+            # One loop iteration writes at most LOOP_WRITE_MAX: a backlog (left
+            # by the writer thread) is written over several iterations.
+            self._write_taken(self._take_upto(LOOP_WRITE_MAX), on_loop=True)
+            if self._buf:
+                loop = _get_running_loop()
+                if loop is not None and self._flush_loop is None:
+                    self._flush_loop = loop
+                    loop.call_soon(self._flush_soon)
+
+    def _take_upto(self, limit: int) -> list[Any]:
+        with self._buf_lock:
+            buf = self._buf
+            if self._buf_bytes <= limit:
+                if buf:
+                    self._buf = []
+                    self._buf_bytes = 0
+                return buf
+            size = 0
+            cut = 0
+            for item in buf:
+                size += self._item_size(item)
+                cut += 1
+                if size >= limit:
+                    break
+            batch = buf[:cut]
+            del buf[:cut]
+            self._buf_bytes -= size
+            return batch
 
     def _write_taken(self, batch: list[Any], *, on_loop: bool, may_defer: bool = True) -> bool:
         """Write ``batch`` (the caller holds the write lock); False if deferred.
@@ -429,8 +466,11 @@ class ThreadedHandler(logging.Handler):
                 self._writer_flush_safely()
             if on_loop:
                 self._loop_writes += 1
-            if self._timed(_perf() - started) and self._direct:
-                self._go_threaded()
+            if self._timed(_perf() - started):
+                if self._direct:
+                    self._go_threaded()
+            elif not self._direct and time.monotonic() >= self._slow_until:
+                self._give_back_writing()  # measured fast (a flush, a full buffer)
         if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
             self._write_drop_notice()
         return True

@@ -44,9 +44,6 @@ import asyncio
 import contextlib
 import logging
 import logging.handlers
-import os
-import select
-import stat
 import sys
 import threading
 import time
@@ -56,6 +53,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from . import _lifecycle
+from ._access import PIPE_BUF, Access, fd_access, writable
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -93,10 +91,6 @@ DEFAULT_MAX_BATCH = 4096
 WRITE_SIZE = 64 * 1024
 # The most one loop iteration writes (a backlog is spread over iterations).
 LOOP_WRITE_MAX = 1024 * 1024
-# A pipe or terminal is written from the loop only in pieces it is sure to
-# take whole (POSIX: a write of at most PIPE_BUF bytes to a pipe that polls
-# writable does not block).
-_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 
 
 class _Signal:
@@ -126,37 +120,6 @@ class _Signal:
 
 
 _T = TypeVar("_T")
-
-# How a sink may be written from the loop: "direct" (a regular file, an
-# in-memory stream: a write does not wait for anyone), "polled" (a pipe,
-# socket or terminal: only when it polls writable, in PIPE_BUF pieces) or
-# "thread" (never: the writer thread does all the writing).
-_Access = Literal["direct", "polled", "thread"]
-
-
-def _fd_access(fd: int) -> _Access:
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return "thread"
-    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
-        return "direct"
-    if stat.S_ISCHR(mode):
-        # A terminal may be paused; /dev/null and friends never block.
-        return "polled" if os.isatty(fd) else "direct"
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        return "polled"
-    return "thread"
-
-
-def _writable(fd: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    try:
-        events = poller.poll(0)
-    except OSError:
-        return False
-    return any(ev & select.POLLOUT for _, ev in events)
 
 
 class ThreadedHandler(logging.Handler):
@@ -255,7 +218,7 @@ class ThreadedHandler(logging.Handler):
         self._write_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._flush_loop: asyncio.AbstractEventLoop | None = None
-        self._access_mode: _Access | None = None
+        self._access_mode: Access | None = None
         # The loop writes until a write is measured slow.  (A first write by
         # the writer thread cannot tell a slow sink from a busy loop: its
         # timing includes the wait for the GIL after the syscall.)
@@ -491,11 +454,11 @@ class ThreadedHandler(logging.Handler):
             while end < n:
                 item = batch[end]
                 item_size = len(item) if type(item) is not str or item.isascii() else 4 * len(item)
-                if size + item_size > _PIPE_BUF and end > start:
+                if size + item_size > PIPE_BUF and end > start:
                     break
                 size += item_size
                 end += 1
-            if size > _PIPE_BUF or not _writable(fd):
+            if size > PIPE_BUF or not writable(fd):
                 return batch[start:]
             self._safe_write(batch[start:end])
             self._writer_flush_safely()
@@ -515,15 +478,15 @@ class ThreadedHandler(logging.Handler):
                     self._thread.start()
         self._wake.set()
 
-    def _access(self) -> _Access:
+    def _access(self) -> Access:
         """How the loop may write this sink (see the module's design note)."""
         mode = self._access_mode
         if mode is None:
             fd = self._fileno()
-            mode = self._access_mode = self._default_access() if fd is None else _fd_access(fd)
+            mode = self._access_mode = self._default_access() if fd is None else fd_access(fd)
         return mode
 
-    def _default_access(self) -> _Access:
+    def _default_access(self) -> Access:
         # A sink without a file descriptor (a network session, an e-mail):
         # only the writer thread may wait for it.
         return "thread"

@@ -30,7 +30,8 @@ import pytest
 
 import anycore
 import anycore.logging as alog
-from anycore.logging import FileHandler, SocketHandler, ThreadedHandler
+from anycore.logging import FileHandler, SocketHandler
+from test_logging_sink import BlockingSink  # a sink whose writer waits for the test
 
 COROUTINES = 10
 PER_COROUTINE = 5_000
@@ -226,27 +227,8 @@ def test_sigterm_in_the_middle_of_a_burst_keeps_every_record_whole(
 # -- the policies ---------------------------------------------------------------
 
 
-class StuckSink(ThreadedHandler):
-    """A sink whose writer waits until the test releases it."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.setFormatter(logging.Formatter("%(message)s"))
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.lines: list[str] = []
-
-    def _prepare(self, record: logging.LogRecord) -> str:
-        return self.format(record)
-
-    def _write_batch(self, batch: list[Any]) -> None:
-        self.entered.set()
-        assert self.release.wait(20)
-        self.lines.extend(batch)
-
-
 async def test_drop_newest_drops_and_counts_exactly(logger: logging.Logger) -> None:
-    sink = StuckSink(queue_size=10, overflow="drop_newest")
+    sink = BlockingSink(queue_size=10, overflow="drop_newest")
     logger.addHandler(sink)
     logger.info("rec first")
     assert await asyncio.to_thread(sink.entered.wait, 10)
@@ -256,12 +238,14 @@ async def test_drop_newest_drops_and_counts_exactly(logger: logging.Logger) -> N
     sink.release.set()
     assert await sink.aflush(10)
     assert sink.lines[:11] == ["rec first", *(f"rec {i}" for i in range(10))]
-    assert re.match(r"90 log records dropped by StuckSink \(overflow=drop_newest", sink.lines[11])
+    assert re.match(
+        r"90 log records dropped by BlockingSink \(overflow=drop_newest", sink.lines[11]
+    )
     assert len(sink.lines) == 12  # the notice is written once
 
 
 async def test_the_byte_bound_holds_whatever_the_record_count(logger: logging.Logger) -> None:
-    sink = StuckSink(max_bytes=10_000, overflow="drop_oldest")
+    sink = BlockingSink(max_bytes=10_000, overflow="drop_oldest")
     logger.addHandler(sink)
     logger.info("rec first")
     assert await asyncio.to_thread(sink.entered.wait, 10)
@@ -278,7 +262,7 @@ async def test_the_byte_bound_holds_whatever_the_record_count(logger: logging.Lo
 async def test_the_default_policy_never_drops_behind_a_stuck_sink(
     logger: logging.Logger,
 ) -> None:
-    sink = StuckSink(queue_size=10)
+    sink = BlockingSink(queue_size=10)
     logger.addHandler(sink)
     logger.info("rec first")
     assert await asyncio.to_thread(sink.entered.wait, 10)

@@ -7,7 +7,9 @@ BIN    := $(VENV)/bin
 EXTRAS := test,lint,bench,docs
 SOURCES := $(shell find framework -name '*.py' -o -name 'py.typed') pyproject.toml README.md
 PYTEST_ARGS ?=
-BENCH_ARGS ?=
+# A full `make bench` rewrites docs/benchmarks.md (summary, charts, outputs);
+# CI's smoke run passes BENCH_ARGS=--quick and writes nothing.
+BENCH_ARGS ?= --write-docs
 
 .PHONY: run test test-stress bench lint docs install clean
 

@@ -20,7 +20,8 @@ from _kill_targets import CLIENTS, ITEMS, LOOP, work
 
 from anycore import Program, ProgramState, ProgramStatus, Supervisor, WorkerPool
 from anycore.errors import WorkerCrashed
-from test_child import assert_no_descendants
+from test_child import assert_no_descendants, wait_for_file
+from test_pools_workers import announce_and_sleep
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -73,10 +74,9 @@ async def test_sigkill_of_pool_workers_mid_run_fails_only_their_jobs() -> None:
         assert {exc.pid for exc in crashed} <= killed
         assert all(exc.exitcode == -signal.SIGKILL for exc in crashed)
         stats = pool.statistics()
-        # Not == KILLS: a worker whose channel reads ECONNRESET as it dies (a
-        # job frame unread in its socket) is stopped as "channel failed" and
-        # not counted as crashed (a statistics race, reported in issue 19).
-        assert 1 <= stats.crashed <= KILLS
+        # Not == KILLS: a worker killed with a job frame unread in its socket is
+        # counted as stopped, not crashed (the xfail test below pins that bug).
+        assert stats.crashed <= KILLS
         assert stats.done == TASKS - len(crashed)
         assert stats.failed == len(crashed)
         assert stats.workers == 2
@@ -84,6 +84,35 @@ async def test_sigkill_of_pool_workers_mid_run_fails_only_their_jobs() -> None:
         again = await pool.map(work, range(20))
         assert [r[:2] for r in again] == [(i, i * i) for i in range(20)]
         assert not {r[2] for r in again} & killed
+    assert_no_descendants()
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a worker SIGKILLed with a job frame unread in its socket is counted as stopped, "
+        "not crashed: the parent's read gets ECONNRESET, _on_eof calls _stop_worker, so "
+        "_on_exit takes the death as expected (statistics().crashed stays 0, an ERROR "
+        "'channel ... failed' is logged instead of the crash warning)"
+    ),
+)
+async def test_a_worker_killed_with_a_job_unread_counts_as_crashed(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    async with WorkerPool("processes", workers=1) as pool:
+        first = await pool.submit(announce_and_sleep, str(ready))
+        pid = int(await wait_for_file(ready))
+        os.kill(pid, signal.SIGSTOP)  # it reads nothing more
+        second = await pool.submit(work, 7)
+        with anyio.fail_after(10):  # until the second job is handed to the stopped worker
+            while pool.statistics().running < 2:
+                await anyio.sleep(0.005)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashed):
+            await first
+        assert (await second)[:2] == (7, 49)  # requeued on the replacement
+        assert pool.statistics().crashed == 1
     assert_no_descendants()
 
 

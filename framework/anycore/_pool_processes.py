@@ -185,6 +185,7 @@ class _Worker:
     __slots__ = (
         "busy_since",
         "channel",
+        "channel_failed",
         "handle",
         "inflight",
         "ready",
@@ -202,6 +203,7 @@ class _Worker:
         self.ready = False
         self.retiring = False
         self.stopping = False
+        self.channel_failed = False  # stopped because its channel broke: not a stop we chose
         self.sent = 0
         self.busy_since = 0.0
 
@@ -508,7 +510,10 @@ class ProcessBackend(Backend):
 
     def _on_eof(self, w: _Worker, exc: BaseException | None) -> None:
         if exc is not None:
-            log.error("channel of pool worker %s failed: %r", w.wid, exc)
+            # Often the worker died with a frame unread (ECONNRESET): its exit,
+            # reported next, is a crash, not a stop of ours.
+            w.channel_failed = True
+            log.debug("channel of pool worker %s failed: %r", w.wid, exc)
             self._stop_worker(w)
 
     def _on_exit(self, w: _Worker) -> None:
@@ -521,7 +526,11 @@ class ProcessBackend(Backend):
         except ValueError:
             pass
         code = w.handle.exitcode
-        expected = w.stopping or (w.retiring and not w.inflight) or self._closing
+        expected = (
+            (w.stopping and not w.channel_failed)
+            or (w.retiring and not w.inflight)
+            or self._closing
+        )
         requeue: list[Job] = []
         first = w.ready  # before READY nothing ran: every job goes back
         for job in w.inflight.values():

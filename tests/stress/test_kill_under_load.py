@@ -74,9 +74,7 @@ async def test_sigkill_of_pool_workers_mid_run_fails_only_their_jobs() -> None:
         assert {exc.pid for exc in crashed} <= killed
         assert all(exc.exitcode == -signal.SIGKILL for exc in crashed)
         stats = pool.statistics()
-        # Not == KILLS: a worker killed with a job frame unread in its socket is
-        # counted as stopped, not crashed (the xfail test below pins that bug).
-        assert stats.crashed <= KILLS
+        assert stats.crashed == KILLS  # a kill with a frame unread is a crash too
         assert stats.done == TASKS - len(crashed)
         assert stats.failed == len(crashed)
         assert stats.workers == 2
@@ -89,15 +87,6 @@ async def test_sigkill_of_pool_workers_mid_run_fails_only_their_jobs() -> None:
 
 @pytest.mark.stress
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a worker SIGKILLed with a job frame unread in its socket is counted as stopped, "
-        "not crashed: the parent's read gets ECONNRESET, _on_eof calls _stop_worker, so "
-        "_on_exit takes the death as expected (statistics().crashed stays 0, an ERROR "
-        "'channel ... failed' is logged instead of the crash warning)"
-    ),
-)
 async def test_a_worker_killed_with_a_job_unread_counts_as_crashed(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     async with WorkerPool("processes", workers=1) as pool:

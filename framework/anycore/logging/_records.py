@@ -28,9 +28,9 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-import re
 import reprlib
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import RemoteProtocolError
@@ -57,7 +57,6 @@ MAX_DEPTH = 32
 MAX_FORMAT_WIDTH = 1_000
 MAX_MESSAGE_SIZE = 64 * 1024
 _LENGTH = struct.Struct(">L")
-_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
 _repr = reprlib.Repr()
 _repr.maxstring = 1_000
 _repr.maxother = 1_000
@@ -168,6 +167,49 @@ def _check_bounded(obj: Any) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
+def _spec_sizes(text: str) -> Iterator[str]:
+    """The widths and precisions of the % specs in ``text`` (``"*"`` for a star).
+
+    Scans as Python's % operator does - a mapping key may hold nested
+    parentheses, ``%(a(b)c)5d`` - which a regular expression cannot follow.
+    """
+    i = 0
+    n = len(text)
+    while True:
+        i = text.find("%", i)
+        if i < 0 or i + 1 >= n:
+            return
+        i += 1
+        if text[i] == "(":
+            depth = 1
+            i += 1
+            while i < n and depth:
+                if text[i] == "(":
+                    depth += 1
+                elif text[i] == ")":
+                    depth -= 1
+                i += 1
+        while i < n and text[i] in "#0- +":
+            i += 1
+        for _part in ("width", "precision"):
+            if i < n and text[i] == "*":
+                yield "*"
+                i += 1
+            else:
+                start = i
+                while i < n and text[i].isdigit():
+                    i += 1
+                if i > start:
+                    yield text[start:i]
+            if _part == "width" and i < n and text[i] == ".":
+                i += 1
+            else:
+                break
+        while i < n and text[i] in "hlL":
+            i += 1
+        i += 1  # the conversion character (or "%" of "%%")
+
+
 def safe_message(msg: Any, args: Any) -> str:
     """Merge ``msg % args`` the way ``LogRecord.getMessage`` does, with bounds.
 
@@ -177,11 +219,9 @@ def safe_message(msg: Any, args: Any) -> str:
     """
     text = msg if isinstance(msg, str) else _repr.repr(msg)
     if args:
-        reasonable = True
-        for match in _SPEC.finditer(text):
-            for part in match.groups():
-                if part is not None and (part == "*" or int(part) > MAX_FORMAT_WIDTH):
-                    reasonable = False
+        reasonable = all(
+            size != "*" and int(size) <= MAX_FORMAT_WIDTH for size in _spec_sizes(text)
+        )
         merged = None
         if reasonable:
             try:

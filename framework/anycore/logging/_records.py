@@ -167,8 +167,9 @@ def _check_bounded(obj: Any) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def _spec_sizes(text: str) -> Iterator[str]:
-    """The widths and precisions of the % specs in ``text`` (``"*"`` for a star).
+def _spec_sizes(text: str, sizes: list[str]) -> Iterator[None]:
+    """Yield once per % spec in ``text``; append its widths and precisions
+    (``"*"`` for a star) to ``sizes``.
 
     Scans as Python's % operator does - a mapping key may hold nested
     parentheses, ``%(a(b)c)5d`` - which a regular expression cannot follow.
@@ -193,20 +194,22 @@ def _spec_sizes(text: str) -> Iterator[str]:
             i += 1
         for _part in ("width", "precision"):
             if i < n and text[i] == "*":
-                yield "*"
+                sizes.append("*")
                 i += 1
             else:
                 start = i
                 while i < n and text[i].isdigit():
                     i += 1
                 if i > start:
-                    yield text[start:i]
+                    sizes.append(text[start:i])
             if _part == "width" and i < n and text[i] == ".":
                 i += 1
             else:
                 break
         while i < n and text[i] in "hlL":
             i += 1
+        if i < n and text[i] != "%":
+            yield None
         i += 1  # the conversion character (or "%" of "%%")
 
 
@@ -219,9 +222,21 @@ def safe_message(msg: Any, args: Any) -> str:
     """
     text = msg if isinstance(msg, str) else _repr.repr(msg)
     if args:
-        reasonable = all(
-            size != "*" and int(size) <= MAX_FORMAT_WIDTH for size in _spec_sizes(text)
-        )
+        sizes: list[str] = []
+        specs = sum(1 for _ in _spec_sizes(text, sizes))
+        reasonable = all(size != "*" and int(size) <= MAX_FORMAT_WIDTH for size in sizes)
+        if reasonable and specs:
+            # Bound what formatting could build before building it: positional
+            # arguments are used once each; a mapping's keys can repeat, so
+            # every spec may print the widest value, padded to the widest width.
+            widest = max((int(x) for x in sizes), default=0)
+            if isinstance(args, dict):
+                widest_arg = max((len(str(v)) for v in args.values()), default=0)
+                bound = len(text) + specs * (widest + widest_arg)
+            else:
+                items = args if isinstance(args, tuple) else (args,)
+                bound = len(text) + specs * widest + sum(len(str(a)) for a in items)
+            reasonable = bound <= 2 * MAX_RECORD_SIZE
         merged = None
         if reasonable:
             try:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 
 import anycore
 from anycore.errors import ChildProcessFailed, DaskWorkerLost, PoolClosed, QueueFull
+from test_child_logging import _Collect  # a handler that waits for a message
 
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
@@ -259,29 +259,6 @@ async def test_worker_id_and_initializer(scheduler: str) -> None:
         assert pid != os.getpid()
         done = await pool.apply(tasks.initialized)
         assert any(entry.startswith("x:dk-") for entry in done), done
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-        self.changed = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self.changed:
-            self.records.append(record)
-            self.changed.notify_all()
-
-    def wait_for(self, message: str, timeout: float = 20.0) -> logging.LogRecord:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for record in self.records:
-                    if record.getMessage() == message:
-                        return record
-                left = deadline - time.monotonic()
-                assert left > 0, f"{message!r} never arrived: {self.records}"
-                self.changed.wait(left)
 
 
 async def test_worker_logs_reach_the_parent_with_worker_id(scheduler: str) -> None:

@@ -51,10 +51,9 @@ import tempfile
 import termios
 import time
 import weakref
-from types import TracebackType
 from typing import Any, Self
 
-from ._sync import _refuse_blocking_in_loop
+from ._sync import AcquireContext, _refuse_blocking_in_loop
 from .errors import ClosedError, RuntimeStateError, TooManyReleases
 
 __all__ = ["MAX_VALUE", "ProcessEvent", "ProcessLock", "ProcessSemaphore"]
@@ -245,7 +244,7 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + max(timeout, 0.0)
 
 
-class ProcessSemaphore(_Fifo):
+class ProcessSemaphore(_Fifo, AcquireContext):
     """A semaphore shared by processes; tasks ``await`` it, other code blocks.
 
     Pass it to a child process (``ChildProcess`` or ``multiprocessing``
@@ -350,25 +349,6 @@ class ProcessSemaphore(_Fifo):
         # release() without the bound check (one ioctl less), for owners that
         # know the token is theirs to give back (the channel's slots and locks).
         self._put(b"\0")
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def __enter__(self) -> Self:
-        self.sync_acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 class ProcessLock(ProcessSemaphore):

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 from anyio import CapacityLimiter, Condition, Event, Lock, Semaphore
@@ -348,7 +348,43 @@ class ThreadSafeEvent:
             return _stats(self._waiters)
 
 
-class ThreadSafeSemaphore:
+class AcquireContext:
+    """``async with x`` / ``with x`` for anything with ``acquire()``,
+    ``sync_acquire()`` and ``release()`` (the thread-safe and process-shared
+    primitives share it)."""
+
+    __slots__ = ()
+
+    async def acquire(self) -> None:  # pragma: no cover - every user defines it
+        raise NotImplementedError
+
+    def sync_acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        raise NotImplementedError  # pragma: no cover
+
+    def release(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __enter__(self) -> Self:
+        self.sync_acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class ThreadSafeSemaphore(AcquireContext):
     """A semaphore shared by tasks and plain threads, FIFO-fair across both.
 
     Tasks: ``await sem.acquire()`` / ``async with sem``.  Threads:
@@ -473,25 +509,6 @@ class ThreadSafeSemaphore:
         """Who is waiting."""
         with self._lock:
             return _stats(self._waiters)
-
-    async def __aenter__(self) -> ThreadSafeSemaphore:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def __enter__(self) -> ThreadSafeSemaphore:
-        self.sync_acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 class ThreadSafeLock(ThreadSafeSemaphore):

@@ -56,7 +56,7 @@ def _amedian(make: Callable[[], Awaitable[float]], repeats: int) -> float:
 
 
 def bench(quick: bool) -> dict[str, dict[str, float]]:
-    from anycore._pools import WorkerPool
+    from anycore._workers._pools import WorkerPool
 
     scale = 20 if quick else 1
     repeats = 1 if quick else 5
@@ -175,7 +175,7 @@ def _interleaved_tiny(n: int, rounds: int) -> dict[str, float]:
     Runs of a few milliseconds are at the mercy of whatever else the machine
     does; alternating the two in one process and one moment is the fair test.
     """
-    from anycore._pools import WorkerPool
+    from anycore._workers._pools import WorkerPool
 
     ours: list[float] = []
     theirs: list[float] = []

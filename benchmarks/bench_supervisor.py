@@ -27,7 +27,7 @@ TESTS = "ping,set,get"
 async def _measure(workers: int, requests: int) -> dict[str, float]:
     import anyio
 
-    from anycore._subprocess import PIPE, STDOUT, Process, run_process
+    from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
 
     args = [sys.executable, "-m", "anycore", "run", "examples.resp_kv:RespHandler"]
     args += ["--bind", "tcp://127.0.0.1:0", "--workers", str(workers), "--log-level", "WARNING"]

@@ -11,8 +11,8 @@ from multiprocessing import connection as mpc
 from pathlib import Path
 from typing import Any
 
-from anycore._connection import Connection
-from anycore._managers import AsyncProxy, BaseManager, SyncManager
+from anycore._messaging._connection import Connection
+from anycore._messaging._managers import AsyncProxy, BaseManager, SyncManager
 
 
 async def echo_until_eof(conn: Connection) -> int:

@@ -16,7 +16,7 @@ def report_and_sleep() -> None:
 
 def notify_ready_and_sleep() -> None:
     """Report readiness over NOTIFY_SOCKET (systemd's protocol), then wait."""
-    from anycore._systemd import sd_notify
+    from anycore._supervise._systemd import sd_notify
 
     if not sd_notify("READY=1"):
         raise SystemExit("NOTIFY_SOCKET is not set")

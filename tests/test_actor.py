@@ -7,7 +7,7 @@ import asyncio
 import anyio
 import pytest
 
-from anycore._actor import Actor
+from anycore._workers._actor import Actor
 from anycore.errors import BrokenError, ClosedError, QueueClosed, QueueFull
 
 

@@ -149,11 +149,17 @@ def _cycle(*names: str) -> frozenset[str]:
 
 
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    _cycle("_pools", "_pool_tasks", "_pool_threads", "_pool_processes", "_pool_dask"): (
+    _cycle(
+        "_workers._pools",
+        "_workers._pool_tasks",
+        "_workers._pool_threads",
+        "_workers._pool_processes",
+        "_workers._pool_dask",
+    ): (
         "the backends import Backend/Job from _pools, which imports them by name: "
         "the contract moves to a module of its own"
     ),
-    _cycle("_client", "_portable"): (
+    _cycle("_net._client", "_net._portable"): (
         "the portable driver's connect path lives in _client and needs the driver back"
     ),
 }
@@ -181,7 +187,7 @@ def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
 
 
 def test_the_framers_import_nothing_async() -> None:
-    for module in ("anycore._framing",):
+    for module in ("anycore._net._framing",):
         path = _modules()[module]
         tree = ast.parse(path.read_text())
         imported = {
@@ -204,20 +210,20 @@ def test_the_framers_import_nothing_async() -> None:
 LOGGING_KNOWN: dict[tuple[str, str], str] = {}
 
 _NOT_FOR_LOGGING = (
-    "anycore._handler",
-    "anycore._portable",
-    "anycore._server",
-    "anycore._client",
-    "anycore._datagram",
-    "anycore._datagram_portable",
-    "anycore._datagram_server",
-    "anycore._datagram_client",
-    "anycore._child",
-    "anycore._pools",
-    "anycore._pool_processes",
-    "anycore._spawn",
-    "anycore._subprocess",
-    "anycore._supervisor",
+    "anycore._net._handler",
+    "anycore._net._portable",
+    "anycore._net._server",
+    "anycore._net._client",
+    "anycore._net._datagram",
+    "anycore._net._datagram_portable",
+    "anycore._net._datagram_server",
+    "anycore._net._datagram_client",
+    "anycore._workers._child",
+    "anycore._workers._pools",
+    "anycore._workers._pool_processes",
+    "anycore._proc._spawn",
+    "anycore._proc._subprocess",
+    "anycore._supervise._supervisor",
     "anycore._cli",
 )
 
@@ -250,25 +256,25 @@ def test_nothing_in_the_package_imports_the_test_kit() -> None:
 
 def test_the_leaves_import_nothing_of_anycore() -> None:
     graph = _graph_without_facades()
-    assert graph["anycore._state"] == set()
+    assert graph["anycore._core._state"] == set()
     assert graph["anycore.errors"] == set()
 
 
 # Modules over 800 lines, each with the reason it is still one module (the
 # concepts to split it into are issue 13's).
 LONG_MODULES: dict[str, str] = {
-    "anycore._handler": "handler API, asyncio driver, line/length handlers: a split per layer",
-    "anycore._child": "wire format, start method and the child process: three modules to be",
-    "anycore._supervisor": "program state machine, control socket, notify socket",
-    "anycore._pools": "pool front end, results and the backend contract",
+    "anycore._net._handler": "handler API, asyncio driver, line/length handlers: split per layer",
+    "anycore._workers._child": "wire format, start method and the child process: three modules",
+    "anycore._supervise._supervisor": "program state machine, control socket, notify socket",
+    "anycore._workers._pools": "pool front end, results and the backend contract",
     "anycore._cli": "the command's parser and each sub-command's runner",
-    "anycore._connection": "Connection, codecs, handshake, Listener/Client: one wire protocol",
-    "anycore._managers": "manager server, registry and proxies",
-    "anycore._sharedmem": "shared values, arrays and the channel",
-    "anycore._subprocess": "Process and its options, run() and friends",
-    "anycore._server": "serve(), Server, limits and shedding",
-    "anycore._framing": "the framers, each small; kept together as the sans-IO layer",
-    "anycore._queues": "Queue with its thread side, LifoQueue, PriorityQueue",
+    "anycore._messaging._connection": "Connection, codecs, handshake, Listener/Client: one protocol",
+    "anycore._messaging._managers": "manager server, registry and proxies",
+    "anycore._messaging._sharedmem": "shared values, arrays and the channel",
+    "anycore._proc._subprocess": "Process and its options, run() and friends",
+    "anycore._net._server": "serve(), Server, limits and shedding",
+    "anycore._net._framing": "the framers, each small; kept together as the sans-IO layer",
+    "anycore._core._queues": "Queue with its thread side, LifoQueue, PriorityQueue",
 }
 
 
@@ -282,3 +288,49 @@ def test_no_module_over_the_line_limit_unless_listed(limit: int) -> None:
     assert not over - set(LONG_MODULES), sorted((n, long[n]) for n in over - set(LONG_MODULES))
     shrunk = set(LONG_MODULES) - over
     assert not shrunk, f"now under {limit} lines: remove from LONG_MODULES: {sorted(shrunk)}"
+
+
+# The folders are the layers (docs/design.md): which layer may import which.
+# ``errors`` and ``_version`` are leaves every layer may use.
+_LAYERS_BELOW: dict[str, set[str]] = {
+    "_core": set(),
+    "logging": {"_core"},
+    "_net": {"_core", "logging"},
+    "_proc": {"_core", "logging"},
+    "_workers": {"_core", "logging", "_proc"},
+    "_messaging": {"_core", "logging", "_proc", "_workers"},
+    "_supervise": {"_core", "logging", "_net", "_proc", "_workers"},
+}
+_LEAVES = {"anycore.errors", "anycore._version"}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in _LAYERS_BELOW else None
+
+
+def test_every_private_module_lives_in_a_layer_folder() -> None:
+    loose = sorted(
+        name
+        for name in _modules()
+        if name.count(".") == 1
+        and name.rpartition(".")[2].startswith("_")
+        and name.rpartition(".")[2] not in _LAYERS_BELOW
+        and name not in {"anycore.__main__", "anycore._version", "anycore._cli"}
+    )
+    assert not loose, f"put these in a layer folder (_core, _net, ...): {loose}"
+
+
+def test_layers_import_only_their_own_and_the_layers_below() -> None:
+    graph = _graph_without_facades()
+    bad = []
+    for module, deps in graph.items():
+        layer = _layer(module)
+        if layer is None:
+            continue
+        allowed = _LAYERS_BELOW[layer] | {layer}
+        for dep in deps - _LEAVES:
+            dep_layer = _layer(dep)
+            if dep_layer is None or dep_layer not in allowed:
+                bad.append((module, dep))
+    assert not bad, sorted(bad)

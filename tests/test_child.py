@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from anycore._child import ChildProcess, iter_descendants
+from anycore._workers._child import ChildProcess, iter_descendants
 from anycore.errors import ChildProcessFailed, RemoteError, RuntimeStateError
 from test_pools_workers import (
     add,
@@ -41,7 +41,7 @@ def _helpers() -> set[int]:
     rt = getattr(resource_tracker, "_resource_tracker", None)
     if rt is not None and getattr(rt, "_pid", None):
         pids.add(rt._pid)
-    from anycore._spawn import _guard
+    from anycore._proc._spawn import _guard
 
     if _guard.pid > 0:
         pids.add(_guard.pid)  # the die_with_parent guard lives as long as we do
@@ -238,7 +238,7 @@ async def test_spawn_context() -> None:
 
 
 def test_default_start_method_is_forkserver_on_linux() -> None:
-    from anycore._child import default_context
+    from anycore._workers._child import default_context
 
     ctx = default_context()
     assert isinstance(ctx, multiprocessing.context.BaseContext)
@@ -303,7 +303,7 @@ async def test_a_natively_cancelled_start_waits_for_the_start_then_kills_the_chi
     # asyncio's Task.cancel() goes through anyio's shields: a start that gave up
     # at once let its caller close the fds the start was still sending (the
     # fork server died of it).  The start must be waited for, then undone.
-    from anycore._child import ProcessHandle
+    from anycore._workers._child import ProcessHandle
 
     ctx = _GatedContext()
     task = asyncio.create_task(

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from anycore import __version__
-from anycore._subprocess import PIPE, STDOUT, Process, run_process
+from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent

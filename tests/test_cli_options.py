@@ -15,8 +15,8 @@ import pytest
 
 import anycore
 from anycore import Program, StackFileError
-from anycore._stackfile import parse_stack_toml
-from anycore._subprocess import PIPE, STDOUT, Process, run_process
+from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
+from anycore._supervise._stackfile import parse_stack_toml
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent

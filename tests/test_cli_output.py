@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from anycore._subprocess import PIPE, STDOUT, Process, run_process
+from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent

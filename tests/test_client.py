@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import anycore._client as client_module
+import anycore._net._client as client_module
 from anycore import LineHandler, connect, move_on_after as anycore_move_on, serve
-from anycore._client import happy_eyeballs
+from anycore._net._client import happy_eyeballs
 from anycore.errors import ConnectError, EndpointError
 
 

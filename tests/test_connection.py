@@ -26,7 +26,7 @@ import anyio
 import pytest
 
 from anycore import ChildProcess
-from anycore._connection import (
+from anycore._messaging._connection import (
     Client,
     Connection,
     JsonCodec,

@@ -21,9 +21,9 @@ from typing import Any
 import anyio
 import pytest
 
-import anycore._supervisor as supervisor_module
+import anycore._supervise._supervisor as supervisor_module
 from anycore import ControlSocketError, Program, ProgramState, Supervisor
-from anycore._subprocess import PIPE, STDOUT, Process, run_process
+from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ from anycore import (
     LocalProtocolError,
     RuntimeStateError,
 )
-from anycore._datagram import Address, DatagramHandler, _Glue
-from anycore._datagram_client import open_datagram_endpoint
-from anycore._datagram_server import DatagramServer, serve_datagram
-from anycore._runtime import Phase, open_runtime
+from anycore._core._runtime import Phase, open_runtime
+from anycore._net._datagram import Address, DatagramHandler, _Glue
+from anycore._net._datagram_client import open_datagram_endpoint
+from anycore._net._datagram_server import DatagramServer, serve_datagram
 
 
 class Echo(DatagramHandler):
@@ -600,7 +600,7 @@ async def _portable_scenario(portable: bool | None) -> None:
     assert ordered.seen == [b"%d" % i for i in range(20)]
     assert ordered.lost == [None]
 
-    from anycore._backend import current_backend
+    from anycore._core._backend import current_backend
 
     if current_backend() != "trio":
         return  # anyio's asyncio UDP sockets drop ICMP errors (error_received)

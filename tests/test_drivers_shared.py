@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from anycore import FixedSizeHandler, LineHandler, NetstringHandler, serve
-from anycore._framing import FixedSizeFramer
+from anycore._net._framing import FixedSizeFramer
 from anycore.errors import FrameTooLarge
 
 DRIVERS = pytest.mark.parametrize("portable", [False, True], ids=["asyncio", "portable"])

@@ -1,4 +1,4 @@
-"""Tests of the sans-IO framers (anycore._framing) and anycore.testing.check_framer."""
+"""Tests of the sans-IO framers (anycore._net._framing) and anycore.testing.check_framer."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from anycore import (
     TerminatorFramer,
     UniversalNewlineFramer,
 )
-from anycore._framing import Framer
+from anycore._net._framing import Framer
 from anycore.testing import check_framer
 
 

@@ -1,8 +1,8 @@
 """Hypothesis fuzzing of every parser that reads untrusted bytes (issue 19).
 
-Three parsers face the network: the framers (anycore._framing), the log
+Three parsers face the network: the framers (anycore._net._framing), the log
 record reader (anycore.logging's restricted unpickler and bounded message
-merge) and the messaging handshake (anycore._connection's Listener).  For
+merge) and the messaging handshake (anycore._messaging._connection's Listener).  For
 each, hypothesis generates hostile input and the tests check the promises
 made to whoever sends it: nothing but anycore's own errors escapes, limits
 hold (frame size, buffered bytes, message size, time), and nothing a peer
@@ -43,7 +43,7 @@ from anycore import (
     TerminatorFramer,
     UniversalNewlineFramer,
 )
-from anycore._framing import Framer
+from anycore._net._framing import Framer
 from anycore.errors import AnycoreError
 from anycore.logging import dict_to_record, loads_record
 from anycore.logging._records import MAX_FORMAT_WIDTH, MAX_MESSAGE_SIZE, safe_message

@@ -21,8 +21,8 @@ from anycore import (
     RawHandler,
     serve,
 )
-from anycore._framing import FixedSizeFramer, TerminatorFramer
-from anycore._handler import connection_context
+from anycore._net._framing import FixedSizeFramer, TerminatorFramer
+from anycore._net._handler import connection_context
 from anycore.errors import ClosedError, FrameTooLarge
 
 H = Callable[[], Handler]

@@ -19,9 +19,9 @@ import anyio
 import pytest
 
 from anycore import ChildProcess
-from anycore._child import iter_descendants
-from anycore._connection import Client
-from anycore._managers import AsyncProxy, SyncManager, Token, _ClientPool
+from anycore._messaging._connection import Client
+from anycore._messaging._managers import AsyncProxy, SyncManager, Token, _ClientPool
+from anycore._workers._child import iter_descendants
 from anycore.errors import AuthenticationError, ManagerError, MethodNotExposed, RuntimeStateError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from anycore._mpqueue import ChildQueue, JoinableProcessQueue, ProcessQueue
+from anycore._workers._mpqueue import ChildQueue, JoinableProcessQueue, ProcessQueue
 from anycore.errors import QueueClosed, QueueEmpty, QueueFull, TooManyReleases
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from anycore._child import iter_descendants
+from anycore._workers._child import iter_descendants
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
 
@@ -102,7 +102,7 @@ def test_process_family_pipeline_and_pty_die_with_parent(tmp_path: Path) -> None
         tmp_path,
         """
         import asyncio, anycore
-        from anycore._child import iter_descendants
+        from anycore._workers._child import iter_descendants
 
         async def main():
             cmd = "sleep 300 & sleep 300 & wait"
@@ -131,7 +131,7 @@ def test_a_killed_guard_is_replaced_and_takes_over_the_list(tmp_path: Path) -> N
         tmp_path,
         """
         import asyncio, os, signal, anycore
-        from anycore._spawn import _guard
+        from anycore._proc._spawn import _guard
 
         async def main():
             async with anycore.Process(["sleep", "300"], die_with_parent=True):

@@ -342,7 +342,7 @@ async def test_max_tasks_per_child_is_refused() -> None:
 
 def test_without_distributed_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
-    monkeypatch.delitem(sys.modules, "anycore._pool_dask", raising=False)
+    monkeypatch.delitem(sys.modules, "anycore._workers._pool_dask", raising=False)
     with pytest.raises(ImportError, match=r"anycore\[dask\]"):
         anycore.WorkerPool("dask")
 
@@ -437,7 +437,7 @@ async def test_cancelled_while_starting_its_cluster_leaves_nothing() -> None:
 
 
 async def test_the_public_backend_contract_is_enough_for_a_new_engine() -> None:
-    from anycore._pool_dask import DaskBackend
+    from anycore._workers._pool_dask import DaskBackend
     from anycore.abc import CALL, Job, PoolBackend, PoolConfig, run_job_body
 
     assert issubclass(DaskBackend, PoolBackend)

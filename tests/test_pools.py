@@ -14,8 +14,8 @@ import anyio
 import pytest
 import structlog
 
-from anycore._child import current_worker_id
-from anycore._pools import AsyncResult, PoolStatistics, WorkerPool
+from anycore._workers._child import current_worker_id
+from anycore._workers._pools import AsyncResult, PoolStatistics, WorkerPool
 from anycore.errors import (
     ChildProcessFailed,
     PoolClosed,
@@ -442,8 +442,8 @@ def test_bad_arguments() -> None:
 
 
 async def test_runtime_shutdown_joins_pools_and_stops_children(tmp_path: Path) -> None:
-    from anycore._child import ChildProcess
-    from anycore._runtime import open_runtime
+    from anycore._core._runtime import open_runtime
+    from anycore._workers._child import ChildProcess
 
     ready = tmp_path / "ready"
     async with open_runtime(handle_signals=False):

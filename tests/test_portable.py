@@ -15,8 +15,8 @@ import trio
 import trustme
 
 from anycore import FixedSizeHandler, Handler, LineHandler, connect, serve
-from anycore._framing import FixedSizeFramer
-from anycore._handler import connection_context
+from anycore._net._framing import FixedSizeFramer
+from anycore._net._handler import connection_context
 from anycore.errors import ConnectError
 
 
@@ -341,7 +341,7 @@ async def test_portable_driver_on_asyncio() -> None:
 
 
 def test_current_backend_names_the_running_library() -> None:
-    from anycore._backend import current_backend, running_on_asyncio
+    from anycore._core._backend import current_backend, running_on_asyncio
 
     async def on_trio_task() -> tuple[str, bool]:
         return current_backend(), running_on_asyncio()

@@ -67,7 +67,8 @@ def test_import_is_cheap_and_lazy() -> None:
     code = (
         "import sys, anycore; "
         "heavy = [m for m in ('structlog', 'trio', 'multiprocessing', 'ssl', 'cloudpickle', "
-        "'distributed', 'anycore._handler', 'anycore._subprocess') if m in sys.modules]; "
+        "'distributed', 'anycore._net._handler', 'anycore._proc._subprocess') "
+        "if m in sys.modules]; "
         "print(heavy)"
     )
     out = subprocess.run(
@@ -82,9 +83,9 @@ def test_version() -> None:
 
 def test_shared_memory_names() -> None:
     for name in ("SharedValue", "SharedArray", "RawSharedArray", "ShmChannel"):
-        assert getattr(anycore, name).__module__ == "anycore._sharedmem", name
+        assert getattr(anycore, name).__module__ == "anycore._messaging._sharedmem", name
     for name in ("ProcessLock", "ProcessSemaphore", "ProcessEvent"):
-        assert getattr(anycore, name).__module__ == "anycore._psync", name
+        assert getattr(anycore, name).__module__ == "anycore._messaging._psync", name
     # Not the task-level primitives of the same family.
     assert anycore.ProcessLock is not anycore.Lock
     assert issubclass(anycore.MessageTooLarge, ValueError)
@@ -99,7 +100,7 @@ def test_message_passing_errors_fit_the_standard_library_and_anyio() -> None:
     assert issubclass(anycore.MethodNotExposed, AttributeError)
     assert issubclass(anycore.InsecureListener, ValueError)
     assert issubclass(anycore.UndecodableMessage, anycore.RemoteProtocolError)
-    assert anycore.Pipe is anycore._connection.Pipe  # type: ignore[attr-defined]
+    assert anycore.Pipe is anycore._messaging._connection.Pipe  # type: ignore[attr-defined]
 
 
 def test_command_line_and_supervision_names() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from anycore._queues import DEFAULT_MAXSIZE, LifoQueue, PriorityQueue, Queue
+from anycore._core._queues import DEFAULT_MAXSIZE, LifoQueue, PriorityQueue, Queue
 from anycore.errors import (
     QueueClosed,
     QueueEmpty,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from anycore import Endpoint, Handler, LineHandler, Server, parse_endpoint, serve
-from anycore._runtime import open_runtime
+from anycore._core._runtime import open_runtime
 from anycore.errors import EndpointError
 
 

@@ -28,7 +28,7 @@ from anycore import (
     SharedValue,
     ShmChannel,
 )
-from anycore._sharedmem import TYPECODES
+from anycore._messaging._sharedmem import TYPECODES
 from anycore.errors import (
     BrokenError,
     BusyError,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from anycore import StackFileError, load_stack
-from anycore._stackfile import parse_procfile, parse_stack_toml
+from anycore._supervise._stackfile import parse_procfile, parse_stack_toml
 
 
 def test_procfile_lines_comments_blanks() -> None:
@@ -163,7 +163,7 @@ def test_forward_signals_key() -> None:
 
 
 def test_env_file_forms_and_errors(tmp_path: Path) -> None:
-    from anycore._stackfile import load_env_file, with_env
+    from anycore._supervise._stackfile import load_env_file, with_env
 
     env = tmp_path / ".env"
     env.write_text(

@@ -301,9 +301,9 @@ def test_force_exit_hook_kills_process_groups(tmp_path: Path) -> None:
 
 
 async def test_thread_watcher_fallback_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
-    import anycore._spawn
+    import anycore._proc._spawn
 
-    monkeypatch.setattr(anycore._spawn, "_HAS_PIDFD", False)
+    monkeypatch.setattr(anycore._proc._spawn, "_HAS_PIDFD", False)
     result = await run_process(["sh", "-c", "echo hi; exit 4"], capture_output=True)
     assert (result.returncode, result.stdout) == (4, b"hi\n")
     async with Process(["sleep", "1000"], grace_period=0.5) as proc:

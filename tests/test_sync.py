@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import anycore
-from anycore._sync import (
+from anycore._core._sync import (
     BoundedSemaphore,
     CapacityLimiter,
     Condition,

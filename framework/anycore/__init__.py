@@ -18,149 +18,149 @@ from .errors import *  # noqa: F403 - every error is public, errors.__all__ list
 # name -> private module that defines it.  Each facility owns one section.
 _LAZY: dict[str, str] = {
     # -- runtime, tasks, signals, timers (foundation) --
-    "run": "._runtime",
-    "open_runtime": "._runtime",
-    "current_runtime": "._runtime",
-    "Runtime": "._runtime",
-    "Phase": "._runtime",
-    "ShutdownReport": "._runtime",
-    "GracefulExit": "._runtime",
-    "spawn": "._tasks",
-    "live_tasks": "._tasks",
-    "active_count": "._tasks",
-    "TaskLocal": "._tasks",
-    "PauseSwitch": "._tasks",
-    "open_signals": "._signals",
-    "on_signal": "._signals",
-    "next_signal": "._signals",
-    "SignalReceiver": "._signals",
-    "SignalHandle": "._signals",
-    "Timer": "._timers",
-    "every": "._timers",
-    "Tick": "._timers",
-    "fail_after": "._timers",
-    "move_on_after": "._timers",
+    "run": "._core._runtime",
+    "open_runtime": "._core._runtime",
+    "current_runtime": "._core._runtime",
+    "Runtime": "._core._runtime",
+    "Phase": "._core._runtime",
+    "ShutdownReport": "._core._runtime",
+    "GracefulExit": "._core._runtime",
+    "spawn": "._core._tasks",
+    "live_tasks": "._core._tasks",
+    "active_count": "._core._tasks",
+    "TaskLocal": "._core._tasks",
+    "PauseSwitch": "._core._tasks",
+    "open_signals": "._core._signals",
+    "on_signal": "._core._signals",
+    "next_signal": "._core._signals",
+    "SignalReceiver": "._core._signals",
+    "SignalHandle": "._core._signals",
+    "Timer": "._core._timers",
+    "every": "._core._timers",
+    "Tick": "._core._timers",
+    "fail_after": "._core._timers",
+    "move_on_after": "._core._timers",
     # -- framing (sans-IO) --
-    "Framer": "._framing",
-    "TerminatorFramer": "._framing",
-    "UniversalNewlineFramer": "._framing",
-    "FixedSizeFramer": "._framing",
-    "LengthPrefixFramer": "._framing",
-    "NetstringFramer": "._framing",
-    "RawFramer": "._framing",
-    "TextCodec": "._text",
-    "TextLineHandler": "._text",
-    "AsyncChat": "._asynchat",
-    "simple_producer": "._asynchat",
+    "Framer": "._net._framing",
+    "TerminatorFramer": "._net._framing",
+    "UniversalNewlineFramer": "._net._framing",
+    "FixedSizeFramer": "._net._framing",
+    "LengthPrefixFramer": "._net._framing",
+    "NetstringFramer": "._net._framing",
+    "RawFramer": "._net._framing",
+    "TextCodec": "._net._text",
+    "TextLineHandler": "._net._text",
+    "AsyncChat": "._net._asynchat",
+    "simple_producer": "._net._asynchat",
     # -- protocol handlers, servers, clients, datagrams --
-    "Handler": "._handler",
-    "LineHandler": "._handler",
-    "LengthPrefixedHandler": "._handler",
-    "NetstringHandler": "._handler",
-    "FixedSizeHandler": "._handler",
-    "RawHandler": "._handler",
-    "ConnectionStatistics": "._handler",
-    "current_connection_id": "._handler",
-    "serve": "._server",
-    "Server": "._server",
-    "ServerStatistics": "._server",
-    "connect": "._client",
-    "Endpoint": "._endpoints",
-    "parse_endpoint": "._endpoints",
-    "run_handler": "._portable",
-    "DatagramHandler": "._datagram",
-    "DatagramServer": "._datagram_server",
-    "DatagramEndpoint": "._datagram_client",
-    "DatagramStatistics": "._datagram",
-    "serve_datagram": "._datagram_server",
-    "open_datagram_endpoint": "._datagram_client",
+    "Handler": "._net._handler",
+    "LineHandler": "._net._handler",
+    "LengthPrefixedHandler": "._net._handler",
+    "NetstringHandler": "._net._handler",
+    "FixedSizeHandler": "._net._handler",
+    "RawHandler": "._net._handler",
+    "ConnectionStatistics": "._net._handler",
+    "current_connection_id": "._net._handler",
+    "serve": "._net._server",
+    "Server": "._net._server",
+    "ServerStatistics": "._net._server",
+    "connect": "._net._client",
+    "Endpoint": "._net._endpoints",
+    "parse_endpoint": "._net._endpoints",
+    "run_handler": "._net._portable",
+    "DatagramHandler": "._net._datagram",
+    "DatagramServer": "._net._datagram_server",
+    "DatagramEndpoint": "._net._datagram_client",
+    "DatagramStatistics": "._net._datagram",
+    "serve_datagram": "._net._datagram_server",
+    "open_datagram_endpoint": "._net._datagram_client",
     # -- subprocesses, pipelines, pty --
-    "Process": "._subprocess",
-    "ProcessStatus": "._subprocess",
-    "CompletedProcess": "._subprocess",
-    "open_process": "._subprocess",
-    "run_process": "._subprocess",
-    "call": "._subprocess",
-    "check_call": "._subprocess",
-    "check_output": "._subprocess",
-    "PIPE": "._subprocess",
-    "DEVNULL": "._subprocess",
-    "STDOUT": "._subprocess",
-    "ProcessReader": "._subprocess",
-    "TextProcessReader": "._subprocess",
-    "ProcessWriter": "._subprocess",
-    "Command": "._pipeline",
-    "cmd": "._pipeline",
-    "Pipeline": "._pipeline",
-    "pipeline": "._pipeline",
-    "PtyProcess": "._pty",
-    "open_pty": "._pty",
+    "Process": "._proc._subprocess",
+    "ProcessStatus": "._proc._subprocess",
+    "CompletedProcess": "._proc._subprocess",
+    "open_process": "._proc._subprocess",
+    "run_process": "._proc._subprocess",
+    "call": "._proc._subprocess",
+    "check_call": "._proc._subprocess",
+    "check_output": "._proc._subprocess",
+    "PIPE": "._proc._subprocess",
+    "DEVNULL": "._proc._subprocess",
+    "STDOUT": "._proc._subprocess",
+    "ProcessReader": "._proc._subprocess",
+    "TextProcessReader": "._proc._subprocess",
+    "ProcessWriter": "._proc._subprocess",
+    "Command": "._proc._pipeline",
+    "cmd": "._proc._pipeline",
+    "Pipeline": "._proc._pipeline",
+    "pipeline": "._proc._pipeline",
+    "PtyProcess": "._proc._pty",
+    "open_pty": "._proc._pty",
     # -- child processes running Python callables --
-    "ChildProcess": "._child",
-    "current_worker_id": "._child",
-    "carry_context_var": "._child",
-    "register_exit_flush": "._child",
+    "ChildProcess": "._workers._child",
+    "current_worker_id": "._workers._child",
+    "carry_context_var": "._workers._child",
+    "register_exit_flush": "._workers._child",
     # -- queues, synchronisation, pools --
-    "WorkerPool": "._pools",
-    "AsyncResult": "._pools",
-    "PoolStatistics": "._pools",
-    "Queue": "._queues",
-    "LifoQueue": "._queues",
-    "PriorityQueue": "._queues",
-    "QueueStatistics": "._queues",
-    "SyncQueueView": "._queues",
-    "Lock": "._sync",
-    "RLock": "._sync",
-    "Semaphore": "._sync",
-    "BoundedSemaphore": "._sync",
-    "Event": "._sync",
-    "Condition": "._sync",
-    "CapacityLimiter": "._sync",
-    "ThreadSafeCondition": "._sync",
-    "ThreadSafeEvent": "._sync",
-    "ThreadSafeLock": "._sync",
-    "ThreadSafeSemaphore": "._sync",
-    "ThreadSafeStatistics": "._sync",
-    "ProcessQueue": "._mpqueue",
-    "JoinableProcessQueue": "._mpqueue",
-    "ChildQueue": "._mpqueue",
-    "ProcessLock": "._psync",
-    "ProcessSemaphore": "._psync",
-    "ProcessEvent": "._psync",
-    "SharedValue": "._sharedmem",
-    "SharedArray": "._sharedmem",
-    "RawSharedArray": "._sharedmem",
-    "ShmChannel": "._sharedmem",
-    "ShmChannelStatistics": "._sharedmem",
-    "Actor": "._actor",
-    "ActorStatistics": "._actor",
+    "WorkerPool": "._workers._pools",
+    "AsyncResult": "._workers._pools",
+    "PoolStatistics": "._workers._pools",
+    "Queue": "._core._queues",
+    "LifoQueue": "._core._queues",
+    "PriorityQueue": "._core._queues",
+    "QueueStatistics": "._core._queues",
+    "SyncQueueView": "._core._queues",
+    "Lock": "._core._sync",
+    "RLock": "._core._sync",
+    "Semaphore": "._core._sync",
+    "BoundedSemaphore": "._core._sync",
+    "Event": "._core._sync",
+    "Condition": "._core._sync",
+    "CapacityLimiter": "._core._sync",
+    "ThreadSafeCondition": "._core._sync",
+    "ThreadSafeEvent": "._core._sync",
+    "ThreadSafeLock": "._core._sync",
+    "ThreadSafeSemaphore": "._core._sync",
+    "ThreadSafeStatistics": "._core._sync",
+    "ProcessQueue": "._workers._mpqueue",
+    "JoinableProcessQueue": "._workers._mpqueue",
+    "ChildQueue": "._workers._mpqueue",
+    "ProcessLock": "._messaging._psync",
+    "ProcessSemaphore": "._messaging._psync",
+    "ProcessEvent": "._messaging._psync",
+    "SharedValue": "._messaging._sharedmem",
+    "SharedArray": "._messaging._sharedmem",
+    "RawSharedArray": "._messaging._sharedmem",
+    "ShmChannel": "._messaging._sharedmem",
+    "ShmChannelStatistics": "._messaging._sharedmem",
+    "Actor": "._workers._actor",
+    "ActorStatistics": "._workers._actor",
     # -- message passing: pipes, listeners, managers --
-    "Pipe": "._connection",
-    "Connection": "._connection",
-    "Listener": "._connection",
-    "Client": "._connection",
-    "wait_connections": "._connection",
-    "Codec": "._connection",
-    "PickleCodec": "._connection",
-    "JsonCodec": "._connection",
-    "MsgpackCodec": "._connection",
-    "BaseManager": "._managers",
-    "SyncManager": "._managers",
-    "AsyncProxy": "._managers",
-    "LockProxy": "._managers",
+    "Pipe": "._messaging._connection",
+    "Connection": "._messaging._connection",
+    "Listener": "._messaging._connection",
+    "Client": "._messaging._connection",
+    "wait_connections": "._messaging._connection",
+    "Codec": "._messaging._connection",
+    "PickleCodec": "._messaging._connection",
+    "JsonCodec": "._messaging._connection",
+    "MsgpackCodec": "._messaging._connection",
+    "BaseManager": "._messaging._managers",
+    "SyncManager": "._messaging._managers",
+    "AsyncProxy": "._messaging._managers",
+    "LockProxy": "._messaging._managers",
     # -- console input and the filesystem --
-    "open_console": "._console",
-    "Console": "._console",
-    "walk": "._fs",
-    "iter_files": "._fs",
+    "open_console": "._proc._console",
+    "Console": "._proc._console",
+    "walk": "._proc._fs",
+    "iter_files": "._proc._fs",
     # -- supervision --
-    "Supervisor": "._supervisor",
-    "Program": "._supervisor",
-    "ProgramState": "._supervisor",
-    "ProgramStatus": "._supervisor",
-    "UnknownProgram": "._supervisor",
-    "Stack": "._stackfile",
-    "load_stack": "._stackfile",
+    "Supervisor": "._supervise._supervisor",
+    "Program": "._supervise._supervisor",
+    "ProgramState": "._supervise._supervisor",
+    "ProgramStatus": "._supervise._supervisor",
+    "UnknownProgram": "._supervise._supervisor",
+    "Stack": "._supervise._stackfile",
+    "load_stack": "._supervise._stackfile",
     # -- command line --
     "add_standard_options": "._cli",
     "apply_standard_options": "._cli",
@@ -186,26 +186,64 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     # -- runtime, tasks, signals, timers (foundation) --
     # -- framing (sans-IO) --
-    from ._actor import Actor as Actor, ActorStatistics as ActorStatistics
-    from ._asynchat import AsyncChat as AsyncChat, simple_producer as simple_producer
-
-    # -- child processes running Python callables --
-    from ._child import (
-        ChildProcess as ChildProcess,
-        carry_context_var as carry_context_var,
-        current_worker_id as current_worker_id,
-        register_exit_flush as register_exit_flush,
-    )
     from ._cli import (
         add_standard_options as add_standard_options,
         apply_standard_options as apply_standard_options,
     )
-
-    # -- protocol handlers, servers, clients, datagrams --
-    from ._client import connect as connect
+    from ._core._queues import (
+        LifoQueue as LifoQueue,
+        PriorityQueue as PriorityQueue,
+        Queue as Queue,
+        QueueStatistics as QueueStatistics,
+        SyncQueueView as SyncQueueView,
+    )
+    from ._core._runtime import (
+        GracefulExit as GracefulExit,
+        Phase as Phase,
+        Runtime as Runtime,
+        ShutdownReport as ShutdownReport,
+        current_runtime as current_runtime,
+        open_runtime as open_runtime,
+        run as run,
+    )
+    from ._core._signals import (
+        SignalHandle as SignalHandle,
+        SignalReceiver as SignalReceiver,
+        next_signal as next_signal,
+        on_signal as on_signal,
+        open_signals as open_signals,
+    )
+    from ._core._sync import (
+        BoundedSemaphore as BoundedSemaphore,
+        CapacityLimiter as CapacityLimiter,
+        Condition as Condition,
+        Event as Event,
+        Lock as Lock,
+        RLock as RLock,
+        Semaphore as Semaphore,
+        ThreadSafeCondition as ThreadSafeCondition,
+        ThreadSafeEvent as ThreadSafeEvent,
+        ThreadSafeLock as ThreadSafeLock,
+        ThreadSafeSemaphore as ThreadSafeSemaphore,
+        ThreadSafeStatistics as ThreadSafeStatistics,
+    )
+    from ._core._tasks import (
+        PauseSwitch as PauseSwitch,
+        TaskLocal as TaskLocal,
+        active_count as active_count,
+        live_tasks as live_tasks,
+        spawn as spawn,
+    )
+    from ._core._timers import (
+        Tick as Tick,
+        Timer as Timer,
+        every as every,
+        fail_after as fail_after,
+        move_on_after as move_on_after,
+    )
 
     # -- message passing: pipes, listeners, managers --
-    from ._connection import (
+    from ._messaging._connection import (
         Client as Client,
         Codec as Codec,
         Connection as Connection,
@@ -216,23 +254,42 @@ if TYPE_CHECKING:
         Pipe as Pipe,
         wait_connections as wait_connections,
     )
+    from ._messaging._managers import (
+        AsyncProxy as AsyncProxy,
+        BaseManager as BaseManager,
+        LockProxy as LockProxy,
+        SyncManager as SyncManager,
+    )
+    from ._messaging._psync import (
+        ProcessEvent as ProcessEvent,
+        ProcessLock as ProcessLock,
+        ProcessSemaphore as ProcessSemaphore,
+    )
+    from ._messaging._sharedmem import (
+        RawSharedArray as RawSharedArray,
+        SharedArray as SharedArray,
+        SharedValue as SharedValue,
+        ShmChannel as ShmChannel,
+        ShmChannelStatistics as ShmChannelStatistics,
+    )
+    from ._net._asynchat import AsyncChat as AsyncChat, simple_producer as simple_producer
 
-    # -- console input and the filesystem --
-    from ._console import Console as Console, open_console as open_console
-    from ._datagram import (
+    # -- protocol handlers, servers, clients, datagrams --
+    from ._net._client import connect as connect
+    from ._net._datagram import (
         DatagramHandler as DatagramHandler,
         DatagramStatistics as DatagramStatistics,
     )
-    from ._datagram_client import (
+    from ._net._datagram_client import (
         DatagramEndpoint as DatagramEndpoint,
         open_datagram_endpoint as open_datagram_endpoint,
     )
-    from ._datagram_server import (
+    from ._net._datagram_server import (
         DatagramServer as DatagramServer,
         serve_datagram as serve_datagram,
     )
-    from ._endpoints import Endpoint as Endpoint, parse_endpoint as parse_endpoint
-    from ._framing import (
+    from ._net._endpoints import Endpoint as Endpoint, parse_endpoint as parse_endpoint
+    from ._net._framing import (
         FixedSizeFramer as FixedSizeFramer,
         Framer as Framer,
         LengthPrefixFramer as LengthPrefixFramer,
@@ -241,8 +298,7 @@ if TYPE_CHECKING:
         TerminatorFramer as TerminatorFramer,
         UniversalNewlineFramer as UniversalNewlineFramer,
     )
-    from ._fs import iter_files as iter_files, walk as walk
-    from ._handler import (
+    from ._net._handler import (
         ConnectionStatistics as ConnectionStatistics,
         FixedSizeHandler as FixedSizeHandler,
         Handler as Handler,
@@ -252,74 +308,23 @@ if TYPE_CHECKING:
         RawHandler as RawHandler,
         current_connection_id as current_connection_id,
     )
-    from ._managers import (
-        AsyncProxy as AsyncProxy,
-        BaseManager as BaseManager,
-        LockProxy as LockProxy,
-        SyncManager as SyncManager,
-    )
-    from ._mpqueue import (
-        ChildQueue as ChildQueue,
-        JoinableProcessQueue as JoinableProcessQueue,
-        ProcessQueue as ProcessQueue,
-    )
+    from ._net._portable import run_handler as run_handler
+    from ._net._server import Server as Server, ServerStatistics as ServerStatistics, serve as serve
+    from ._net._text import TextCodec as TextCodec, TextLineHandler as TextLineHandler
+
+    # -- console input and the filesystem --
+    from ._proc._console import Console as Console, open_console as open_console
+    from ._proc._fs import iter_files as iter_files, walk as walk
 
     # -- subprocesses, pipelines, pty --
-    from ._pipeline import (
+    from ._proc._pipeline import (
         Command as Command,
         Pipeline as Pipeline,
         cmd as cmd,
         pipeline as pipeline,
     )
-
-    # -- queues, synchronisation, pools --
-    from ._pools import (
-        AsyncResult as AsyncResult,
-        PoolStatistics as PoolStatistics,
-        WorkerPool as WorkerPool,
-    )
-    from ._portable import run_handler as run_handler
-    from ._psync import (
-        ProcessEvent as ProcessEvent,
-        ProcessLock as ProcessLock,
-        ProcessSemaphore as ProcessSemaphore,
-    )
-    from ._pty import PtyProcess as PtyProcess, open_pty as open_pty
-    from ._queues import (
-        LifoQueue as LifoQueue,
-        PriorityQueue as PriorityQueue,
-        Queue as Queue,
-        QueueStatistics as QueueStatistics,
-        SyncQueueView as SyncQueueView,
-    )
-    from ._runtime import (
-        GracefulExit as GracefulExit,
-        Phase as Phase,
-        Runtime as Runtime,
-        ShutdownReport as ShutdownReport,
-        current_runtime as current_runtime,
-        open_runtime as open_runtime,
-        run as run,
-    )
-    from ._server import Server as Server, ServerStatistics as ServerStatistics, serve as serve
-    from ._sharedmem import (
-        RawSharedArray as RawSharedArray,
-        SharedArray as SharedArray,
-        SharedValue as SharedValue,
-        ShmChannel as ShmChannel,
-        ShmChannelStatistics as ShmChannelStatistics,
-    )
-    from ._signals import (
-        SignalHandle as SignalHandle,
-        SignalReceiver as SignalReceiver,
-        next_signal as next_signal,
-        on_signal as on_signal,
-        open_signals as open_signals,
-    )
-
-    # -- supervision --
-    from ._stackfile import Stack as Stack, load_stack as load_stack
-    from ._subprocess import (
+    from ._proc._pty import PtyProcess as PtyProcess, open_pty as open_pty
+    from ._proc._subprocess import (
         DEVNULL as DEVNULL,
         PIPE as PIPE,
         STDOUT as STDOUT,
@@ -335,39 +340,34 @@ if TYPE_CHECKING:
         open_process as open_process,
         run_process as run_process,
     )
-    from ._supervisor import (
+
+    # -- supervision --
+    from ._supervise._stackfile import Stack as Stack, load_stack as load_stack
+    from ._supervise._supervisor import (
         Program as Program,
         ProgramState as ProgramState,
         ProgramStatus as ProgramStatus,
         Supervisor as Supervisor,
         UnknownProgram as UnknownProgram,
     )
-    from ._sync import (
-        BoundedSemaphore as BoundedSemaphore,
-        CapacityLimiter as CapacityLimiter,
-        Condition as Condition,
-        Event as Event,
-        Lock as Lock,
-        RLock as RLock,
-        Semaphore as Semaphore,
-        ThreadSafeCondition as ThreadSafeCondition,
-        ThreadSafeEvent as ThreadSafeEvent,
-        ThreadSafeLock as ThreadSafeLock,
-        ThreadSafeSemaphore as ThreadSafeSemaphore,
-        ThreadSafeStatistics as ThreadSafeStatistics,
+    from ._workers._actor import Actor as Actor, ActorStatistics as ActorStatistics
+
+    # -- child processes running Python callables --
+    from ._workers._child import (
+        ChildProcess as ChildProcess,
+        carry_context_var as carry_context_var,
+        current_worker_id as current_worker_id,
+        register_exit_flush as register_exit_flush,
     )
-    from ._tasks import (
-        PauseSwitch as PauseSwitch,
-        TaskLocal as TaskLocal,
-        active_count as active_count,
-        live_tasks as live_tasks,
-        spawn as spawn,
+    from ._workers._mpqueue import (
+        ChildQueue as ChildQueue,
+        JoinableProcessQueue as JoinableProcessQueue,
+        ProcessQueue as ProcessQueue,
     )
-    from ._text import TextCodec as TextCodec, TextLineHandler as TextLineHandler
-    from ._timers import (
-        Tick as Tick,
-        Timer as Timer,
-        every as every,
-        fail_after as fail_after,
-        move_on_after as move_on_after,
+
+    # -- queues, synchronisation, pools --
+    from ._workers._pools import (
+        AsyncResult as AsyncResult,
+        PoolStatistics as PoolStatistics,
+        WorkerPool as WorkerPool,
     )

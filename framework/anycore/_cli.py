@@ -352,7 +352,7 @@ def default_control_socket(create: bool = True) -> str:
     env = os.environ.get("ANYCORE_CTL_SOCKET")
     if env:
         return env
-    from ._supervisor import control_directory
+    from ._supervise._supervisor import control_directory
     from .errors import ControlSocketError
 
     try:
@@ -487,8 +487,8 @@ def _load_target(spec: str, app_dir: str) -> Any:
 
 
 def _kind(target: Any) -> str:
-    from ._datagram import DatagramHandler
-    from ._handler import Handler
+    from ._net._datagram import DatagramHandler
+    from ._net._handler import Handler
 
     if isinstance(target, type) and issubclass(target, Handler):
         return "stream"
@@ -580,8 +580,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     module_name, sep, attr = args.target.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"the target must be module:attribute, not {args.target!r}")
-    from ._endpoints import parse_endpoint
-    from ._systemd import listen_fds
+    from ._net._endpoints import parse_endpoint
+    from ._supervise._systemd import listen_fds
     from .errors import EndpointError
 
     try:
@@ -606,7 +606,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         names = ", ".join("--" + k.replace("_", "-") for k in _server_kwargs(args))
         raise UsageError(f"{names}: for stream handler targets only")
     _configure_logging(args.log_level, args.log_format)
-    from ._runtime import GracefulExit, run
+    from ._core._runtime import GracefulExit, run
     from .errors import LoopUnavailable
 
     try:
@@ -642,7 +642,7 @@ def _describe_oserror(exc: OSError, binds: Sequence[str]) -> str:
 
 def _main_wrapper(target: Any) -> Any:
     async def main() -> None:
-        from ._systemd import sd_notify
+        from ._supervise._systemd import sd_notify
 
         sd_notify(f"READY=1\nMAINPID={os.getpid()}")
         await target()
@@ -658,12 +658,12 @@ async def _serve_main(
     reuse_port: bool,
     limits: dict[str, Any],
 ) -> None:
-    from ._systemd import sd_notify
+    from ._supervise._systemd import sd_notify
 
     async with contextlib.AsyncExitStack() as stack:
         bound: list[str] = []
         if kind == "stream":
-            from ._server import serve
+            from ._net._server import serve
 
             # Inherited sockets (--fd, LISTEN_FDS, a unix socket bound by the
             # --workers parent) are served beside the --bind endpoints.
@@ -672,7 +672,7 @@ async def _serve_main(
             )
             bound += [str(e) for e in server.endpoints]
         else:
-            from ._datagram_server import serve_datagram
+            from ._net._datagram_server import serve_datagram
 
             dgram = await stack.enter_async_context(
                 serve_datagram(target, *endpoints, reuse_port=reuse_port)
@@ -712,9 +712,9 @@ def _reserve(ep: Any) -> tuple[socket.socket, str]:
 async def _workers_main(
     args: argparse.Namespace, endpoints: list[Any], inherited: list[socket.socket]
 ) -> None:
-    from ._runtime import current_runtime
-    from ._supervisor import Program, ProgramState, Supervisor
-    from ._systemd import sd_notify
+    from ._core._runtime import current_runtime
+    from ._supervise._supervisor import Program, ProgramState, Supervisor
+    from ._supervise._systemd import sd_notify
 
     with contextlib.ExitStack() as keep:
         binds: list[str] = []
@@ -801,7 +801,7 @@ def _unlink_quietly(path: str | None) -> None:
 
 def _load_supervised(args: argparse.Namespace) -> Any:
     """The stack file with the ``.env`` values applied (what SIGHUP re-reads too)."""
-    from ._stackfile import load_env_file, load_stack, with_env
+    from ._supervise._stackfile import load_env_file, load_stack, with_env
 
     stack = load_stack(args.stackfile)
     env: dict[str, str] = {}
@@ -821,7 +821,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     control = args.socket or stack.control_socket or default_control_socket()
     width = max([10, *(len(n) for p in stack.programs for n in p.instance_names())])
     handlers = _setup_supervise_logging(args, width)
-    from ._runtime import GracefulExit, run
+    from ._core._runtime import GracefulExit, run
     from .errors import ControlSocketError, LoopUnavailable, RuntimeStateError
 
     grace = sum(p.grace_period for p in stack.programs) + 10.0
@@ -876,10 +876,10 @@ def _banner(stack: Any, control: str) -> str:
 async def _supervise_main(
     args: argparse.Namespace, stack: Any, control: str, handlers: list[logging.Handler]
 ) -> None:
-    from ._runtime import current_runtime
-    from ._signals import on_signal
-    from ._supervisor import Supervisor
-    from ._systemd import sd_notify
+    from ._core._runtime import current_runtime
+    from ._core._signals import on_signal
+    from ._supervise._supervisor import Supervisor
+    from ._supervise._systemd import sd_notify
     from .errors import StackFileError
 
     _emit(_banner(stack, control))
@@ -933,7 +933,7 @@ _MAX_REPLY = 16 * 1024 * 1024
 
 
 def _cmd_ctl(args: argparse.Namespace) -> int:
-    from ._supervisor import parse_signal
+    from ._supervise._supervisor import parse_signal
 
     wanted = _CTL_ARGS[args.action]
     given = [a for a in (args.name, args.signal) if a]
@@ -984,7 +984,7 @@ def _connect_control(path: str) -> socket.socket:
     """
     import stat
 
-    from ._supervisor import _TRUSTED_UIDS, peer_uid
+    from ._supervise._supervisor import _TRUSTED_UIDS, peer_uid
 
     try:
         st = os.stat(path)

@@ -8,7 +8,7 @@ everything else: admission (at most ``max_inflight`` jobs), results
 (:class:`~anycore.AsyncResult`, the map iterators, callbacks), chunking of
 maps, statistics and the lifecycle.  A backend only runs jobs and stops.
 
-The contract, method by method (the dask backend, ``anycore._pool_dask``,
+The contract, method by method (the dask backend, ``anycore._workers._pool_dask``,
 follows it in about 300 lines):
 
 ``start(config)`` (async)
@@ -76,7 +76,7 @@ anything in ``slot``.
 
 from __future__ import annotations
 
-from ._pools import (
+from ._workers._pools import (
     CALL,
     FINISHED,
     MAP,

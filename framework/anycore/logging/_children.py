@@ -8,7 +8,7 @@ filters and handlers apply.  The child replaces its root handlers with a
 :class:`ChildForwardingHandler` (a :class:`~._sink.ThreadedHandler` whose
 writer thread sends the stdlib's length-prefixed pickles over that socket)
 and is flushed before the child exits (atexit, multiprocessing's exit path,
-and the exit-flush hooks of ``anycore._state`` via :mod:`._lifecycle`).
+and the exit-flush hooks of ``anycore._core._state`` via :mod:`._lifecycle`).
 
 Contract for the pool / child machinery (see docs/logging.md):
 

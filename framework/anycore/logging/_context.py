@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
-from .._state import WORKER_ID, connection_context
+from .._core._state import WORKER_ID, connection_context
 
 __all__ = ["ContextFilter", "bind_context", "current_context", "merge_context"]
 
@@ -67,7 +67,7 @@ def _component_context() -> dict[str, Any] | None:
 
     The connection drivers set ``connection_id`` and ``peer`` on every entry
     into handler code, and pool workers set their id, in the leaf module
-    ``anycore._state``; reading them here keeps those hot paths free of
+    ``anycore._core._state``; reading them here keeps those hot paths free of
     logging work, and loads neither networking nor processes.
     """
     found: dict[str, Any] | None = None

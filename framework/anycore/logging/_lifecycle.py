@@ -5,7 +5,7 @@ drain them: the runtime's ``Phase.LOGS`` shutdown step (registered the first
 time a handler is used on a loop that has a runtime), ``atexit``, fork
 (handlers reset their writer in the child), multiprocessing children (their
 exit path skips ``atexit``) and anycore's own child machinery
-(the exit-flush hooks of ``anycore._state``).
+(the exit-flush hooks of ``anycore._core._state``).
 
 Rejected: one global writer thread for every sink (a slow sink would delay
 the others, and order per handler is all that is promised) and flushing from
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from .. import _state
+from .._core import _state
 
 __all__ = ["aflush_all", "close_all", "flush_all", "register", "unregister"]
 
@@ -83,7 +83,7 @@ def note_loop(loop: object) -> None:
         return
     # No runtime can exist before its module was imported; importing it here
     # would cost the loop tens of milliseconds for nothing.
-    runtime_module = sys.modules.get("anycore._runtime")
+    runtime_module = sys.modules.get("anycore._core._runtime")
     if runtime_module is None:
         return
     Phase = runtime_module.Phase

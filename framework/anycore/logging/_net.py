@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from .._resource import AsyncResource
+from .._core._resource import AsyncResource
 from . import _lifecycle
 from ._records import frame_record
 

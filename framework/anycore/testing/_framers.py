@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from .._framing import Framer
+from .._net._framing import Framer
 
 __all__ = ["check_framer"]
 

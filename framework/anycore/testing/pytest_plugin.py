@@ -41,10 +41,10 @@ from typing import Any
 import anyio
 import pytest
 
-from .._backend import BackgroundJob
-from .._handler import Handler
-from .._runtime import Runtime, open_runtime
-from .._server import Server, serve
+from .._core._backend import BackgroundJob
+from .._core._runtime import Runtime, open_runtime
+from .._net._handler import Handler
+from .._net._server import Server, serve
 from ..errors import RuntimeStateError
 from ._clock import FakeClock
 from ._logs import LogCapture, capture_logs

@@ -1,0 +1,2 @@
+"""Processes and the OS around them: spawning, pipes, subprocesses, pipelines, ptys, the
+console and filesystem walks."""

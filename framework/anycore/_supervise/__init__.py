@@ -1,0 +1,1 @@
+"""Supervision: the supervisor and its control socket, stack files and systemd notification."""

@@ -1,0 +1,2 @@
+"""Work in other processes and threads: the child-process toolkit, pools and their backends,
+process queues and actors."""

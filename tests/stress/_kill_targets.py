@@ -6,7 +6,8 @@ handler that takes 0.5 s per request and logs one record per request to a
 FileHandler, and an ``anycore.Queue`` of 10,000 items with a background
 consumer that starts once 100 requests are in flight.  It prints
 ``PORT n``, then ``BUSY 100`` when 100 requests are being handled,
-``QUEUED n`` (the queue's size) when the shutdown begins, and after the
+``QUEUED n`` (the queue's size) when the shutdown begins, ``DRAINING`` once
+every listener is closed (the DRAIN phase has begun), and after the
 shutdown ``CONSUMED n LEFT m`` (items taken by the consumer, items still
 in the queue).
 """
@@ -78,7 +79,11 @@ def _serve(loop: str, logfile: str) -> int:
         async def report() -> None:
             print("QUEUED", queue.qsize(), flush=True)
 
+        async def draining() -> None:
+            print("DRAINING", flush=True)
+
         runtime.add_shutdown_step(anycore.Phase.STOP_ACCEPTING, "queue probe", report)
+        runtime.add_shutdown_step(anycore.Phase.DRAIN, "drain probe", draining)
         async with anycore.serve(Slow, "tcp://127.0.0.1:0", backlog=512) as server:
             print("PORT", server.port, flush=True)
             await server.serve_forever()

@@ -209,9 +209,14 @@ def test_sigterm_with_100_requests_in_flight_and_a_full_queue(loop: str, tmp_pat
             sock.sendall(f"{i}\n".encode())
         assert _line(proc, 15).split() == ["BUSY", str(CLIENTS)]
         proc.send_signal(signal.SIGTERM)
+        queued = _line(proc, 15).split()
+        assert _line(proc, 15).split() == ["DRAINING"]
+        # Once the listeners are closed, a newcomer is refused by the kernel at
+        # once (never accepted and then reset), while the 100 are still served.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
         replies = [_reply(sock) for sock in clients]
         assert proc.wait(30) == 0
-        queued = _line(proc, 5).split()
         last = _line(proc, 5).split()
     finally:
         for sock in clients:

@@ -265,7 +265,6 @@ def test_the_leaves_import_nothing_of_anycore() -> None:
 LONG_MODULES: dict[str, str] = {
     "anycore._net._handler": "handler API, asyncio driver, line/length handlers: split per layer",
     "anycore._workers._child": "wire format, start method and the child process: three modules",
-    "anycore._supervise._supervisor": "program state machine, control socket, notify socket",
     "anycore._workers._pools": "pool front end, results and the backend contract",
     "anycore._cli": "the command's parser and each sub-command's runner",
     "anycore._messaging._connection": "Connection, codecs, handshake, Listener/Client: one protocol",

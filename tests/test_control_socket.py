@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 
-import anycore._supervise._supervisor as supervisor_module
+import anycore._supervise._control as control_module
 from anycore import ControlSocketError, Program, ProgramState, Supervisor
 from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
 
@@ -67,12 +67,12 @@ def start_squatter(path: str, chown: bool, env: dict[str, str]) -> Process:
 
 def test_control_directory_is_created_private(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    path = supervisor_module.control_directory()
+    path = control_module.control_directory()
     assert path == str(tmp_path / "anycore")
     st = os.lstat(path)
     assert stat.S_IMODE(st.st_mode) == 0o700
     assert st.st_uid == os.getuid()
-    assert supervisor_module.control_directory() == path  # an existing good one is kept
+    assert control_module.control_directory() == path  # an existing good one is kept
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o750])
@@ -81,7 +81,7 @@ def test_an_open_control_directory_is_refused(tmp_path: Path, monkeypatch: Any, 
     (tmp_path / "anycore").mkdir()
     os.chmod(tmp_path / "anycore", mode)
     with pytest.raises(ControlSocketError, match=f"mode {mode:04o}"):
-        supervisor_module.control_directory()
+        control_module.control_directory()
 
 
 def test_a_symlinked_control_directory_is_refused(tmp_path: Path, monkeypatch: Any) -> None:
@@ -89,7 +89,7 @@ def test_a_symlinked_control_directory_is_refused(tmp_path: Path, monkeypatch: A
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     (tmp_path / "anycore").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ControlSocketError, match="not a directory"):
-        supervisor_module.control_directory()
+        control_module.control_directory()
 
 
 @as_root
@@ -98,7 +98,7 @@ def test_another_users_control_directory_is_refused(tmp_path: Path, monkeypatch:
     (tmp_path / "anycore").mkdir(mode=0o700)
     os.chown(tmp_path / "anycore", NOBODY, NOBODY)
     with pytest.raises(ControlSocketError, match=f"belongs to uid {NOBODY}"):
-        supervisor_module.control_directory()
+        control_module.control_directory()
 
 
 async def test_supervise_and_ctl_refuse_an_open_directory_in_one_line(tmp_path: Path) -> None:

@@ -381,7 +381,7 @@ def comm_after_exec(pid: int, expected: str, timeout: float = 5) -> str:
     ],
 )
 def test_exec_form_replaces_the_shell_for_one_simple_command(command: str, expected: str) -> None:
-    from anycore._supervise._supervisor import exec_form
+    from anycore._supervise._program import exec_form
 
     assert exec_form(command) == expected
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import StackFileError
-from ._supervisor import Program, parse_signal
+from ._control import parse_signal
+from ._program import Program
 
 __all__ = ["Stack", "load_env_file", "load_stack", "parse_procfile", "parse_stack_toml", "with_env"]
 

@@ -2,7 +2,9 @@
 
 Each of --connections connections sends a --size byte message, waits for all of
 it to come back, records the round-trip time and sends the next, for --seconds.
-Prints one JSON line: messages, seconds, p50_ms, p99_ms.
+Prints one JSON line: messages, seconds, p50_ms, p99_ms, and its checks: bad
+(echoed bytes that differ from what was sent, or more than was sent) and lost
+(connections that ended before the client closed them).
 
 Its limit: a Python client costs about as much CPU per message as a Python
 server, so on a 2-core machine it saturates near the server's own rate.
@@ -19,7 +21,7 @@ import uvloop
 
 
 class Client(asyncio.Protocol):
-    def __init__(self, msg: bytes, latencies: list[float], state: dict[str, bool]) -> None:
+    def __init__(self, msg: bytes, latencies: list[float], state: dict[str, int]) -> None:
         self.msg = msg
         self.size = len(msg)
         self.latencies = latencies
@@ -38,18 +40,25 @@ class Client(asyncio.Protocol):
         self.transport.write(self.msg)
 
     def data_received(self, data: bytes) -> None:
-        self.got += len(data)
+        got = self.got
+        self.got = got + len(data)
+        if data != self.msg[got : self.got]:  # not an echo of what was sent
+            self.state["bad"] += 1
         if self.got >= self.size:
             self.latencies.append(time.perf_counter() - self.sent_at)
             if self.state["running"]:
                 self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state["running"]:
+            self.state["lost"] += 1
 
 
 async def main(port: int, connections: int, size: int, seconds: float) -> None:
     loop = asyncio.get_running_loop()
     msg = b"x" * size
     latencies: list[float] = []
-    state = {"running": True}
+    state = {"running": 1, "bad": 0, "lost": 0}
     clients = []
     for _ in range(connections):
         _, proto = await loop.create_connection(
@@ -65,7 +74,7 @@ async def main(port: int, connections: int, size: int, seconds: float) -> None:
     await asyncio.sleep(seconds)
     elapsed = time.perf_counter() - started
     done = len(latencies)
-    state["running"] = False
+    state["running"] = 0
     lat = sorted(latencies[:done])
     for c in clients:
         assert c.transport is not None
@@ -77,6 +86,8 @@ async def main(port: int, connections: int, size: int, seconds: float) -> None:
                 "seconds": elapsed,
                 "p50_ms": lat[len(lat) // 2] * 1000 if lat else 0.0,
                 "p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else 0.0,
+                "bad": state["bad"],
+                "lost": state["lost"],
             }
         ),
         flush=True,

@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from anycore._workers._child import current_worker_id
+from anycore._workers._carry import current_worker_id
 
 _initialized: list[str] = []
 

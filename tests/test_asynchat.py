@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from anycore import AsyncChat, Handler, serve, simple_producer
-from anycore._net._handler import _Connection
+from anycore._net._connection_base import _Connection
 
 # -- a classic HTTP-ish request handler, in the shape of asynchat's docs example --
 # Only the base class differs from code written for asynchat.async_chat.

@@ -238,7 +238,7 @@ async def test_spawn_context() -> None:
 
 
 def test_default_start_method_is_forkserver_on_linux() -> None:
-    from anycore._workers._child import default_context
+    from anycore._workers._start import default_context
 
     ctx = default_context()
     assert isinstance(ctx, multiprocessing.context.BaseContext)
@@ -303,7 +303,7 @@ async def test_a_natively_cancelled_start_waits_for_the_start_then_kills_the_chi
     # asyncio's Task.cancel() goes through anyio's shields: a start that gave up
     # at once let its caller close the fds the start was still sending (the
     # fork server died of it).  The start must be waited for, then undone.
-    from anycore._workers._child import ProcessHandle
+    from anycore._workers._start import ProcessHandle
 
     ctx = _GatedContext()
     task = asyncio.create_task(

@@ -16,7 +16,7 @@ import pytest
 
 import anycore
 from anycore import Handler, LineHandler, NetstringHandler, RawHandler, serve
-from anycore._net._handler import LogLimiter
+from anycore._net._loglimit import LogLimiter
 
 REPLY = 256 * 1024
 

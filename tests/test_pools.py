@@ -14,8 +14,9 @@ import anyio
 import pytest
 import structlog
 
-from anycore._workers._child import current_worker_id
-from anycore._workers._pools import AsyncResult, PoolStatistics, WorkerPool
+from anycore._workers._carry import current_worker_id
+from anycore._workers._pool_results import AsyncResult
+from anycore._workers._pools import PoolStatistics, WorkerPool
 from anycore.errors import (
     ChildProcessFailed,
     PoolClosed,

@@ -14,7 +14,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from anycore._workers._child import carry_context_var, current_worker_id, register_exit_flush
+from anycore._core._state import register_exit_flush
+from anycore._workers._carry import carry_context_var, current_worker_id
 
 REQUEST_ID: ContextVar[str] = carry_context_var(ContextVar("tests.request_id", default="-"))
 NOT_CARRIED: ContextVar[str] = ContextVar("tests.not_carried", default="-")

@@ -67,7 +67,7 @@ _LAZY: dict[str, str] = {
     "connect": "._net._client",
     "Endpoint": "._net._endpoints",
     "parse_endpoint": "._net._endpoints",
-    "run_handler": "._net._portable",
+    "run_handler": "._net._anyio_driver",
     "DatagramHandler": "._net._datagram",
     "DatagramServer": "._net._datagram_server",
     "DatagramEndpoint": "._net._datagram_client",
@@ -97,12 +97,12 @@ _LAZY: dict[str, str] = {
     "open_pty": "._proc._pty",
     # -- child processes running Python callables --
     "ChildProcess": "._workers._child",
-    "current_worker_id": "._workers._child",
-    "carry_context_var": "._workers._child",
-    "register_exit_flush": "._workers._child",
+    "current_worker_id": "._workers._carry",
+    "carry_context_var": "._workers._carry",
+    "register_exit_flush": "._core._state",
     # -- queues, synchronisation, pools --
     "WorkerPool": "._workers._pools",
-    "AsyncResult": "._workers._pools",
+    "AsyncResult": "._workers._pool_results",
     "PoolStatistics": "._workers._pools",
     "Queue": "._core._queues",
     "LifoQueue": "._core._queues",
@@ -213,6 +213,7 @@ if TYPE_CHECKING:
         on_signal as on_signal,
         open_signals as open_signals,
     )
+    from ._core._state import register_exit_flush as register_exit_flush
     from ._core._sync import (
         BoundedSemaphore as BoundedSemaphore,
         CapacityLimiter as CapacityLimiter,
@@ -272,6 +273,7 @@ if TYPE_CHECKING:
         ShmChannel as ShmChannel,
         ShmChannelStatistics as ShmChannelStatistics,
     )
+    from ._net._anyio_driver import run_handler as run_handler
     from ._net._asynchat import AsyncChat as AsyncChat, simple_producer as simple_producer
 
     # -- protocol handlers, servers, clients, datagrams --
@@ -308,7 +310,6 @@ if TYPE_CHECKING:
         RawHandler as RawHandler,
         current_connection_id as current_connection_id,
     )
-    from ._net._portable import run_handler as run_handler
     from ._net._server import Server as Server, ServerStatistics as ServerStatistics, serve as serve
     from ._net._text import TextCodec as TextCodec, TextLineHandler as TextLineHandler
 
@@ -353,12 +354,11 @@ if TYPE_CHECKING:
     from ._workers._actor import Actor as Actor, ActorStatistics as ActorStatistics
 
     # -- child processes running Python callables --
-    from ._workers._child import (
-        ChildProcess as ChildProcess,
+    from ._workers._carry import (
         carry_context_var as carry_context_var,
         current_worker_id as current_worker_id,
-        register_exit_flush as register_exit_flush,
     )
+    from ._workers._child import ChildProcess as ChildProcess
     from ._workers._mpqueue import (
         ChildQueue as ChildQueue,
         JoinableProcessQueue as JoinableProcessQueue,
@@ -366,8 +366,5 @@ if TYPE_CHECKING:
     )
 
     # -- queues, synchronisation, pools --
-    from ._workers._pools import (
-        AsyncResult as AsyncResult,
-        PoolStatistics as PoolStatistics,
-        WorkerPool as WorkerPool,
-    )
+    from ._workers._pool_results import AsyncResult as AsyncResult
+    from ._workers._pools import PoolStatistics as PoolStatistics, WorkerPool as WorkerPool

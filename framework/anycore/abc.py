@@ -76,7 +76,7 @@ anything in ``slot``.
 
 from __future__ import annotations
 
-from ._workers._pools import (
+from ._workers._pool_contract import (
     CALL,
     FINISHED,
     MAP,

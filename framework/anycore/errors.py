@@ -393,9 +393,12 @@ class WorkerCrashed(BrokenError):
 
     def __init__(self, pid: int | None, exitcode: int | None) -> None:
         how = "unknown status" if exitcode is None else _describe_exit(exitcode)
-        BrokenError.__init__(self, f"worker process {pid} died ({how})")
+        super().__init__(f"worker process {pid} died ({how})")
         self.pid = pid
         self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.pid, self.exitcode))
 
 
 class PoolClosed(ClosedError):

@@ -462,7 +462,7 @@ class _Server:
             try:
                 data = conn.codec.dumps(reply)
             except Exception as exc:  # a result that does not pickle: say so
-                from .._workers._child import exception_payload
+                from .._workers._wire import exception_payload
 
                 if undo is not None:
                     undo()
@@ -532,7 +532,7 @@ class _Server:
         except ManagerError as exc:
             return ("manager-error", str(exc)), False
         except Exception as exc:
-            from .._workers._child import exception_payload
+            from .._workers._wire import exception_payload
 
             return ("error", exception_payload(exc)), False
 
@@ -668,7 +668,7 @@ def _raise_reply(kind: str, value: Any, where: str) -> None:
     if kind == "manager-error":
         raise ManagerError(value)
     if kind == "error":
-        from .._workers._child import rebuild_exception
+        from .._workers._wire import rebuild_exception
 
         original, remote = rebuild_exception(value, where)
         if original is not None:

@@ -13,21 +13,30 @@
 # the winner to ``create_connection(sock=...)`` on both loops.
 #
 # On a non-asyncio backend (trio) or with ``portable=True`` connect() uses the
-# portable driver (anyio's connect_tcp, which does its own Happy Eyeballs).
+# anyio driver (``_anyio_driver``) over anyio's connect_tcp, which does its own
+# Happy Eyeballs; the connection then runs as a system task (trio) or a task
+# of its own (asyncio), since it outlives the connect() call.  Both paths share
+# the retry policy and the TLS context choice.
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import socket
 import ssl as _ssl
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .._core._backend import running_on_asyncio
+import anyio
+import anyio.abc
+
+from .._core._backend import current_backend, running_on_asyncio
 from ..errors import ConnectError, EndpointError
+from ._anyio_driver import _StreamDriver
+from ._asyncio_driver import _ProtocolDriver
 from ._endpoints import Endpoint, parse_endpoint
-from ._handler import Handler, _ProtocolDriver, check_handler_factory, checked_handler
+from ._handler import Handler, check_handler_factory, checked_handler
 
 __all__ = ["connect"]
 
@@ -94,9 +103,7 @@ async def connect(
     if portable is None:
         portable = not running_on_asyncio()
     if portable:
-        from ._portable import connect_portable
-
-        return await connect_portable(
+        return await _connect_portable(
             ep,
             handler_factory,
             timeout=timeout,
@@ -287,3 +294,78 @@ async def happy_eyeballs(infos: Sequence[_AddrInfo], delay: float) -> socket.soc
             raise type(first)(first.errno, message) from first
         raise OSError(message) from first
     raise first
+
+
+async def _connect_portable(
+    ep: Endpoint,
+    handler_factory: Callable[[], H],
+    *,
+    timeout: float | None,
+    retries: int,
+    backoff: float,
+    max_backoff: float,
+    ssl: _ssl.SSLContext | None,
+    server_hostname: str | None,
+    happy_eyeballs_delay: float,
+) -> H:
+    """``connect()`` on the portable driver; the connection runs as a system task."""
+    from anyio.streams.tls import TLSStream
+
+    ctx = client_ssl_context(ep, ssl)
+    last: BaseException | None = None
+    stream: anyio.abc.ByteStream | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            await anyio.sleep(retry_delay(attempt, backoff, max_backoff))
+        try:
+            with anyio.fail_after(math.inf if timeout is None else timeout):
+                if ep.scheme == "unix":
+                    stream = await anyio.connect_unix(ep.path or "")
+                    if ctx is not None:
+                        stream = await TLSStream.wrap(
+                            stream,
+                            ssl_context=ctx,
+                            hostname=server_hostname or ep.option("hostname"),
+                            standard_compatible=False,
+                        )
+                else:
+                    stream = await anyio.connect_tcp(
+                        ep.host or "", ep.port or 0, happy_eyeballs_delay=happy_eyeballs_delay
+                    )
+                    if ctx is not None:
+                        stream = await TLSStream.wrap(
+                            stream,
+                            ssl_context=ctx,
+                            hostname=server_hostname or ep.option("hostname") or ep.host,
+                            standard_compatible=False,
+                        )
+            break
+        except _ssl.SSLCertVerificationError as exc:
+            raise ConnectError(f"cannot connect to {ep}: {exc}") from exc
+        except (OSError, TimeoutError, anyio.BrokenResourceError) as exc:
+            last = exc
+    if stream is None:
+        raise ConnectError(
+            f"cannot connect to {ep} after {retries + 1} attempt(s): {last}"
+        ) from last
+    handler = handler_factory()
+    driver = _StreamDriver(handler, stream)
+    _spawn_system(driver.run)
+    await driver._made.wait()
+    return handler
+
+
+_background: set[Any] = set()
+
+
+def _spawn_system(fn: Callable[[], Any]) -> None:
+    """Run a connection outside the caller's scope (a client connection outlives
+    the ``connect()`` call, like a transport on asyncio)."""
+    if current_backend() == "trio":
+        import trio
+
+        trio.lowlevel.spawn_system_task(fn, name="anycore-portable-connection")
+        return
+    task = asyncio.get_running_loop().create_task(fn())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

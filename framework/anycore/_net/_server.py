@@ -24,7 +24,7 @@
 # asyncio and uvloop keep their own (fast) transports and TLS implementation.
 #
 # On a non-asyncio backend (trio) or with ``portable=True`` the same Server runs
-# the portable engine from ``_portable`` (anyio listeners and byte streams).
+# the portable engine from ``_accept_anyio`` (anyio listeners and byte streams).
 
 from __future__ import annotations
 
@@ -46,20 +46,15 @@ from .._core._backend import running_on_asyncio
 from .._core._resource import AsyncResource
 from .._core._runtime import Phase, current_runtime
 from ..errors import EndpointError, LoopUnavailable
+from ._asyncio_driver import _Owner, _ProtocolDriver
 from ._endpoints import Endpoint, parse_endpoint
-from ._handler import (
-    GuardPolicy,
-    Handler,
-    LogLimiter,
-    _Owner,
-    _ProtocolDriver,
-    check_handler_factory,
-    checked_handler,
-)
+from ._guard import GuardPolicy
+from ._handler import Handler, check_handler_factory, checked_handler
+from ._loglimit import LogLimiter
 
 if TYPE_CHECKING:
     from .._core._runtime import Handle
-    from ._portable import PortableEngine
+    from ._accept_anyio import PortableEngine
 
 __all__ = ["Server", "ServerStatistics", "serve"]
 
@@ -250,7 +245,7 @@ class Server(_Owner, AsyncResource):
                 raise LoopUnavailable(
                     "serve(sockets=...) needs the asyncio engine (asyncio, uvloop)"
                 )
-            from ._portable import PortableEngine
+            from ._accept_anyio import PortableEngine
 
             self._engine = PortableEngine(self)
             await self._engine.start()

@@ -70,10 +70,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "pip install 'anycore[dask]'"
     ) from exc
 
+from .._core._state import WORKER_ID
 from ..errors import ChildProcessFailed, DaskWorkerLost
 from ..logging._receiver import dispatch_locally
-from ._child import WORKER_ID, Snapshot, context_snapshot, picklable_snapshot, restore_snapshot
-from ._pools import CALL, FINISHED, MAP, RUNNING, Backend, Job, PoolConfig, run_job_body
+from ._carry import Snapshot, context_snapshot, picklable_snapshot, restore_snapshot
+from ._pool_contract import CALL, FINISHED, MAP, RUNNING, Backend, Job, PoolConfig, run_job_body
 
 __all__ = ["DaskBackend"]
 

@@ -1,7 +1,7 @@
 """The "processes" pool backend: long-lived workers on duplex channels.
 
-Each worker is a child process (``_child.ProcessHandle``) holding one end of
-a socketpair; the parent end is a ``_child.Channel`` on the loop.  Frames are
+Each worker is a child process (``_start.ProcessHandle``) holding one end of
+a socketpair; the parent end is a ``_wire.Channel`` on the loop.  Frames are
 a 9-byte header (kind, job id) and a pickle body, so a body that fails to
 unpickle still names its job.
 
@@ -54,29 +54,21 @@ import time
 from collections import deque
 from typing import Any
 
+from .._core._state import WORKER_ID
 from ..errors import ChildProcessFailed, PoolMessageTooLarge, WorkerCrashed
-from ._child import (
-    WORKER_ID,
-    Channel,
-    FrameSocket,
+from ._carry import Snapshot, context_snapshot, picklable_snapshot, restore_snapshot
+from ._pool_contract import FINISHED, RUNNING, Backend, Job, PoolConfig, run_job_body
+from ._start import (
     NoMainGuard,
     ProcessHandle,
-    Snapshot,
     _Terminated,
     child_prologue,
-    context_snapshot,
     default_context,
-    dumps,
-    dumps_callable,
-    exception_payload,
     log_forwarding_config,
     main_without_guard,
-    picklable_snapshot,
-    rebuild_exception,
-    restore_snapshot,
     run_child_body,
 )
-from ._pools import FINISHED, RUNNING, Backend, Job, PoolConfig, run_job_body
+from ._wire import Channel, FrameSocket, dumps, dumps_callable, exception_payload, rebuild_exception
 
 log = logging.getLogger("anycore.pools")
 

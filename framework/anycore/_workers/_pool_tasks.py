@@ -17,8 +17,8 @@ import inspect
 from collections import deque
 from typing import Any
 
-from ._child import WORKER_ID
-from ._pools import CALL, FINISHED, MAP, RUNNING, Backend, Job, PoolConfig, copy_context
+from .._core._state import WORKER_ID
+from ._pool_contract import CALL, FINISHED, MAP, RUNNING, Backend, Job, PoolConfig, copy_context
 
 
 class TaskBackend(Backend):

@@ -20,8 +20,16 @@ import queue
 import threading
 from typing import Any
 
-from ._child import WORKER_ID
-from ._pools import FINISHED, RUNNING, Backend, Job, PoolConfig, copy_context, run_job_body
+from .._core._state import WORKER_ID
+from ._pool_contract import (
+    FINISHED,
+    RUNNING,
+    Backend,
+    Job,
+    PoolConfig,
+    copy_context,
+    run_job_body,
+)
 
 log = logging.getLogger("anycore.pools")
 

@@ -1,227 +1,56 @@
 """WorkerPool: one multiprocessing.Pool-like API over tasks, threads and processes.
 
 This module owns the front end: admission (bounded in-flight work), the
-results (:class:`AsyncResult`, the map iterators), callbacks, statistics and
-the lifecycle (close / join / terminate, the runtime's ``Phase.POOLS``).  The
-execution engines are *backends* (``_pool_tasks``, ``_pool_threads``,
-``_pool_processes``) behind the small :class:`Backend` interface, which a
-cluster backend (Dask distributed) can implement later.
+pool's API (submit / apply / the maps), callbacks, statistics and the
+lifecycle (close / join / terminate, the runtime's ``Phase.POOLS``).  What a
+caller holds meanwhile is ``_pool_results``' (:class:`AsyncResult`, the map
+iterators).  The execution engines are *backends* (``_pool_tasks``,
+``_pool_threads``, ``_pool_processes``, ``_pool_dask``) behind the small
+interface of ``_pool_contract`` (:class:`Backend`, :class:`Job`), which
+another engine implements to plug in (``anycore.abc``).
 
 Design points:
 
 * The unit of dispatch is a :class:`Job`: one call, or one chunk of a map.
-  Backends call ``job.finish(ok, value)`` exactly once (it is idempotent, so a
-  cancelled job's late result is simply dropped).  No task and no future per
-  job on the hot path: results reach their consumer through a callback.
+  The front end gives it an id, has the backend capture the caller's context
+  and dispatch it, and hands its outcome to its consumer (an AsyncResult or a
+  map iterator) when the backend reports it.
 * Backpressure: at most ``max_inflight`` jobs are admitted; ``submit`` and
-  friends wait for room.  The map iterators pull from their iterable only
-  while their window has room, so mapping over an endless generator keeps
-  memory bounded.
-* Errors from process workers come back as the original exception (when it
-  pickles) with a :class:`~anycore.errors.RemoteError` holding the remote
-  traceback as its ``__cause__`` and a note, as concurrent.futures does;
-  otherwise as the RemoteError itself.
+  friends wait for room, and a slot freed by a finished job is handed to the
+  oldest waiter.
+* Backends by name: :data:`_BACKENDS` maps each name to a function that
+  imports the backend's module only when a pool asks for it (the dask
+  backend needs the ``anycore[dask]`` extra), and makes the backend with the
+  pool's backend options.
 
 Rejected: wrapping concurrent.futures executors (no crash isolation:
 BrokenProcessPool ends the whole pool; cancelling does not stop running
-work) and multiprocessing.Pool (hangs when a worker dies, cpython#96062); a
-feeder task per map (the consumer's pull drives submission instead, which is
-also what bounds memory).
+work) and multiprocessing.Pool (hangs when a worker dies, cpython#96062).
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import contextvars
-import importlib
 import itertools
-import logging
 import os
 from collections import deque
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterable,
-    Iterator,
-    Sized,
-)
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from .._core._backend import require_asyncio
+from .._core._runtime import Phase, current_runtime
 from ..errors import PoolClosed, QueueFull, RuntimeStateError
+from ._pool_contract import CALL, FINISHED, MAP, STARMAP, Backend, Job, PoolConfig
+from ._pool_results import AsyncResult, MapIterator, MapProgress, Progress
 
-__all__ = [
-    "WorkerPool",
-    "AsyncResult",
-    "PoolStatistics",
-    "MapIterator",
-    "Backend",
-    "Job",
-    "PoolConfig",
-]
+__all__ = ["PoolStatistics", "WorkerPool"]
 
 T = TypeVar("T")
-log = logging.getLogger("anycore.pools")
-
-#: A job's kind: one call ``fn(*args, **kwargs)``.
-CALL = 0
-#: A job's kind: a map chunk, ``fn(x)`` for each item.
-MAP = 1
-#: A job's kind: a starmap chunk, ``fn(*x)`` for each item.
-STARMAP = 2
-#: A job's state: admitted, not yet running.
-QUEUED = 0
-#: A job's state: handed to a worker.
-RUNNING = 1
-#: A job's state: finished (its outcome reported).
-FINISHED = 2
 
 _pool_ids = itertools.count(1)
-
-
-class Job:
-    """One unit of work: a call, or a chunk of a map.
-
-    Attributes:
-        fn: the callable.
-        args: CALL: the positional arguments; MAP / STARMAP: the chunk's items.
-        kwargs: CALL's keyword arguments.
-        kind: CALL, MAP (``fn(x)`` per item) or STARMAP (``fn(*x)`` per item).
-        context: what the backend captured at submission (a contextvars copy
-            for tasks and threads, a snapshot for processes).
-        state: QUEUED, RUNNING or FINISHED.
-        slot: reserved for the backend.
-    """
-
-    __slots__ = (
-        "args",
-        "consumer",
-        "context",
-        "fn",
-        "id",
-        "kind",
-        "kwargs",
-        "outcome",
-        "pool",
-        "slot",
-        "state",
-    )
-
-    def __init__(
-        self,
-        pool: WorkerPool,
-        fn: Callable[..., Any],
-        args: Any,
-        kwargs: dict[str, Any] | None,
-        kind: int,
-        consumer: Callable[[Job, bool, Any], None],
-    ) -> None:
-        self.pool = pool
-        self.id = next(pool._job_ids)
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.kind = kind
-        self.consumer = consumer
-        self.context: Any = None
-        self.state = QUEUED
-        self.slot: Any = None
-        self.outcome: tuple[bool, Any] | None = None
-
-    def finish(self, ok: bool, value: Any) -> None:
-        """Deliver the result (*ok*) or the exception; later calls are ignored."""
-        if self.state == FINISHED:
-            return
-        self.state = FINISHED
-        self.pool._finished(self, ok, value)
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id} {getattr(self.fn, '__qualname__', self.fn)!r} state={self.state}>"
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """What a backend is told when it starts.
-
-    Attributes:
-        name: the pool's name (worker ids are ``<name>-<n>``).
-        workers: how many workers to run.
-        initializer: called as ``initializer(*initargs)`` in each new worker.
-        initargs: its arguments.
-        max_tasks_per_child: process workers are replaced after this many jobs.
-        context: the multiprocessing start method or context (processes).
-        grace: seconds between SIGTERM and SIGKILL when stopping a worker.
-        max_message_size: the largest pickled message accepted (processes).
-    """
-
-    name: str
-    workers: int
-    initializer: Callable[..., Any] | None
-    initargs: tuple[Any, ...]
-    max_tasks_per_child: int | None
-    context: Any
-    grace: float
-    max_message_size: int
-
-
-class Backend(abc.ABC):
-    """The execution engine under a :class:`WorkerPool`.
-
-    A backend runs jobs on its workers and reports each job's outcome with
-    ``job.finish(ok, value)``.  The front end does admission, ordering,
-    results and the lifecycle; a backend only runs and stops.
-    """
-
-    #: Whether map() picks a chunk size automatically (worth it across IPC).
-    auto_chunks: bool = True
-
-    @abc.abstractmethod
-    async def start(self, config: PoolConfig) -> None:
-        """Start the workers; return once the pool can take jobs."""
-
-    @abc.abstractmethod
-    def capture_context(self) -> Any:
-        """Capture the caller's context for a job (called on submission)."""
-
-    @abc.abstractmethod
-    def dispatch(self, job: Job) -> None:
-        """Run *job* (now or when a worker is free); never blocks."""
-
-    @abc.abstractmethod
-    def cancel(self, job: Job) -> None:
-        """Stop *job*: drop it if queued, stop its worker if it runs.
-
-        The front end finishes the job itself right after this call.
-        """
-
-    @abc.abstractmethod
-    def counts(self) -> tuple[int, int, int]:
-        """Return ``(workers alive, jobs queued in the backend, jobs running)``."""
-
-    @abc.abstractmethod
-    async def shutdown(self, graceful: bool) -> None:
-        """Stop every worker.
-
-        Args:
-            graceful: True after all jobs finished (workers exit politely);
-                False to stop them now (SIGTERM, grace, SIGKILL for processes).
-        """
-
-    def force_kill(self) -> None:  # noqa: B027 - optional hook
-        """Kill everything now (sync; the runtime's forced exit calls it)."""
-
-    async def scatter(self, obj: Any) -> Any:
-        """Place *obj* with the workers once; return what jobs take instead.
-
-        Local backends return *obj* itself (it is sent with each job).
-        """
-        return obj
+_NEW, _RUNNING, _CLOSED, _TERMINATED = "new", "running", "closed", "terminated"
 
 
 @dataclass(frozen=True)
@@ -247,370 +76,6 @@ class PoolStatistics:
     failed: int
     crashed: int
     max_inflight: int
-
-
-class AsyncResult(Generic[T]):
-    """The pending result of ``apply_async`` / ``submit`` / ``map_async``.
-
-    ``await result`` is ``await result.get()``, except that cancelling the
-    awaiting task cancels the work too (asyncio future semantics); ``get``
-    with a timeout only stops waiting (multiprocessing semantics).
-    """
-
-    __slots__ = ("_callback", "_cancel", "_error_callback", "_fut", "_started")
-
-    def __init__(
-        self,
-        callback: Callable[[T], object] | None = None,
-        error_callback: Callable[[BaseException], object] | None = None,
-    ) -> None:
-        self._fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._callback = callback
-        self._error_callback = error_callback
-        self._cancel: Callable[[], None] | None = None
-        self._fut.add_done_callback(self._on_fut_done)
-
-    def _on_fut_done(self, fut: asyncio.Future[T]) -> None:
-        if fut.cancelled() and self._cancel is not None:
-            cancel, self._cancel = self._cancel, None
-            cancel()
-
-    def _set(self, ok: bool, value: Any) -> None:
-        fut = self._fut
-        if fut.done():
-            return
-        self._cancel = None
-        if not ok and isinstance(value, asyncio.CancelledError):
-            fut.cancel()
-        elif ok:
-            fut.set_result(value)
-            if self._callback is not None:
-                try:
-                    self._callback(value)
-                except Exception:
-                    log.exception("pool result callback failed")
-        else:
-            fut.set_exception(value)
-            fut.exception()  # mark retrieved: mp lets results go unread
-            if self._error_callback is not None:
-                try:
-                    self._error_callback(value)
-                except Exception:
-                    log.exception("pool error callback failed")
-
-    def _job_consumer(self, job: Job, ok: bool, value: Any) -> None:
-        self._set(ok, value)
-
-    def ready(self) -> bool:
-        """True once the work finished (or failed, or was cancelled)."""
-        return self._fut.done()
-
-    def successful(self) -> bool:
-        """True if the work finished without raising.
-
-        Raises:
-            ValueError: the result is not ready (as multiprocessing does).
-        """
-        if not self._fut.done():
-            raise ValueError(f"{self!r} not ready")
-        return not self._fut.cancelled() and self._fut.exception() is None
-
-    async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until ready or *timeout* seconds passed; return :meth:`ready`."""
-        if not self._fut.done():
-            if timeout is None:
-                await asyncio.shield(self._fut)
-            else:
-                await asyncio.wait((self._fut,), timeout=timeout)
-        return self._fut.done()
-
-    async def get(self, timeout: float | None = None) -> T:
-        """Return the result, or raise the work's exception.
-
-        Raises:
-            TimeoutError: not ready within *timeout* seconds (the work goes on).
-            asyncio.CancelledError: the work was cancelled.
-        """
-        if not self._fut.done():
-            try:
-                await self.wait(timeout)
-            except asyncio.CancelledError:
-                if self._fut.cancelled() and not _current_task_cancelling():
-                    raise asyncio.CancelledError("the job was cancelled") from None
-                raise
-            if not self._fut.done():
-                raise TimeoutError(f"result not ready after {timeout} s")
-        if self._fut.cancelled():
-            raise asyncio.CancelledError("the job was cancelled")
-        return self._fut.result()
-
-    def cancel(self) -> bool:
-        """Cancel the work (a running process job's worker is replaced).
-
-        Returns:
-            False if the result was ready already.
-        """
-        return self._fut.cancel()
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return self._fut.__await__()
-
-    def __repr__(self) -> str:
-        state = "pending" if not self._fut.done() else "done"
-        return f"<AsyncResult {state}>"
-
-
-def _current_task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-_SENTINEL: Any = object()
-
-
-#: ``progress=`` of the maps: True (a tqdm bar) or ``fn(done, total)``.
-Progress = bool | Callable[[int, int | None], object] | None
-
-
-class _Progress:
-    """Counts a map's finished items and reports them.
-
-    To a callback ``fn(done, total)`` (called on the loop thread, first with
-    ``done=0``; ``total`` is None for an iterable without a length), or to a
-    tqdm progress bar for ``progress=True`` (the ``anycore[progress]`` extra,
-    imported only then).
-    """
-
-    def __init__(self, progress: bool | Callable[[int, int | None], object], total: int | None):
-        self.done = 0
-        self.total = total
-        self._bar: Any = None
-        self._fn: Callable[[int, int | None], object] | None = None
-        self._closed = False
-        if progress is True:
-            try:
-                tqdm = importlib.import_module("tqdm.auto").tqdm
-            except ImportError as exc:
-                raise ImportError(
-                    "progress=True draws a bar with tqdm: `pip install anycore[progress]`, "
-                    "or pass a callback, progress=fn(done, total)"
-                ) from exc
-            self._bar = tqdm(total=total, unit="item")
-        elif callable(progress):
-            self._fn = progress
-            self._report()
-        else:
-            raise TypeError(
-                f"progress must be True or a callable fn(done, total), not {progress!r}"
-            )
-
-    @classmethod
-    def for_map(cls, progress: Progress, iterable: object) -> _Progress | None:
-        if progress is None or progress is False:
-            return None
-        total = len(iterable) if isinstance(iterable, Sized) else None
-        return cls(progress, total)
-
-    def _report(self) -> None:
-        assert self._fn is not None
-        try:
-            self._fn(self.done, self.total)
-        except Exception:
-            log.exception("progress callback %r failed", self._fn)
-
-    def advance(self, n: int) -> None:
-        if self._closed:
-            return
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        else:
-            self._report()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self._bar is not None:
-                self._bar.close()
-
-
-class MapIterator(Generic[T]):
-    """The async iterator behind imap / imap_unordered / map / starmap.
-
-    It pulls a chunk from the iterable only while fewer than *window* of its
-    jobs are outstanding, so at most ``window * chunksize`` items are taken
-    ahead of what has been yielded.  Breaking out of ``async for`` leaves
-    outstanding jobs running to completion (their results are dropped); use
-    ``async with`` or :meth:`aclose` to cancel them at once.
-    """
-
-    def __init__(
-        self,
-        pool: WorkerPool,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        chunksize: int,
-        ordered: bool,
-        kind: int,
-        window: int,
-        progress: _Progress | None = None,
-    ) -> None:
-        if chunksize < 1:
-            raise ValueError("chunksize must be at least 1")
-        self._progress = progress
-        self._pool = pool
-        self._fn = fn
-        self._kind = kind
-        self._chunksize = chunksize
-        self._ordered = ordered
-        self._window = max(1, window)
-        self._sync: Iterator[Any] | None = None
-        self._async: AsyncIterator[Any] | None = None
-        if isinstance(iterable, AsyncIterable):
-            self._async = aiter(iterable)
-        else:
-            self._sync = iter(iterable)
-        self._exhausted = False
-        self._jobs: deque[Job] = deque()  # ordered: every outstanding job
-        self._ready: deque[Job] = deque()  # unordered: finished jobs
-        self._outstanding = 0
-        self._current: list[Any] = []
-        self._index = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-
-    def __aiter__(self) -> MapIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        if self._index < len(self._current):
-            value = self._current[self._index]
-            self._index += 1
-            return value  # type: ignore[no-any-return]
-        while True:
-            chunk = await self._next_chunk()
-            if chunk:
-                self._current = chunk
-                self._index = 1
-                return chunk[0]  # type: ignore[no-any-return]
-
-    async def _take(self) -> list[Any]:
-        size = self._chunksize
-        if self._sync is not None:
-            if size == 1:
-                item = next(self._sync, _SENTINEL)
-                return [] if item is _SENTINEL else [item]
-            return list(itertools.islice(self._sync, size))
-        assert self._async is not None
-        items: list[Any] = []
-        for _ in range(size):
-            try:
-                items.append(await anext(self._async))
-            except StopAsyncIteration:
-                break
-        return items
-
-    async def _fill(self) -> None:
-        pool = self._pool
-        while not self._exhausted and self._outstanding < self._window:
-            if pool._state != _RUNNING:
-                raise PoolClosed("the pool is closed")
-            items = await self._take()
-            if not items:
-                self._exhausted = True
-                return
-            if pool._inflight < pool._max_inflight:
-                pool._inflight += 1
-            else:
-                await pool._admit_slow()
-            job = Job(pool, self._fn, items, None, self._kind, self._on_done)
-            self._outstanding += 1
-            if self._ordered:
-                self._jobs.append(job)
-            pool._dispatch(job)
-
-    def _on_done(self, job: Job, ok: bool, value: Any) -> None:
-        job.outcome = (ok, value)
-        if ok and self._progress is not None:
-            self._progress.advance(len(value))
-        if not self._ordered:
-            self._ready.append(job)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _wait(self) -> None:
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
-    async def _next_chunk(self) -> list[Any]:
-        if self._closed:
-            raise StopAsyncIteration
-        try:
-            while True:
-                await self._fill()
-                if self._ordered:
-                    if self._jobs:
-                        head = self._jobs[0]
-                        if head.outcome is not None:
-                            self._jobs.popleft()
-                            self._outstanding -= 1
-                            return self._unpack(head)
-                    elif self._exhausted:
-                        self._end_progress()
-                        raise StopAsyncIteration
-                else:
-                    if self._ready:
-                        job = self._ready.popleft()
-                        self._outstanding -= 1
-                        return self._unpack(job)
-                    if self._exhausted and not self._outstanding:
-                        self._end_progress()
-                        raise StopAsyncIteration
-                await self._wait()
-        except asyncio.CancelledError:
-            self._cancel_outstanding()
-            raise
-
-    def _unpack(self, job: Job) -> list[Any]:
-        assert job.outcome is not None
-        ok, value = job.outcome
-        job.outcome = None
-        if not ok:
-            raise value
-        return value  # type: ignore[no-any-return]
-
-    def _cancel_outstanding(self) -> None:
-        for job in self._jobs:
-            if job.state != FINISHED:
-                self._pool._cancel_job(job)
-        self._jobs.clear()
-        self._ready.clear()
-
-    def _end_progress(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-
-    async def aclose(self) -> None:
-        """Stop iterating and cancel the outstanding jobs."""
-        self._end_progress()
-        self._closed = True
-        self._exhausted = True
-        self._cancel_outstanding()
-        # Unordered mode does not keep every job; the pool cancels what is left.
-        self._pool._cancel_consumer(self._on_done)
-
-    async def __aenter__(self) -> MapIterator[T]:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-_NEW, _RUNNING, _CLOSED, _TERMINATED = "new", "running", "closed", "terminated"
 
 
 def _default_workers(backend: str) -> int:
@@ -677,7 +142,7 @@ class WorkerPool:
         **backend_options: Any,
     ) -> None:
         if isinstance(backend, str):
-            if backend not in ("tasks", "threads", "processes", "dask"):
+            if backend not in _BACKENDS:
                 raise ValueError(f"unknown backend {backend!r}")
             self.backend_name = backend
         else:
@@ -692,13 +157,15 @@ class WorkerPool:
             max_inflight = max(64, 16 * workers)
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
-        self._backend_spec = backend
-        if backend == "dask":  # imports distributed (the anycore[dask] extra) only now
-            from ._pool_dask import DaskBackend
-
-            self._backend_spec = DaskBackend(**backend_options)
-        elif backend_options:
-            raise TypeError(f"options {sorted(backend_options)} are not for {backend!r}")
+        # The backend is made now, so that wrong backend options fail here.
+        if isinstance(backend, str):
+            self._by_name = True
+            self._backend_spec = _BACKENDS[backend](backend_options)
+        else:
+            if backend_options:
+                raise TypeError(f"options {sorted(backend_options)} are not for {backend!r}")
+            self._by_name = False
+            self._backend_spec = backend
         self._backend: Backend | None = None
         self.name = name or f"pool{next(_pool_ids)}"
         self._config = PoolConfig(
@@ -737,28 +204,14 @@ class WorkerPool:
             RuntimeStateError: the pool was started before.
             BackendNotSupported: called from a trio task.
         """
-        spec = self._backend_spec
         require_asyncio(
-            f"WorkerPool({spec!r})" if isinstance(spec, str) else "WorkerPool",
+            f"WorkerPool({self.backend_name!r})" if self._by_name else "WorkerPool",
             "on trio use anyio.to_process.run_sync() or anyio.to_thread.run_sync(), "
             "bounded by an anyio.CapacityLimiter",
         )
         if self._state != _NEW:
             raise RuntimeStateError("the pool was started already")
-        if isinstance(spec, Backend):
-            backend = spec
-        elif spec == "tasks":
-            from ._pool_tasks import TaskBackend
-
-            backend = TaskBackend()
-        elif spec == "threads":
-            from ._pool_threads import ThreadBackend
-
-            backend = ThreadBackend()
-        else:
-            from ._pool_processes import ProcessBackend
-
-            backend = ProcessBackend()
+        backend = self._backend_spec
         self._backend = backend
         self._state = _RUNNING
         try:
@@ -770,13 +223,11 @@ class WorkerPool:
         self._register_runtime()
 
     def _register_runtime(self) -> None:
-        from ._child import current_runtime, runtime_phase
-
         rt = current_runtime()
         if rt is None:
             return
         self._hooks.append(
-            rt.add_shutdown_step(runtime_phase("POOLS"), f"pool {self.name}", self._runtime_step)
+            rt.add_shutdown_step(Phase.POOLS, f"pool {self.name}", self._runtime_step)
         )
         backend = self._backend
         assert backend is not None
@@ -1045,7 +496,7 @@ class WorkerPool:
         length), or True for a tqdm bar (the ``anycore[progress]`` extra).
         """
         self._check_open()
-        reporter = _Progress.for_map(progress, iterable)
+        reporter = MapProgress.for_map(progress, iterable)
         return MapIterator(self, fn, iterable, chunksize, True, MAP, self._max_inflight, reporter)
 
     def imap_unordered(
@@ -1058,7 +509,7 @@ class WorkerPool:
     ) -> MapIterator[T]:
         """Like :meth:`imap`, yielding results as they finish."""
         self._check_open()
-        reporter = _Progress.for_map(progress, iterable)
+        reporter = MapProgress.for_map(progress, iterable)
         return MapIterator(self, fn, iterable, chunksize, False, MAP, self._max_inflight, reporter)
 
     def istarmap(
@@ -1071,7 +522,7 @@ class WorkerPool:
     ) -> MapIterator[T]:
         """Like :meth:`imap` with ``fn(*args)`` for each item."""
         self._check_open()
-        reporter = _Progress.for_map(progress, iterable)
+        reporter = MapProgress.for_map(progress, iterable)
         return MapIterator(
             self, fn, iterable, chunksize, True, STARMAP, self._max_inflight, reporter
         )
@@ -1088,7 +539,7 @@ class WorkerPool:
         items = iterable if isinstance(iterable, list | tuple) else list(iterable)
         if chunksize is None:
             chunksize = self._auto_chunksize(len(items))
-        reporter = _Progress.for_map(progress, items)
+        reporter = MapProgress.for_map(progress, items)
         it: MapIterator[Any] = MapIterator(
             self, fn, items, chunksize, True, kind, self._max_inflight, reporter
         )
@@ -1224,20 +675,45 @@ class WorkerPool:
         return f"<WorkerPool {self.name} {self.backend_name} workers={self.workers} {self._state}>"
 
 
-def run_job_body(job_kind: int, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    """Execute a job's work in the current thread (threads and processes)."""
-    if job_kind == CALL:
-        value = fn(*args, **kwargs) if kwargs else fn(*args)
-        if isinstance(value, Awaitable) and asyncio.iscoroutine(value):
-            from ._child import _run_awaitable
-
-            value = _run_awaitable(value)
-        return value
-    if job_kind == MAP:
-        return [fn(x) for x in args]
-    return [fn(*x) for x in args]
+# -- the backends, by name --------------------------------------------------------
 
 
-def copy_context() -> contextvars.Context:
-    """Capture the caller's context (tasks and threads)."""
-    return contextvars.copy_context()
+def _no_options(name: str, options: dict[str, Any]) -> None:
+    if options:
+        raise TypeError(f"options {sorted(options)} are not for {name!r}")
+
+
+def _tasks_backend(options: dict[str, Any]) -> Backend:
+    _no_options("tasks", options)
+    from ._pool_tasks import TaskBackend
+
+    return TaskBackend()
+
+
+def _threads_backend(options: dict[str, Any]) -> Backend:
+    _no_options("threads", options)
+    from ._pool_threads import ThreadBackend
+
+    return ThreadBackend()
+
+
+def _processes_backend(options: dict[str, Any]) -> Backend:
+    _no_options("processes", options)
+    from ._pool_processes import ProcessBackend
+
+    return ProcessBackend()
+
+
+def _dask_backend(options: dict[str, Any]) -> Backend:
+    from ._pool_dask import DaskBackend  # imports distributed (the anycore[dask] extra)
+
+    return DaskBackend(**options)
+
+
+#: The backends a pool can be given by name: name -> ``make(backend_options)``.
+_BACKENDS: dict[str, Callable[[dict[str, Any]], Backend]] = {
+    "tasks": _tasks_backend,
+    "threads": _threads_backend,
+    "processes": _processes_backend,
+    "dask": _dask_backend,
+}

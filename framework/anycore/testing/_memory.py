@@ -32,8 +32,8 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._net._anyio_driver import run_handler
 from .._net._handler import Handler
-from .._net._portable import run_handler
 from ..errors import ClosedError
 
 __all__ = ["MemoryPeer", "memory_connection"]

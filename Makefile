@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # CI's smoke run passes BENCH_ARGS=--quick and writes nothing.
 BENCH_ARGS ?= --write-docs
 
-.PHONY: run test test-stress bench lint docs install clean
+.PHONY: run test test-stress bench lint docs install clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,14 +44,25 @@ bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check framework tests examples benchmarks
-	$(BIN)/ruff format --check framework tests examples benchmarks
+	$(BIN)/ruff check framework tests examples benchmarks fuzz
+	$(BIN)/ruff format --check framework tests examples benchmarks fuzz
 	$(BIN)/mypy
 
 # The site in site/: open site/index.html, or `python -m http.server -d site`
 # for search too.  Nothing is fetched from the network, at build or view time.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# Coverage-guided fuzzing (atheris) of what reads untrusted bytes: each harness
+# of fuzz/ for FUZZ_TIME seconds (60 by default); the corpora grow in build/fuzz/
+# and a crash leaves its input there as crash-<sha1> (re-run: python <harness> <file>).
+fuzz: install
+	@for harness in fuzz/fuzz_*.py; do \
+		name=$$(basename $$harness .py); mkdir -p build/fuzz/$$name; \
+		echo "== $$name"; \
+		$(BIN)/python $$harness -max_total_time=$${FUZZ_TIME:-60} -timeout=10 \
+			-rss_limit_mb=2048 -artifact_prefix=build/fuzz/ build/fuzz/$$name || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .hypothesis

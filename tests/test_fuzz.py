@@ -584,3 +584,190 @@ def test_many_capped_widths_in_one_record_stay_small() -> None:
             tracemalloc.stop()
 
     assert _bounded(peak) < 16 * len(data)
+
+
+# -- 4. found by the atheris harnesses (fuzz/) ---------------------------------------------
+# Each test below is the minimal input of a crash the harnesses reported; the
+# xfails are bugs not fixed yet (the harness names them in KNOWN_BUGS and skips
+# their inputs: remove the entry together with the xfail once fixed).
+
+
+def _traced_peak(fn: Callable[[], object]) -> int:
+    """The peak of Python allocations while ``fn`` runs (in a forked child)."""
+
+    def measure() -> int:
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak: int = _bounded(measure)
+    return peak
+
+
+def _refused_or_read(data: bytes) -> None:
+    try:
+        loads_record(data)
+    except RemoteProtocolError:
+        pass
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CPython's C unpickler (before gh-115952's fix) sizes its memo table by "
+    "the index of LONG_BINPUT/PUT and preallocates BINBYTES/BYTEARRAY8 lengths: "
+    "loads_record should use the pure-Python pickle._Unpickler (a dict memo, "
+    "reads what is there) or pre-scan the opcodes (fuzz_log_receiver KNOWN_BUGS['memo'])",
+)
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A 9-byte record: a dict memoised at index 4,000,000 (a 64 MB memo table;
+        # 100,000,000 costs 1.6 GB and 4.7 s).
+        b"\x80\x02}r" + struct.pack("<I", 4_000_000) + b".",
+        # PUT's decimal index, protocol 0.
+        b"(dp4000000\n.",
+        # BINBYTES announcing 100 MB in a 9-byte record: allocated before reading.
+        b"\x80\x03B" + struct.pack("<I", 100_000_000) + b"xx",
+    ],
+    ids=["long-binput", "put", "binbytes"],
+)
+def test_loads_record_huge_memo_index_or_bytes_length_is_refused_cheaply(data: bytes) -> None:
+    assert _traced_peak(lambda: _refused_or_read(data)) < 1 << 20
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="safe_message's size bound calls str() on each argument: past "
+    "sys.get_int_max_str_digits() that raises ValueError out of dict_to_record "
+    "(and out of LogReceiver's data_received); the bound should estimate sizes "
+    "without str() (fuzz_log_receiver KNOWN_BUGS['digits'])",
+)
+@pytest.mark.parametrize("args", [(10**5000,), {"a": 10**5000}], ids=["tuple", "mapping"])
+def test_record_with_an_int_past_the_str_digit_limit_is_read(args: object) -> None:
+    data = pickle.dumps({"msg": "%s" if isinstance(args, tuple) else "%(a)s", "args": args})
+    assert len(data) < 3_000
+
+    def read() -> str:
+        try:
+            return dict_to_record(loads_record(data)).getMessage()
+        except RemoteProtocolError:
+            return "refused"
+
+    message = _bounded(read)  # an exception in it fails here, as AssertionError
+    assert isinstance(message, str)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="safe_message computes len(str(arg)) to bound the merge, so an argument "
+    "of shared references (a 2,000-character string 10,000 times, in a 2.4 KB "
+    "record) builds the 20 MB string it meant to avoid; 4 KB make 270 MB. The bound "
+    "should be computed by a walk that adds sizes without building "
+    "(fuzz_log_receiver KNOWN_BUGS['shared'])",
+)
+def test_shared_references_in_args_do_not_build_the_huge_str() -> None:
+    text = "x" * 2_000
+    inner = [text] * 100
+    data = pickle.dumps({"msg": "%s", "args": ([inner] * 100,)}, 4)
+    assert len(data) < 2_500
+
+    def read() -> None:
+        dict_to_record(loads_record(data)).getMessage()
+
+    assert _traced_peak(read) < 2 << 20
+
+
+_ALL_NUMBERS = logging.Formatter(
+    "%(asctime)s %(created)f %(msecs)03d %(relativeCreated)d %(lineno)d %(levelno)d %(message)s"
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(TypeError, ValueError),
+    reason="dict_to_record keeps the sender's created/msecs/relativeCreated/lineno "
+    "whatever their type, so a formatter using them raises (its docstring promises "
+    "formatters do not fail); it should drop non-numbers "
+    "(fuzz_log_receiver KNOWN_BUGS['types'])",
+)
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"created": "yesterday"},
+        {"msecs": [1]},
+        {"relativeCreated": None},
+        {"lineno": "12"},
+    ],
+    ids=lambda attrs: next(iter(attrs)),
+)
+def test_received_record_with_odd_attribute_types_formats(attrs: dict[str, object]) -> None:
+    data = pickle.dumps({"name": "odd", "msg": "hello", "levelno": logging.INFO, **attrs})
+    record = dict_to_record(loads_record(data))
+    assert "hello" in _ALL_NUMBERS.format(record)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="dict_to_record keeps the sender's pathname/filename/module/funcName/"
+    "levelname/processName/threadName whatever their type, and a formatter's %s "
+    "then builds str() of it: shared references in 2 KB build 20 MB; non-strings "
+    "should become a bounded repr (fuzz_log_receiver KNOWN_BUGS['types'])",
+)
+@pytest.mark.parametrize("key", ["pathname", "levelname", "funcName", "threadName"])
+def test_received_record_text_attributes_are_bounded_strings(key: str) -> None:
+    inner = ["x" * 2_000] * 100
+    data = pickle.dumps({"msg": "hello", key: [inner] * 100}, 4)
+    assert len(data) < 2_500
+    formatter = logging.Formatter(f"%({key})s %(message)s")
+
+    def read() -> None:
+        record = dict_to_record(loads_record(data))
+        if not isinstance(getattr(record, key), str):  # (no repr of it in the report)
+            raise AssertionError(f"{key} is a {type(getattr(record, key)).__name__}")
+        formatter.format(record)
+
+    assert _traced_peak(read) < 2 << 20
+
+
+def _resp_example() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "resp_kv.py"
+    spec = importlib.util.spec_from_file_location("_fuzz_resp_kv", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resp_outcome(resp: Any, reads: list[bytes]) -> tuple[list[list[bytes]], bool]:
+    parser = resp.RespParser()
+    commands: list[list[bytes]] = []
+    try:
+        for read in reads:
+            parser.feed(read)
+            while (cmd := parser.next_command()) is not None:
+                commands.append(cmd)
+    except resp.RespError:
+        return commands, True
+    return commands, False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RespParser skips '*-<digits>' like '*-1' without the 32-byte header "
+    "limit it applies while the line is incomplete: 87 digits in one read are "
+    "skipped, byte by byte they are refused (redis refuses a count past a long "
+    "long). Refuse nl - pos > _MAX_HEADER there too (fuzz_resp _LONG_NEGATIVE)",
+)
+def test_resp_negative_multibulk_header_past_the_limit_is_refused_in_any_split() -> None:
+    resp = _resp_example()
+    stream = b"*-" + b"1" * 87 + b"\r\n" + b"PING\r\n"
+    whole = _resp_outcome(resp, [stream])
+    one_by_one = _resp_outcome(resp, [stream[i : i + 1] for i in range(len(stream))])
+    assert whole == one_by_one

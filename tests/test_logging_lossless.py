@@ -319,6 +319,76 @@ async def test_a_slow_sink_is_written_from_the_thread_and_loses_nothing(
     assert handler.dropped == 0
 
 
+class _SwitchableSlowFile(FileHandler):
+    write_delay = 0.05
+
+    def _write_bytes(self, data: bytes) -> None:
+        if self.write_delay:
+            time.sleep(self.write_delay)
+        super()._write_bytes(data)
+
+
+async def test_the_loop_never_waits_for_a_slow_first_write(
+    tmp_path: Path, logger: logging.Logger
+) -> None:
+    # Nothing tells in advance that a regular file is slow: its first write
+    # is a probe made by a helper thread while the loop waits slow_write at
+    # most, so the loop never waits for the 50 ms write.
+    path = tmp_path / "slow-first.log"
+    handler = _SwitchableSlowFile(path)
+    handler.setFormatter(logging.Formatter("rec %(message)s"))
+    logger.addHandler(handler)
+    longest = 0.0
+    deadline = time.monotonic() + 20
+    i = 0
+    while not handler.threaded:
+        assert time.monotonic() < deadline, "the slow file was never handed to the writer"
+        logger.info("%d", i)
+        i += 1
+        started = time.perf_counter()
+        await asyncio.sleep(0)  # the loop writes (or probes) at the end of this iteration
+        longest = max(longest, time.perf_counter() - started)
+    assert longest < handler.write_delay / 2
+    for j in range(i, i + 100):
+        logger.info("%d", j)
+        await asyncio.sleep(0)
+    await handler.aclose()
+    assert _lines(path) == [f"rec {n}" for n in range(i + 100)]
+
+
+async def test_a_sink_fast_again_is_written_from_the_loop_again(
+    tmp_path: Path, logger: logging.Logger
+) -> None:
+    path = tmp_path / "slow-then-fast.log"
+    handler = _SwitchableSlowFile(path, slow_hold=0.05)
+    handler.write_delay = 0.005
+    handler.setFormatter(logging.Formatter("rec %(message)s"))
+    logger.addHandler(handler)
+    n = 0
+    deadline = time.monotonic() + 20
+    while not handler.threaded:
+        assert time.monotonic() < deadline, "the slow file was never handed to the writer"
+        logger.info("%d", n)
+        n += 1
+        await asyncio.sleep(0.001)
+    handler.write_delay = 0.0
+    # A probe at the end of the hold (or a fast write of the writer thread)
+    # gives the writing back to the loop.
+    while handler.threaded:
+        assert time.monotonic() < deadline, "the fast sink stayed with the writer thread"
+        logger.info("%d", n)
+        n += 1
+        await asyncio.sleep(0.002)
+    loop_writes = handler._loop_writes
+    for _ in range(20):
+        logger.info("%d", n)
+        n += 1
+        await asyncio.sleep(0)
+    assert handler._loop_writes > loop_writes
+    await handler.aclose()
+    assert _lines(path) == [f"rec {i}" for i in range(n)]
+
+
 async def test_a_fast_file_is_written_from_the_loop_once_per_iteration(
     tmp_path: Path, logger: logging.Logger
 ) -> None:
@@ -330,7 +400,10 @@ async def test_a_fast_file_is_written_from_the_loop_once_per_iteration(
     assert await handler.aflush(10)
     assert not handler.threaded  # a fast file: the loop writes
     await _burst(lambda k, i: logger.info("user %s did %s %d", k, "login", i), per=100)
-    # One write per loop iteration (10 records each), not one per record.
+    # The first loop write was a probe (by the helper thread, while the loop
+    # waited), the others the loop's own: one per iteration (10 records
+    # each), not one per record.
+    assert handler._probe_writes == 1
     assert 0 < handler._loop_writes <= 110
     await handler.aclose()
     assert len(_lines(path)) == COROUTINES * 100 + 1

@@ -164,6 +164,28 @@ def test_rotation_under_load_keeps_every_record(tmp_path: Path, logger: logging.
     assert handler.dropped == 0
 
 
+def test_the_prober_times_a_write_without_the_caller_waiting_for_all_of_it() -> None:
+    from anycore.logging._access import PROBER
+
+    lock = threading.Lock()
+    lock.acquire()
+    done: list[str] = []
+    # A fast write: the caller holds the lock again when timed() returns.
+    assert PROBER.timed(lambda: done.append("fast"), lock, 10.0) is True
+    assert done == ["fast"]
+    assert not lock.acquire(False)
+    # A write still running after `wait`: the caller goes on without the
+    # lock, which the helper releases when the write returns.
+    release = threading.Event()
+    started = time.perf_counter()
+    assert PROBER.timed(lambda: release.wait(30), lock, 0.01) is False
+    assert time.perf_counter() - started < 5  # 2 x wait, and a loaded machine
+    assert not lock.acquire(False)
+    release.set()
+    assert lock.acquire(timeout=10)
+    lock.release()
+
+
 def test_timed_rotation(tmp_path: Path, logger: logging.Logger) -> None:
     path = tmp_path / "t.log"
     handler = TimedRotatingFileHandler(path, when="S", interval=1, backupCount=5)
@@ -316,7 +338,7 @@ def test_forked_child_does_not_duplicate_parent_records(tmp_path: Path) -> None:
                 lg.warning("rec 2")
                 # The parent's queued "rec 1" is not ours to write; only our
                 # own record may be waiting for our (new) writer.
-                ok = fh.wait_flushed(30) and list(sink._buf) in ([], ["rec 2"])
+                ok = fh.wait_flushed(30) and list(sink._pending.items) in ([], ["rec 2"])
                 os._exit(0 if ok else 1)
             except BaseException:
                 os._exit(2)

@@ -5,37 +5,29 @@ bounds, the overflow policy, who writes (the loop, a plain thread, or the
 writer thread) and when.  The file and stream flavours built on it live in
 :mod:`._sink`; the child-forwarding and SMTP handlers subclass it too.
 
-How a record travels (docs/logging.md, "Design"):
+How a record travels (docs/logging.md, "Design", also says what was
+rejected and why):
 
-* ``emit`` runs on the caller's thread (the loop thread, usually): it formats
-  the record and encodes it to bytes there, then appends them to one pending
-  buffer, bounded in records *and* bytes.
-* While the sink is fast (a local file, a pipe or terminal with room), the
-  loop itself writes the buffer: at most once per loop iteration (a
-  ``call_soon`` armed by the first record of the iteration), or at once when
-  64 KiB are waiting.  Plain threads (and non-asyncio loops) write their
-  record at once.  A write on the loop costs one syscall per iteration, not
-  one per record, and no other thread is involved.
-* Every write is timed.  When the writes' moving average passes
-  ``slow_write`` (a slow disk, NFS, a sink that sleeps; one hiccup of a
-  loaded machine does not count, one write ten times too slow does), or a
-  pipe has no room, the writing goes to the handler's writer thread for at
-  least ``slow_hold`` seconds; the loop then
-  only appends.  When the writer has found the sink fast again, the loop
-  takes the writing back.
+* ``emit`` formats and encodes the record on the caller's thread and appends
+  the bytes to one pending buffer, bounded in records *and* bytes.
+* While the sink is fast, the loop itself writes the buffer: at most once
+  per loop iteration (a ``call_soon`` armed by the first record of the
+  iteration), or at once when 64 KiB are waiting; a pipe or terminal only in
+  pieces it takes without waiting (:mod:`._access`).  Plain threads (and
+  trio) write their record at once.
+* The first write to a regular file (whose speed nothing tells in advance)
+  is a probe: a helper thread makes it while the loop waits at most
+  ``slow_write`` (:class:`._access.Prober`).  A probe or a later write slower
+  than ``slow_write`` (plus 10 ns per byte), or a pipe without room, hands
+  the writing to the handler's writer thread for a hold (10 ms, doubling
+  while the sink stays slow, up to ``slow_hold``); the loop then only
+  appends.  It takes the writing back when a probe at the end of the hold,
+  or a write of the writer thread, is fast.
 * When the buffer is full the ``overflow`` policy decides: ``"block"`` (the
   default) makes the caller write the buffer itself, waiting for the sink as
-  the stdlib's FileHandler does, so nothing is ever lost; ``"drop_oldest"``
-  and ``"drop_newest"`` drop and count (``handler.dropped``), and the count is
-  written into the sink itself once.
-
-Why not a writer thread for everything (the previous design): a thread that
-writes must get the GIL back after every syscall, and a busy loop thread keeps
-it for the 5 ms switch interval, so the writer drained far slower than the
-loop produced and a burst filled any bounded queue.  Rejected as well:
-``QueueHandler`` + ``QueueListener`` (a lock per put, formatting in the
-listener, the same GIL starvation) and ``asyncio`` file I/O in executors (a
-thread hop per record).
+  the stdlib's FileHandler does; ``"drop_oldest"`` and ``"drop_newest"``
+  drop and count (``handler.dropped``), and the count is written into the
+  sink itself once.
 """
 
 from __future__ import annotations
@@ -48,12 +40,22 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import anyio
 
 from . import _lifecycle
-from ._access import PIPE_BUF, Access, fd_access, writable
+from ._access import (
+    PROBER,
+    Access,
+    Signal,
+    fd_access,
+    may_stall,
+    on_loop_thread,
+    on_trio,
+    write_polled,
+)
+from ._pending import Pending, item_size
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -67,19 +69,6 @@ _get_running_loop = asyncio._get_running_loop
 _perf = time.perf_counter
 
 
-def _on_trio() -> bool:
-    # A trio loop thread must not wait for a pipe either.  (Asked only where
-    # no asyncio loop runs; trio is never imported here.)
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return False
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return False
-    return True
-
-
 Overflow = Literal["block", "drop_oldest", "drop_newest"]
 _OVERFLOWS = ("block", "drop_oldest", "drop_newest")
 
@@ -91,35 +80,15 @@ DEFAULT_MAX_BATCH = 4096
 WRITE_SIZE = 64 * 1024
 # The most one loop iteration writes (a backlog is spread over iterations).
 LOOP_WRITE_MAX = 1024 * 1024
-
-
-class _Signal:
-    """A wake-up flag for one sleeper, built on a bare lock.
-
-    ``set()`` is one C call (``Lock.release``); ``threading.Event.set`` takes
-    a Condition's lock and notifies, several microseconds on the loop side.
-    """
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        try:
-            self._lock.release()
-        except RuntimeError:  # already set
-            pass
-
-    def clear(self) -> None:
-        self._lock.acquire(False)
-
-    def wait(self) -> None:
-        self._lock.acquire()
-
-
-_T = TypeVar("_T")
+# A write is slow when it takes longer than slow_write plus this per byte
+# (10 ns: a sink taking 100 MB/s is not slow, whatever one write took).
+SLOW_PER_BYTE = 1e-8
+# The first hold after a slow write; it doubles up to slow_hold while the
+# sink stays slow.
+HOLD_MIN = 0.01
+# Probes in a row whose helper thread got no CPU in time (each costs the
+# loop slow_write) before the loop writes and times the batch itself.
+PROBE_MISSES = 10
 
 
 class ThreadedHandler(logging.Handler):
@@ -140,11 +109,12 @@ class ThreadedHandler(logging.Handler):
             writes the buffer itself, nothing is lost), ``"drop_oldest"`` or
             ``"drop_newest"`` (counted in :attr:`dropped` and reported once in
             the sink).
-        slow_write: seconds; when the moving average of the write times
-            passes it (or one write takes ten times as long), the writer
-            thread takes the writing over.
-        slow_hold: seconds the writer thread keeps the writing after a slow
-            write before the loop may take it back.
+        slow_write: seconds; a write (or the probe of a new file) slower
+            than this, plus 10 ns per byte, hands the writing to the writer
+            thread.  The loop waits at most this long for a probe.
+        slow_hold: seconds; the longest the writer thread keeps the writing
+            after a slow write before the loop probes the sink again (the
+            first hold is 10 ms, doubled while the sink stays slow).
         close_timeout: how long :meth:`close` and :meth:`flush` wait for the
             sink.
     """
@@ -157,7 +127,7 @@ class ThreadedHandler(logging.Handler):
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_batch: int = DEFAULT_MAX_BATCH,
         overflow: Overflow = "block",
-        slow_write: float = 0.0005,
+        slow_write: float = 0.00025,
         slow_hold: float = 1.0,
         close_timeout: float = 10.0,
     ) -> None:
@@ -181,7 +151,7 @@ class ThreadedHandler(logging.Handler):
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_batch: int = DEFAULT_MAX_BATCH,
         overflow: Overflow = "block",
-        slow_write: float = 0.0005,
+        slow_write: float = 0.00025,
         slow_hold: float = 1.0,
         close_timeout: float = 10.0,
     ) -> None:
@@ -189,8 +159,7 @@ class ThreadedHandler(logging.Handler):
             raise ValueError("queue_size, max_bytes and max_batch must be at least 1")
         if overflow not in _OVERFLOWS:
             raise ValueError(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
-        self.queue_size = queue_size
-        self.max_bytes = max_bytes
+        self._pending = Pending(queue_size, max_bytes)
         self.max_batch = max_batch
         self.overflow: Overflow = overflow
         self.slow_write = slow_write
@@ -203,29 +172,34 @@ class ThreadedHandler(logging.Handler):
         self._written = 0
         self._loop_writes = 0
         self._thread_writes = 0
+        self._probe_writes = 0
         self._sink_ok = True
         self._closed = False
         self._reset_state()
         _lifecycle.register(self)
+        if self._default_access() != "thread":
+            PROBER.start()  # where a wait does not matter (not at the first write)
 
     def _reset_state(self) -> None:
         # Everything a fork must not share with the parent.
-        self._buf: list[Any] = []
-        self._buf_bytes = 0
-        # Held for a few bytecodes: appending, or swapping the buffer out.
-        self._buf_lock = threading.Lock()
+        pending = self._pending
+        self._pending = Pending(pending.max_items, pending.max_bytes)
         # Held for a write: whoever holds it writes everything taken, in order.
         self._write_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._access_mode: Access | None = None
-        # The loop writes until a write is measured slow.  (A first write by
-        # the writer thread cannot tell a slow sink from a busy loop: its
-        # timing includes the wait for the GIL after the syscall.)
+        # The loop writes until a probe or a write is measured slow.  (The
+        # writer thread's timing cannot tell a slow sink from a busy loop: it
+        # includes the wait for the GIL after the syscall.)
         self._direct = True
+        self._probe_due = False  # set when a sink that may stall is classified
+        self._probe_misses = 0
         self._slow_until = 0.0
-        self._write_time = 0.0  # moving average of the writes' durations
-        self._wake = _Signal()
+        self._hold = 0.0
+        self._last_slow = -1e9
+        self._start_pending = False
+        self._wake = Signal()
         self._sleeping = False
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -263,8 +237,8 @@ class ThreadedHandler(logging.Handler):
         if self._closed:
             self._write_after_close(item)
             return
-        size = self._item_size(item)
-        waiting = self._append(item, size)
+        size = item_size(item)
+        waiting = self._pending.append(item, size)
         loop = _get_running_loop()
         if loop is not None and loop is not _lifecycle._last_loop:
             _lifecycle.note_loop(loop)
@@ -275,22 +249,15 @@ class ThreadedHandler(logging.Handler):
                 self._go_threaded()
             elif self._sleeping:
                 self._wake.set()
+            if loop is not None and self._flush_loop is not loop:
+                self._arm(loop)  # to probe the sink again at the end of the hold
         elif loop is None:
             # A plain thread (or trio's loop) writes now, as the stdlib does.
-            self._drain_here(_on_trio())
+            self._drain_here(on_trio())
         elif waiting >= WRITE_SIZE:
             self._drain_here(True)
         elif self._flush_loop is not loop:
             self._arm(loop)
-
-    def _append(self, item: Any, size: int) -> int:
-        # The bytes now waiting, or -1 when the buffer has no room for item.
-        with self._buf_lock:
-            if self._buf_bytes + size > self.max_bytes or len(self._buf) >= self.queue_size:
-                return -1
-            self._buf.append(item)
-            self._buf_bytes += size
-            return self._buf_bytes
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         # Write at the end of this loop iteration.
@@ -301,67 +268,60 @@ class ThreadedHandler(logging.Handler):
         else:  # another thread's loop will write; this one does not wait for it
             self._drain_here(True)
 
-    def _item_size(self, item: Any) -> int:
-        try:
-            return len(item)
-        except TypeError:
-            return 512  # not bytes-like (an e-mail message): a nominal size
-
     def _overflowed(self, item: Any, size: int, loop: asyncio.AbstractEventLoop | None) -> None:
         policy = self.overflow
         if policy == "drop_newest":
-            with self._buf_lock:
+            with self._pending.lock:
                 self._dropped += 1
         elif policy == "drop_oldest":
-            with self._buf_lock:
-                buf = self._buf
-                dropped = 0
-                while dropped < len(buf) and (
-                    self._buf_bytes + size > self.max_bytes or len(buf) - dropped >= self.queue_size
-                ):
-                    self._buf_bytes -= self._item_size(buf[dropped])
-                    dropped += 1
-                del buf[:dropped]
-                if self._buf_bytes + size <= self.max_bytes:
-                    buf.append(item)
-                    self._buf_bytes += size
-                else:  # bigger than the whole buffer
-                    dropped += 1
+            dropped = self._pending.drop_oldest_for(item, size)
+            with self._pending.lock:
                 self._dropped += dropped
         else:
             # "block": the caller pays for the I/O, as with the stdlib's
             # handlers, waiting for a writer thread in the middle of a write.
             with self._write_lock:
-                self._write_taken(self._take(), on_loop=loop is not None, may_defer=False)
-                if self._append(item, size) < 0:  # one item larger than the whole buffer
+                self._write_taken(self._pending.take(), on_loop=loop is not None, may_defer=False)
+                if self._pending.append(item, size) < 0:  # one item larger than the whole buffer
                     self._write_taken([item], on_loop=loop is not None, may_defer=False)
         # Make sure whoever writes now knows there is work.
         if not self._direct:
             self._wake.set()
         elif loop is None:
-            self._drain_here(_on_trio())
+            self._drain_here(on_trio())
         elif self._flush_loop is not loop:
             self._arm(loop)
-
-    def _take(self) -> list[Any]:
-        with self._buf_lock:
-            batch = self._buf
-            if batch:
-                self._buf = []
-                self._buf_bytes = 0
-            return batch
-
-    def _give_back(self, batch: list[Any]) -> None:
-        # Put records taken but not written back at the head of the buffer.
-        with self._buf_lock:
-            self._buf[:0] = batch
-            self._buf_bytes += sum(self._item_size(i) for i in batch)
 
     def _flush_soon(self) -> None:
         # End of a loop iteration in which records were buffered.
         self._flush_loop = None
         if self._direct:
             self._drain_here(True)
+        elif (
+            time.monotonic() >= self._slow_until
+            and self._access() == "direct"
+            and self._write_lock.acquire(False)  # not while the writer writes
+        ):
+            # The hold is over: probe the sink again with what is waiting.
+            held = True
+            try:
+                if not self._direct and self._pending.items:
+                    held = self._probe(self._pending.take_upto(WRITE_SIZE)) is not False
+            finally:
+                if held:
+                    self._write_lock.release()
+            if self._pending.items:
+                self._rearm()
+        else:
+            self._wake.set()
+
+    def _rearm(self) -> None:
+        # Continue at the end of the next loop iteration.
+        if self._direct:
+            loop = _get_running_loop()
+            if loop is not None and self._flush_loop is None:
+                self._flush_loop = loop
+                loop.call_soon(self._flush_soon)
         else:
             self._wake.set()
 
@@ -371,41 +331,67 @@ class ThreadedHandler(logging.Handler):
         if self._access() == "thread":
             self._go_threaded()
             return
-        with self._write_lock:
+        lock = self._write_lock
+        lock.acquire()
+        held = True
+        try:
             if not self._direct:
                 self._wake.set()
-                return
-            if not on_loop:
-                self._write_taken(self._take(), on_loop=False)
-                return
-            # One loop iteration writes at most LOOP_WRITE_MAX: a backlog (left
-            # by the writer thread) is written over several iterations.
-            self._write_taken(self._take_upto(LOOP_WRITE_MAX), on_loop=True)
-            if self._buf:
-                loop = _get_running_loop()
-                if loop is not None and self._flush_loop is None:
-                    self._flush_loop = loop
-                    loop.call_soon(self._flush_soon)
+            elif not on_loop:
+                self._write_taken(self._pending.take(), on_loop=False)
+            else:
+                if self._probe_due:
+                    fast = self._probe(self._pending.take_upto(WRITE_SIZE))
+                    if fast is None:
+                        self._rearm()
+                        return
+                    if not fast:
+                        held = False  # slow: the prober releases the lock
+                        return
+                # One loop iteration writes at most LOOP_WRITE_MAX: a backlog
+                # (left by the writer thread) is written over several iterations.
+                self._write_taken(self._pending.take_upto(LOOP_WRITE_MAX), on_loop=True)
+                if self._pending.items:
+                    self._rearm()
+        finally:
+            if held:
+                lock.release()
 
-    def _take_upto(self, limit: int) -> list[Any]:
-        with self._buf_lock:
-            buf = self._buf
-            if self._buf_bytes <= limit:
-                if buf:
-                    self._buf = []
-                    self._buf_bytes = 0
-                return buf
-            size = 0
-            cut = 0
-            for item in buf:
-                size += self._item_size(item)
-                cut += 1
-                if size >= limit:
-                    break
-            batch = buf[:cut]
-            del buf[:cut]
-            self._buf_bytes -= size
-            return batch
+    def _probe(self, batch: list[Any]) -> bool | None:
+        """Have the prober write ``batch`` while this (loop) thread waits.
+
+        The caller holds the write lock.  True: the write took at most
+        ``slow_write`` (the loop writes; the caller holds the lock again).
+        False: it is still running (the writer thread takes over; the prober
+        releases the lock).  None: the prober got no CPU in that time, which
+        says nothing about the sink; the batch is back in the buffer and the
+        next iteration probes again (after PROBE_MISSES, the loop writes and
+        times it itself).
+        """
+        if not batch:
+            return True
+
+        def write() -> None:
+            self._safe_write(batch)
+            self._writer_flush_safely()
+            self._probe_writes += 1
+
+        fast = PROBER.timed(write, self._write_lock, self.slow_write)
+        if fast is None:
+            self._probe_misses += 1
+            if self._probe_misses < PROBE_MISSES:
+                self._pending.give_back(batch)
+                return None
+            self._write_taken(batch, on_loop=True)
+            fast = True
+        self._probe_due = False
+        self._probe_misses = 0
+        if fast:
+            self._direct = True
+        else:
+            self._mark_slow()
+            self._go_threaded()
+        return fast
 
     def _write_taken(self, batch: list[Any], *, on_loop: bool, may_defer: bool = True) -> bool:
         """Write ``batch`` (the caller holds the write lock); False if deferred.
@@ -420,7 +406,7 @@ class ThreadedHandler(logging.Handler):
             if on_loop and may_defer and self._access() == "polled":
                 rest = self._write_polled(batch)
                 if rest:
-                    self._give_back(rest)
+                    self._pending.give_back(rest)
                     self._slow_until = time.monotonic() + self.slow_hold
                     self._go_threaded()
                     return False
@@ -429,7 +415,8 @@ class ThreadedHandler(logging.Handler):
                 self._writer_flush_safely()
             if on_loop:
                 self._loop_writes += 1
-            if self._timed(_perf() - started):
+            if self._too_slow(_perf() - started, batch):
+                self._mark_slow()
                 if self._direct:
                     self._go_threaded()
             elif not self._direct and time.monotonic() >= self._slow_until:
@@ -439,44 +426,39 @@ class ThreadedHandler(logging.Handler):
         return True
 
     def _write_polled(self, batch: list[Any]) -> list[Any]:
-        # Pieces of at most PIPE_BUF bytes, each after a poll that says the
-        # sink has room: none of these writes can block.  Returns the rest.
+        # Pieces that cannot block (see write_polled); returns the rest.
+        def write(piece: list[Any]) -> None:
+            self._safe_write(piece)
+            self._writer_flush_safely()
+
         fd = self._fileno()
         if fd is None:
-            self._safe_write(batch)
-            self._writer_flush_safely()
+            write(batch)
             return []
-        start = 0
-        n = len(batch)
-        while start < n:
-            end = start
-            size = 0
-            while end < n:
-                item = batch[end]
-                item_size = len(item) if type(item) is not str or item.isascii() else 4 * len(item)
-                if size + item_size > PIPE_BUF and end > start:
-                    break
-                size += item_size
-                end += 1
-            if size > PIPE_BUF or not writable(fd):
-                return batch[start:]
-            self._safe_write(batch[start:end])
-            self._writer_flush_safely()
-            start = end
-        return []
+        return write_polled(fd, batch, write)
 
     def _go_threaded(self) -> None:
         self._direct = False
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None and not self._closed:
-                    self._thread = threading.Thread(
-                        target=self._run,
-                        name=f"anycore-log-writer:{self.name or id(self)}",
-                        daemon=True,
-                    )
-                    self._thread.start()
+        if self._thread is None and not self._start_pending:
+            # Thread.start() waits until the thread runs: not on a loop thread.
+            on_loop = on_loop_thread()
+            if on_loop and PROBER.submit(self._start_writer):
+                self._start_pending = True
+            else:
+                self._start_writer()
         self._wake.set()
+
+    def _start_writer(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._closed:
+                thread = threading.Thread(
+                    target=self._run,
+                    name=f"anycore-log-writer:{self.name or id(self)}",
+                    daemon=True,
+                )
+                thread.start()
+                self._thread = thread
+            self._start_pending = False
 
     def _access(self) -> Access:
         """How the loop may write this sink (see the module's design note)."""
@@ -484,7 +466,13 @@ class ThreadedHandler(logging.Handler):
         if mode is None:
             fd = self._fileno()
             mode = self._access_mode = self._default_access() if fd is None else fd_access(fd)
+            self._probe_due = mode == "direct" and self._may_stall(fd)
         return mode
+
+    def _may_stall(self, fd: int | None) -> bool:
+        # Whether the first write must be a probe (a regular file may be on
+        # a slow disk); an in-memory stream and /dev/null never wait.
+        return fd is not None and may_stall(fd)
 
     def _default_access(self) -> Access:
         # A sink without a file descriptor (a network session, an e-mail):
@@ -507,6 +495,24 @@ class ThreadedHandler(logging.Handler):
     # -- statistics -------------------------------------------------------------
 
     @property
+    def queue_size(self) -> int:
+        """Most records waiting to be written."""
+        return self._pending.max_items
+
+    @queue_size.setter
+    def queue_size(self, value: int) -> None:
+        self._pending.max_items = value
+
+    @property
+    def max_bytes(self) -> int:
+        """Most bytes waiting to be written (the memory bound)."""
+        return self._pending.max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self._pending.max_bytes = value
+
+    @property
     def dropped(self) -> int:
         """Records dropped by a lossy overflow policy, or lost to a failing sink."""
         return self._dropped + self._failed
@@ -514,12 +520,12 @@ class ThreadedHandler(logging.Handler):
     @property
     def queued(self) -> int:
         """Records waiting to be written now."""
-        return len(self._buf)
+        return len(self._pending.items)
 
     @property
     def queued_bytes(self) -> int:
         """Bytes waiting to be written now."""
-        return self._buf_bytes
+        return self._pending.size
 
     @property
     def written(self) -> int:
@@ -537,17 +543,22 @@ class ThreadedHandler(logging.Handler):
         wake = self._wake
         active = False
         while True:
-            if self._buf:
+            if self._pending.items:
                 active = True
                 with self._write_lock:
-                    batch = self._take_batch()
+                    batch = self._pending.take_items(self.max_batch)
                     if batch:
                         started = _perf()
                         self._safe_write(batch)
                         self._writer_flush_safely()
                         self._thread_writes += 1
-                        slow = self._timed(_perf() - started)
-                        if not slow and not self._direct and time.monotonic() >= self._slow_until:
+                        # Only a fast write counts here: a slow one may be a
+                        # wait for the GIL behind a busy loop.
+                        if (
+                            not self._direct
+                            and time.monotonic() >= self._slow_until
+                            and not self._too_slow(_perf() - started, batch)
+                        ):
                             self._give_back_writing()
                 continue
             # Idle: report drops, give the writing back to the loop when the
@@ -567,23 +578,33 @@ class ThreadedHandler(logging.Handler):
                 not self._direct
                 and time.monotonic() >= self._slow_until
                 and self._give_back_writing()
-                and self._buf
+                and self._pending.items
             ):
                 continue  # appended while we switched: written next round
             active = False
             wake.clear()
             self._sleeping = True
-            if not self._buf and not self._closing:
+            if not self._pending.items and not self._closing:
                 wake.wait()
             self._sleeping = False
 
-    def _timed(self, took: float) -> bool:
-        """Account one write's duration; True when the sink counts as slow."""
-        average = self._write_time = 0.8 * self._write_time + 0.2 * took
-        if average > self.slow_write or took > 10 * self.slow_write:
-            self._slow_until = time.monotonic() + self.slow_hold
-            return True
-        return False
+    def _too_slow(self, took: float, batch: list[Any]) -> bool:
+        """Whether writing ``batch`` in ``took`` seconds makes the sink slow."""
+        if took <= self.slow_write:
+            return False
+        return took > self.slow_write + SLOW_PER_BYTE * sum(map(item_size, batch))
+
+    def _mark_slow(self) -> None:
+        # The writer thread keeps the writing for a hold: HOLD_MIN after a
+        # long fast spell, doubling while the sink stays slow.
+        now = time.monotonic()
+        if now - self._last_slow > self._hold + self.slow_hold:
+            hold = min(HOLD_MIN, self.slow_hold)
+        else:
+            hold = min(2 * self._hold, self.slow_hold)
+        self._hold = hold
+        self._last_slow = now
+        self._slow_until = now + hold
 
     def _give_back_writing(self) -> bool:
         # The sink has been fast for slow_hold: the loop writes again.  What
@@ -593,20 +614,6 @@ class ThreadedHandler(logging.Handler):
             return False
         self._direct = True
         return True
-
-    def _take_batch(self) -> list[Any]:
-        # At most max_batch records per write keeps one join (which holds the
-        # GIL) short.
-        with self._buf_lock:
-            buf = self._buf
-            if len(buf) <= self.max_batch:
-                self._buf = []
-                self._buf_bytes = 0
-                return buf
-            batch = buf[: self.max_batch]
-            del buf[: self.max_batch]
-            self._buf_bytes -= sum(self._item_size(i) for i in batch)
-            return batch
 
     def _safe_write(self, batch: list[Any]) -> None:
         try:
@@ -690,8 +697,8 @@ class ThreadedHandler(logging.Handler):
         if not self._write_lock.acquire(timeout=max(wait, 0.0)):
             return False
         try:
-            on_loop = _get_running_loop() is not None or _on_trio()
-            return self._write_taken(self._take(), on_loop=on_loop)
+            on_loop = on_loop_thread()
+            return self._write_taken(self._pending.take(), on_loop=on_loop)
         finally:
             self._write_lock.release()
 
@@ -701,9 +708,14 @@ class ThreadedHandler(logging.Handler):
         Returns:
             Whether everything was written in time.
         """
-        if not self._buf and not self._write_lock.locked():
+        if not self._pending.items and not self._write_lock.locked():
             return True
-        if self._direct and self._access() == "direct" and not self._write_lock.locked():
+        if (
+            self._direct
+            and self._access() == "direct"
+            and not self._probe_due
+            and not self._write_lock.locked()
+        ):
             return self.wait_flushed(timeout)  # a fast sink: no thread hop
         return await anyio.to_thread.run_sync(self.wait_flushed, timeout, abandon_on_cancel=True)
 
@@ -713,7 +725,7 @@ class ThreadedHandler(logging.Handler):
         ``logging.shutdown`` and plain threads get the stdlib meaning (written
         when this returns); a coroutine should ``await handler.aflush()``.
         """
-        if not self._direct and (_get_running_loop() is not None or _on_trio()):
+        if not self._direct and (on_loop_thread()):
             self._wake.set()
             return
         self.wait_flushed()
@@ -735,7 +747,7 @@ class ThreadedHandler(logging.Handler):
             if thread.is_alive():
                 sys.stderr.write(
                     f"anycore.logging: {type(self).__name__} writer did not finish in "
-                    f"{self.close_timeout}s; {len(self._buf)} records not written\n"
+                    f"{self.close_timeout}s; {len(self._pending.items)} records not written\n"
                 )
                 self._thread = None
                 _lifecycle.unregister(self)
@@ -745,7 +757,7 @@ class ThreadedHandler(logging.Handler):
         if self._write_lock.acquire(timeout=self.close_timeout):
             try:
                 # Records buffered while the writer was finishing are written here.
-                self._safe_write_all(self._take())
+                self._safe_write_all(self._pending.take())
                 if self._sink_ok and self._dropped + self._failed > self._reported_dropped:
                     self._write_drop_notice()
                 self._writer_flush()

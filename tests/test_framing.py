@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from typing import cast
 
@@ -562,3 +565,43 @@ def test_framing_example_self_demo() -> None:
     ):
         assert expected in proc.stdout
     assert proc.stdout.rstrip().endswith("done")
+
+
+def test_the_framers_load_neither_anyio_nor_asyncio() -> None:
+    # In a fresh interpreter: the sans-IO layer (and the errors it raises) must
+    # not pull the async stack in; a ClosedError looked up later still has
+    # anyio's base, and the framers' errors keep their identity.
+    code = textwrap.dedent(
+        """
+        import sys
+        import anycore
+        from anycore._net._framing import TerminatorFramer
+        from anycore.errors import FrameTooLarge
+        framer = TerminatorFramer(max_frame_size=4)
+        try:
+            framer.feed(b"too long\\n")
+            framer.next_frame()
+        except FrameTooLarge:
+            pass
+        else:
+            raise SystemExit("no FrameTooLarge")
+        loaded = sorted({"anyio", "asyncio", "trio", "uvloop"} & set(sys.modules))
+        assert not loaded, loaded
+        framer = TerminatorFramer()
+        framer.feed_eof()
+        try:
+            framer.feed(b"x")
+        except Exception as exc:
+            import anyio
+            assert isinstance(exc, anyio.ClosedResourceError), type(exc).__mro__
+            assert exc.__class__ is anycore.errors.ClosedError is anycore.ClosedError
+        else:
+            raise SystemExit("feed after feed_eof accepted")
+        print("ok")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors as _errors
 from ._version import __version__ as __version__
-from .errors import *  # noqa: F403 - every error is public, errors.__all__ lists them
+
+if TYPE_CHECKING:
+    from .errors import *  # noqa: F403 - every error is public, errors.__all__ lists them
 
 # name -> private module that defines it.  Each facility owns one section.
 _LAZY: dict[str, str] = {
@@ -170,17 +172,22 @@ __all__ = ["__version__", *_errors.__all__, *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'anycore' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module, __name__), name)
+    if name in _errors.__all__:
+        # Looked up rather than star-imported: the anyio-derived errors import
+        # anyio when first used, and ``import anycore`` should not.
+        value = getattr(_errors, name)
+    else:
+        try:
+            module = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module 'anycore' has no attribute {name!r}") from None
+        value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_errors.__all__) | set(_LAZY))
 
 
 if TYPE_CHECKING:

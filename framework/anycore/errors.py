@@ -17,20 +17,52 @@ is the peer's fault (a frame too large received, malformed input).  Both are
 
 This module is public (``anycore.errors``); every name is also exported from
 ``anycore`` itself.
+
+Importing it loads no anyio (the sans-IO framers raise these errors and must
+load nothing async).  The classes that derive from anyio's are defined with
+stand-in bases and kept out of the module's namespace; the first time one of
+them is looked up (``anycore.errors.ClosedError``, ``from anycore.errors
+import QueueFull``, unpickling), anyio is imported, each stand-in base is
+replaced by anyio's real class (``__bases__``), and they are published (PEP
+562).  Each class is created once, so its identity never changes, and nobody
+outside this module can see one before it has its anyio base.
 """
 
 from __future__ import annotations
 
 import errno
 import queue
+from typing import TYPE_CHECKING, Any
 
-import anyio
+if TYPE_CHECKING:
+    import anyio as _anyio
+else:
+
+    class _anyio:
+        """Stand-ins for anyio's base classes until anyio is imported (see above)."""
+
+        class ClosedResourceError(Exception):
+            pass
+
+        class BrokenResourceError(Exception):
+            pass
+
+        class BusyResourceError(Exception):
+            pass
+
+        class EndOfStream(Exception):
+            pass
+
+        class WouldBlock(Exception):
+            pass
+
 
 __all__ = [
     "AnycoreError",
     "ClosedError",
     "BrokenError",
     "BusyError",
+    "WouldBlock",
     "LoopUnavailable",
     "BackendNotSupported",
     "RuntimeStateError",
@@ -82,20 +114,29 @@ class AnycoreError(Exception):
 # -- resource states (anyio names them; anycore's errors are anyio's too) ----
 
 
-class ClosedError(AnycoreError, anyio.ClosedResourceError):
+class ClosedError(AnycoreError, _anyio.ClosedResourceError):
     """The resource was closed by this side and can no longer be used."""
 
 
-class BrokenError(AnycoreError, anyio.BrokenResourceError):
+class BrokenError(AnycoreError, _anyio.BrokenResourceError):
     """The resource broke (the peer reset, the process died) and is unusable."""
 
 
-class BusyError(AnycoreError, anyio.BusyResourceError):
+class BusyError(AnycoreError, _anyio.BusyResourceError):
     """Another task is already doing this with the resource."""
 
     def __init__(self, action: str = "use") -> None:
         AnycoreError.__init__(self, f"another task is already {action}ing this resource")
         self.action = action
+
+
+class WouldBlock(AnycoreError, _anyio.WouldBlock):
+    """A ``*_nowait`` call could not proceed without waiting.
+
+    Every ``*_nowait`` method raises it (or a subclass: :class:`QueueEmpty`,
+    :class:`QueueFull`) instead of returning a flag, as trio and anyio do;
+    also anyio's ``WouldBlock``.
+    """
 
 
 # -- runtime ------------------------------------------------------------------
@@ -340,12 +381,12 @@ class QueueClosed(ClosedError):
     """The queue was closed: no more puts, and gets once it is empty."""
 
 
-class QueueEmpty(AnycoreError, queue.Empty):
-    """``get_nowait`` found nothing to get; also a :class:`queue.Empty`."""
+class QueueEmpty(WouldBlock, queue.Empty):
+    """``get_nowait`` found nothing to get; a :class:`WouldBlock` and a :class:`queue.Empty`."""
 
 
-class QueueFull(AnycoreError, queue.Full):
-    """``put_nowait`` found no room; also a :class:`queue.Full`."""
+class QueueFull(WouldBlock, queue.Full):
+    """``put_nowait`` found no room; a :class:`WouldBlock` and a :class:`queue.Full`."""
 
 
 class TooManyReleases(AnycoreError, ValueError):
@@ -448,7 +489,7 @@ class AuthenticationError(AnycoreError):
     """
 
 
-class PeerClosed(AnycoreError, anyio.EndOfStream, EOFError):
+class PeerClosed(AnycoreError, _anyio.EndOfStream, EOFError):
     """The peer closed the connection: no more messages will come.
 
     An :class:`EOFError`, as multiprocessing raises there, and anyio's
@@ -505,3 +546,38 @@ def _describe_exit(exitcode: int) -> str:
         except ValueError:
             return f"killed by signal {-exitcode}"
     return f"exit status {exitcode}"
+
+
+# -- the anyio-derived classes, published on first use (see the module's note) --
+
+if not TYPE_CHECKING:
+    _STAND_INS = {cls: name for name, cls in vars(_anyio).items() if isinstance(cls, type)}
+    _PENDING: dict[str, type] = {
+        name: obj
+        for name, obj in list(globals().items())
+        if isinstance(obj, type) and any(base in _STAND_INS for base in obj.__mro__)
+    }
+    for _name in _PENDING:
+        del globals()[_name]
+    del _name, _anyio
+
+    def _bind_anyio() -> None:
+        import anyio
+
+        for cls in _PENDING.values():
+            if any(base in _STAND_INS for base in cls.__bases__):
+                cls.__bases__ = tuple(
+                    getattr(anyio, _STAND_INS[base]) if base in _STAND_INS else base
+                    for base in cls.__bases__
+                )
+        # Published only once every base is anyio's (subclasses follow their bases).
+        globals().update(_PENDING)
+
+    def __getattr__(name: str) -> Any:
+        if name in _PENDING:
+            _bind_anyio()
+            return _PENDING[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(_PENDING))

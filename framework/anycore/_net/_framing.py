@@ -44,7 +44,6 @@ import struct
 from collections import deque
 
 from ..errors import (
-    ClosedError,
     FrameTooLarge,
     IncompleteFrame,
     LocalProtocolError,
@@ -280,6 +279,10 @@ class Framer:
     def _refuse_feed(self) -> None:
         if self._failed is not None:
             raise self._failed
+        # Imported here: ClosedError is anyio's ClosedResourceError too, and
+        # looking it up imports anyio, which the sans-IO layer must not load.
+        from ..errors import ClosedError
+
         raise ClosedError("feed() after feed_eof()")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue as stdlib_queue
+import sys
 import threading
 from typing import Any
 
@@ -279,6 +280,59 @@ async def test_thread_producer_to_task_consumer() -> None:
     await anyio.to_thread.run_sync(th.join)
     assert box == [("ok", None)]
     assert got == list(range(n))
+    assert q.statistics().threaded
+
+
+async def _race_consumers(
+    q: Queue[int], produce: Any, consume: Any, producers: int, taken: list[list[int]]
+) -> list[int]:
+    consumers = [start_thread(consume, out) for out in taken]
+    feeding = [start_thread(produce, k) for k in range(producers)]
+
+    def close_when_fed() -> None:
+        for th, _ in feeding:
+            th.join()
+        q.close()
+
+    closer, _ = start_thread(close_when_fed)
+    with anyio.fail_after(30):
+        on_loop = [item async for item in q]  # ends once closed and drained
+        for th in [closer] + [th for th, _ in consumers]:
+            await anyio.to_thread.run_sync(th.join)
+    assert all(box == [("ok", None)] for _, box in consumers + feeding)
+    return on_loop
+
+
+@pytest.mark.parametrize("queue_class", [Queue, LifoQueue])
+async def test_unbounded_thread_producers_task_and_thread_consumers_lose_nothing(
+    queue_class: type[Queue[int]],
+) -> None:
+    # Unbounded queues in thread-safe mode take items on the loop without the
+    # lock, racing the threads' locked takes: every item arrives exactly once.
+    q: Queue[int] = queue_class(0)
+    producers, per = 2, 50_000
+    taken: list[list[int]] = [[], []]
+
+    def produce(k: int) -> None:
+        for i in range(per):
+            q.sync_put(k * per + i)
+
+    def consume(out: list[int]) -> None:
+        for item in q.sync_iter():
+            out.append(item)
+
+    # Switch threads as often as possible: the race (a thread sees the last
+    # item, the loop takes it before the thread pops it) needs a switch there.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        on_loop = await _race_consumers(q, produce, consume, producers, taken)
+    finally:
+        sys.setswitchinterval(interval)
+
+    everything = on_loop + taken[0] + taken[1]
+    assert len(everything) == producers * per
+    assert sorted(everything) == list(range(producers * per))
     assert q.statistics().threaded
 
 

@@ -195,6 +195,8 @@ class RespParser:
                 if len(buf) - pos > self._MAX_HEADER:
                     raise RespError("invalid multibulk length")
                 return None
+            if nl - pos > self._MAX_HEADER:  # as when the line came byte by byte
+                raise RespError("invalid multibulk length")
             raw = buf[pos + 1 : nl]
             n = _LENGTHS.get(raw)
             if n is None:

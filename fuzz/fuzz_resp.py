@@ -14,9 +14,7 @@ RESP value; and one input costs bounded memory.
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import sys
 
 from _harness import MemoryBound, Reader, instrumented, main
@@ -34,17 +32,9 @@ LIMITS = [
 ]
 MEMORY = MemoryBound(per_byte=64, fixed=512 * 1024)
 
-# Known bugs: the xfail test of tests/test_fuzz.py and what an input hitting it
-# looks like.  "*-<31+ digits>\r\n" in one read is skipped like "*-1", but
-# refused as too long a header when it arrives split: such inputs skip the
-# split comparison.  ANYCORE_FUZZ_KNOWN=report reports them instead.
-KNOWN_BUGS = {
-    "long-negative-count": (
-        "test_resp_negative_multibulk_header_past_the_limit_is_refused_in_any_split"
-    ),
-}
-SKIP_KNOWN = os.environ.get("ANYCORE_FUZZ_KNOWN", "skip") != "report"
-_LONG_NEGATIVE = re.compile(rb"\*-\d{30,}")
+# Known bugs (each the strict xfail of tests/test_fuzz.py whose inputs the
+# checks skip; ANYCORE_FUZZ_KNOWN=report reports them instead): none now.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def parse(reads: list[bytes], limits: tuple[int, ...]) -> tuple[list[list[bytes]], str | None]:
@@ -120,8 +110,6 @@ def test_one_input(data: bytes) -> None:
     # was raised, and the commands before it, may not.  (Past
     # max_query_buffer, whether the limit is hit depends on the reads.)
     if len(stream) > limits[4]:
-        return
-    if SKIP_KNOWN and _LONG_NEGATIVE.search(stream):
         return
     if split[0] != whole[0] or (split[1] is None) != (whole[1] is None):
         raise AssertionError("cutting the input changed the result")

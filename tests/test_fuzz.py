@@ -758,13 +758,6 @@ def _resp_outcome(resp: Any, reads: list[bytes]) -> tuple[list[list[bytes]], boo
     return commands, False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RespParser skips '*-<digits>' like '*-1' without the 32-byte header "
-    "limit it applies while the line is incomplete: 87 digits in one read are "
-    "skipped, byte by byte they are refused (redis refuses a count past a long "
-    "long). Refuse nl - pos > _MAX_HEADER there too (fuzz_resp _LONG_NEGATIVE)",
-)
 def test_resp_negative_multibulk_header_past_the_limit_is_refused_in_any_split() -> None:
     resp = _resp_example()
     stream = b"*-" + b"1" * 87 + b"\r\n" + b"PING\r\n"

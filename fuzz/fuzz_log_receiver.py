@@ -14,12 +14,6 @@ the mode and the receiver's ``max_record_size``:
   unpickles at all; this mode reaches the record rebuilding and the message
   merge.
 
-Known bugs (tests/test_fuzz.py, the ``xfail`` tests named in
-:data:`KNOWN_BUGS`) are recognised by :func:`known_bug` and their inputs
-skipped, so that fuzzing goes on finding new ones; set
-``ANYCORE_FUZZ_KNOWN=report`` to have them reported as crashes instead.
-Once a fix lands, its entry goes (the xfail test turns into an XPASS first).
-
 Properties: nothing escapes the receiver (the protocol's ``data_received``
 and ``datagram_received``); every complete frame is counted once, received
 or rejected, and an oversized header stops the stream; every record handed
@@ -30,19 +24,12 @@ bounded memory (see ``MEMORY``).
 
 from __future__ import annotations
 
-import atexit
-import io
 import logging
 import math
-import os
 import pickle
 import random
-import resource
 import struct
 import sys
-import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from _harness import MemoryBound, Reader, instrumented, main
@@ -54,9 +41,7 @@ with instrumented():
         _StreamProtocol,
     )
     from anycore.logging._records import (
-        MAX_DEPTH,
         MAX_MESSAGE_SIZE,
-        MAX_NODES,
         MAX_RECORD_SIZE,
     )
 
@@ -103,111 +88,9 @@ class _Transport:
         self.aborted = True
 
 
-# -- known bugs --------------------------------------------------------------------------
-
-KNOWN_BUGS = {
-    "memo": "test_loads_record_huge_memo_index_or_bytes_length_is_refused_cheaply",
-    "digits": "test_record_with_an_int_past_the_str_digit_limit_is_read",
-    "shared": "test_shared_references_in_args_do_not_build_the_huge_str",
-    "types": "test_received_record_with_odd_attribute_types_formats (and _text_attributes_)",
-}
-
-
-class KnownBug(Exception):
-    """An input that hit the known bug ``args[0]`` (raised by the checks)."""
-
-
-SKIP_KNOWN = os.environ.get("ANYCORE_FUZZ_KNOWN", "skip") != "report"
-skipped: dict[str, int] = dict.fromkeys(KNOWN_BUGS, 0)
-
-
-class _CUnpickler(pickle.Unpickler):
-    """The unpickler loads_record uses: the C one, refusing every global."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError("no globals")
-
-
-def _str_size(value: Any, budget: list[int], depth: int = 0) -> int:
-    """len(str(value)) (depth 0) or len(repr(value)), computed without building it."""
-    budget[0] -= 1
-    if budget[0] < 0 or depth > MAX_DEPTH:
-        budget[0] = -1
-        return 0  # too many paths or too deep: loads_record refuses the record first
-    if isinstance(value, str) and not depth:
-        return len(value)
-    if isinstance(value, dict):
-        return 2 + sum(
-            _str_size(k, budget, depth + 1) + _str_size(v, budget, depth + 1) + 4
-            for k, v in value.items()
-        )
-    if isinstance(value, list | tuple | set | frozenset):
-        return 3 + sum(_str_size(v, budget, depth + 1) + 2 for v in value)
-    if isinstance(value, int) and abs(value).bit_length() > 14_000:
-        return 0  # str() raises: the "digits" bug, seen as it escapes
-    return len(repr(value))
-
-
-@contextmanager
-def _address_space_cap(extra: int) -> Iterator[None]:
-    """Let the process map at most ``extra`` more bytes in the block (then MemoryError)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as statm:
-        mapped = int(statm.read().split()[0]) * resource.getpagesize()
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + extra, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def known_bug(payload: bytes) -> str | None:
-    """The known bug ``payload`` (one record) triggers, if any (see KNOWN_BUGS).
-
-    The payload is first unpickled as loads_record does (the C unpickler,
-    no globals), with at most 256 MB more address space: what the C
-    unpickler allocates beyond 8 MB (or fails to) is the "memo" bug.
-    """
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    try:
-        with _address_space_cap(256 << 20):
-            d = _CUnpickler(io.BytesIO(payload)).load()
-    except MemoryError:
-        return "memo"
-    except Exception:
-        d = None
-    if tracemalloc.get_traced_memory()[1] - base > 8 << 20:
-        return "memo"
-    if not isinstance(d, dict):
-        return None
-    args = d.get("args")
-    if not isinstance(args, tuple | dict) or not args:
-        return None
-    budget = [MAX_NODES + 1]
-    values = args.values() if isinstance(args, dict) else args
-    sizes = [_str_size(v, budget) for v in values]
-    if budget[0] >= 0 and max(sizes) > 2 * MAX_RECORD_SIZE:
-        return "shared"  # safe_message's bound builds str() of each argument
-    return None
-
-
-def _skip(bug: str | None) -> bool:
-    if bug is None or not SKIP_KNOWN:
-        return False
-    skipped[bug] += 1
-    return True
-
-
-def _payloads(stream: bytes, limit: int) -> list[bytes]:
-    pos, out = 0, []
-    while len(stream) - pos >= 4:
-        (size,) = _LENGTH.unpack_from(stream, pos)
-        if size > limit or len(stream) - pos - 4 < size:
-            break
-        out.append(stream[pos + 4 : pos + 4 + size])
-        pos += 4 + size
-    return out
+# Known bugs (each the strict xfail of tests/test_fuzz.py whose inputs the
+# checks skip; ANYCORE_FUZZ_KNOWN=report reports them instead): none now.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 _TEXTS = ("name", "levelname", "pathname", "filename", "module", "funcName")
@@ -225,7 +108,7 @@ def check_records(records: list[logging.LogRecord]) -> None:
         odd += [k for k in _NUMBERS if not isinstance(getattr(record, k, 0), int | float)]
         odd += [k for k in ("process", "thread") if not isinstance(getattr(record, k), int | None)]
         if odd:  # str() of a graph of shared references could be huge, "%d" % "x" fails
-            raise KnownBug("types", odd)
+            raise AssertionError(f"attributes of odd types: {odd}")
         FORMATTER.format(record)
         PLAIN.format(record)
 
@@ -347,22 +230,10 @@ def build(reader: Reader) -> dict[str, Any]:
     return record
 
 
-def _run_guarded(payloads: list[bytes], run: Any, data: bytes) -> None:
-    """``run()`` under the memory bound, unless a payload hits a known bug."""
-    for payload in payloads:
-        if _skip(known_bug(payload)):
-            return
-    try:
-        with MEMORY.check(data):
-            run()
-    except KnownBug as exc:
-        if _skip(exc.args[0]):
-            return
-        raise
-    except ValueError as exc:
-        if "integer string conversion" in str(exc) and _skip("digits"):
-            return
-        raise
+def _run_guarded(run: Any, data: bytes) -> None:
+    """``run()`` under the memory bound."""
+    with MEMORY.check(data):
+        run()
 
 
 def test_one_input(data: bytes) -> None:
@@ -372,11 +243,10 @@ def test_one_input(data: bytes) -> None:
     if mode == 0:
         seed = reader.byte()
         stream = reader.rest()
-        _run_guarded(_payloads(stream, limit), lambda: feed_stream(stream, limit, seed), stream)
+        _run_guarded(lambda: feed_stream(stream, limit, seed), stream)
     elif mode == 1:
         payload = reader.rest()
-        inner = payload[4:] if len(payload) >= 4 else payload
-        _run_guarded([payload, inner], lambda: feed_datagram(payload, limit), payload)
+        _run_guarded(lambda: feed_datagram(payload, limit), payload)
     else:
         protocol = reader.byte() % (pickle.HIGHEST_PROTOCOL + 1)
         try:
@@ -384,7 +254,7 @@ def test_one_input(data: bytes) -> None:
         except (RecursionError, ValueError):  # the harness's own value, unpicklable
             return
         frame = _LENGTH.pack(len(payload)) + payload
-        _run_guarded([payload], lambda: feed_stream(frame, MAX_RECORD_SIZE, 0), frame)
+        _run_guarded(lambda: feed_stream(frame, MAX_RECORD_SIZE, 0), frame)
 
 
 def seeds() -> list[bytes]:
@@ -404,12 +274,6 @@ def seeds() -> list[bytes]:
     return out
 
 
-def _report_skipped() -> None:
-    if any(skipped.values()):
-        print(f"known bugs skipped (inputs): {skipped}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    atexit.register(_report_skipped)
     main(test_one_input, seeds())
     sys.exit(0)

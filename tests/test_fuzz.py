@@ -587,9 +587,9 @@ def test_many_capped_widths_in_one_record_stay_small() -> None:
 
 
 # -- 4. found by the atheris harnesses (fuzz/) ---------------------------------------------
-# Each test below is the minimal input of a crash the harnesses reported; the
-# xfails are bugs not fixed yet (the harness names them in KNOWN_BUGS and skips
-# their inputs: remove the entry together with the xfail once fixed).
+# Each test below is the minimal input of a crash the harnesses reported.  A bug
+# not fixed yet is a strict xfail here and an entry of the harness's KNOWN_BUGS
+# (whose inputs it skips); both go when the fix lands.
 
 
 def _traced_peak(fn: Callable[[], object]) -> int:
@@ -614,13 +614,6 @@ def _refused_or_read(data: bytes) -> None:
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CPython's C unpickler (before gh-115952's fix) sizes its memo table by "
-    "the index of LONG_BINPUT/PUT and preallocates BINBYTES/BYTEARRAY8 lengths: "
-    "loads_record should use the pure-Python pickle._Unpickler (a dict memo, "
-    "reads what is there) or pre-scan the opcodes (fuzz_log_receiver KNOWN_BUGS['memo'])",
-)
 @pytest.mark.parametrize(
     "data",
     [
@@ -638,14 +631,48 @@ def test_loads_record_huge_memo_index_or_bytes_length_is_refused_cheaply(data: b
     assert _traced_peak(lambda: _refused_or_read(data)) < 1 << 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="safe_message's size bound calls str() on each argument: past "
-    "sys.get_int_max_str_digits() that raises ValueError out of dict_to_record "
-    "(and out of LogReceiver's data_received); the bound should estimate sizes "
-    "without str() (fuzz_log_receiver KNOWN_BUGS['digits'])",
+def _plain_values(binary: bool) -> st.SearchStrategy[Any]:
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    scalars |= st.text(max_size=40)
+    if binary:  # protocols 0-2 pickle bytes through a global, which is refused
+        scalars |= st.binary(max_size=40)
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.lists(inner, max_size=4).map(tuple)
+            | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=30,
+    )
+
+
+@given(data=st.data(), protocol=st.integers(0, pickle.HIGHEST_PROTOCOL))
+def test_loads_record_reads_every_plain_pickle_whole(data: st.DataObject, protocol: int) -> None:
+    # Property: the opcode scan that guards the C unpickler walks every
+    # protocol's plain pickles as the unpickler does (refusing none of them).
+    value = data.draw(_plain_values(binary=protocol >= 3))
+    record = {"msg": "m", "extra": value, "shared": [value, value]}
+    assert loads_record(pickle.dumps(record, protocol)) == record
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsq\x00\x85R.",  # GLOBAL os.system
+        b"\x80\x04\x8c\x02os\x8c\x06system\x93.",  # STACK_GLOBAL
+        b"\x80\x02}(X\x01\x00\x00\x00a)R.",  # REDUCE of a non-global
+        b"\x80\x02}\x82\x01.",  # EXT1: the copyreg registry
+        b"\x80\x05\x97.",  # NEXT_BUFFER
+        b"\x80\x02}X\xff\xff\xff\x00a.",  # a string longer than the record
+    ],
+    ids=["global", "stack-global", "reduce", "ext", "buffer", "truncated"],
 )
+def test_loads_record_refuses_what_is_not_plain_data(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        loads_record(data)
+
+
 @pytest.mark.parametrize("args", [(10**5000,), {"a": 10**5000}], ids=["tuple", "mapping"])
 def test_record_with_an_int_past_the_str_digit_limit_is_read(args: object) -> None:
     data = pickle.dumps({"msg": "%s" if isinstance(args, tuple) else "%(a)s", "args": args})
@@ -661,14 +688,6 @@ def test_record_with_an_int_past_the_str_digit_limit_is_read(args: object) -> No
     assert isinstance(message, str)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safe_message computes len(str(arg)) to bound the merge, so an argument "
-    "of shared references (a 2,000-character string 10,000 times, in a 2.4 KB "
-    "record) builds the 20 MB string it meant to avoid; 4 KB make 270 MB. The bound "
-    "should be computed by a walk that adds sizes without building "
-    "(fuzz_log_receiver KNOWN_BUGS['shared'])",
-)
 def test_shared_references_in_args_do_not_build_the_huge_str() -> None:
     text = "x" * 2_000
     inner = [text] * 100
@@ -686,14 +705,6 @@ _ALL_NUMBERS = logging.Formatter(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TypeError, ValueError),
-    reason="dict_to_record keeps the sender's created/msecs/relativeCreated/lineno "
-    "whatever their type, so a formatter using them raises (its docstring promises "
-    "formatters do not fail); it should drop non-numbers "
-    "(fuzz_log_receiver KNOWN_BUGS['types'])",
-)
 @pytest.mark.parametrize(
     "attrs",
     [
@@ -701,6 +712,11 @@ _ALL_NUMBERS = logging.Formatter(
         {"msecs": [1]},
         {"relativeCreated": None},
         {"lineno": "12"},
+        {"levelno": 10**5000},  # its level name, "Level <digits>", raised
+        {"lineno": 10**5000},
+        {"created": 1e300},  # time.localtime: out of range for time_t
+        {"created": float("nan")},
+        {"msecs": float("inf")},  # "%(msecs)03d" raised
     ],
     ids=lambda attrs: next(iter(attrs)),
 )
@@ -710,13 +726,6 @@ def test_received_record_with_odd_attribute_types_formats(attrs: dict[str, objec
     assert "hello" in _ALL_NUMBERS.format(record)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dict_to_record keeps the sender's pathname/filename/module/funcName/"
-    "levelname/processName/threadName whatever their type, and a formatter's %s "
-    "then builds str() of it: shared references in 2 KB build 20 MB; non-strings "
-    "should become a bounded repr (fuzz_log_receiver KNOWN_BUGS['types'])",
-)
 @pytest.mark.parametrize("key", ["pathname", "levelname", "funcName", "threadName"])
 def test_received_record_text_attributes_are_bounded_strings(key: str) -> None:
     inner = ["x" * 2_000] * 100

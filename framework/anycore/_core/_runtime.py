@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import inspect
 import logging
 import os
@@ -42,7 +41,9 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from ..errors import LoopUnavailable, RuntimeStateError
+from . import _state
 from ._backend import BackgroundJob, loop_key
+from ._phases import Phase
 
 __all__ = [
     "GracefulExit",
@@ -58,23 +59,6 @@ T = TypeVar("T")
 LoopName = Literal["auto", "uvloop", "asyncio"]
 
 logger = logging.getLogger("anycore.runtime")
-
-
-class Phase(enum.IntEnum):
-    """The ordered phases of shutdown.
-
-    Steps of one phase run concurrently; phases run one after another.
-    ``MAIN`` and ``TASKS`` are the runtime's own: main is cancelled, then the
-    background tasks.
-    """
-
-    STOP_ACCEPTING = 10
-    DRAIN = 20
-    MAIN = 30
-    PROCESSES = 40
-    POOLS = 50
-    TASKS = 60
-    LOGS = 70
 
 
 class GracefulExit(SystemExit):
@@ -142,6 +126,9 @@ def current_runtime() -> Runtime | None:
     """The runtime bound to the running loop, or ``None`` when there is none."""
     key = loop_key()
     return None if key is None else _runtimes.get(key)
+
+
+_state.runtime_lookup.append(current_runtime)
 
 
 class Runtime:
@@ -442,9 +429,8 @@ async def open_runtime(
         del _runtimes[key]
         raise
     # Log handlers already used on this loop must flush in its LOGS phase too.
-    lifecycle = sys.modules.get("anycore.logging._lifecycle")
-    if lifecycle is not None and loop is not None:
-        lifecycle.note_loop(loop)
+    if loop is not None:
+        _state.runtime_opened(loop)
     try:
         with anyio.CancelScope() as scope:
             runtime._main_scope = scope

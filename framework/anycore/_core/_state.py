@@ -1,13 +1,16 @@
 """Cross-cutting state: the few values several layers read, in one leaf module.
 
 Owns the connection context (set by the stream drivers on every entry into
-handler code), the worker id (set in pool workers and child processes) and
-the exit-flush hooks (run by anycore's children before they exit).  The
-logging layer reads all three; the networking and process layers write them.
-Keeping them here, in a module that imports nothing of anycore, lets each
+handler code), the worker id (set in pool workers and child processes), the
+exit-flush hooks (run by anycore's children before they exit) and the link
+between the runtime and the layers below it that must take part in its
+shutdown without loading it (the runtime registers how to find the running
+one and announces each one it opens).  The logging layer reads them all; the
+networking, process and runtime layers write them.  Keeping them here, in
+a module that imports nothing of anycore but the shutdown phases, lets each
 side import them by name without loading the other: ``from anycore.logging
-import FileHandler`` does not load the child-process toolkit, and the
-framers and drivers do not load logging.
+import FileHandler`` loads neither the child-process toolkit nor the
+runtime, and the framers and drivers do not load logging.
 
 Rejected: reaching the owning modules through ``sys.modules`` (a string
 import that type checkers and readers cannot follow), and each layer keeping
@@ -19,13 +22,21 @@ from __future__ import annotations
 import contextvars
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ._phases import Phase
 
 __all__ = [
     "WORKER_ID",
+    "ShutdownSteps",
     "connection_context",
     "register_exit_flush",
     "run_exit_flush",
+    "running_runtime",
+    "runtime_lookup",
+    "runtime_open_hooks",
+    "runtime_opened",
 ]
 
 #: The logging context of the connection whose handler is running: a dict with
@@ -82,3 +93,31 @@ def run_exit_flush() -> None:
                 stream.flush()
         except Exception:
             pass
+
+
+class ShutdownSteps(Protocol):
+    """What a layer below the runtime uses of it: adding a shutdown step."""
+
+    def add_shutdown_step(
+        self, phase: Phase, name: str, step: Callable[[], Awaitable[None]]
+    ) -> object: ...
+
+
+#: How to find the runtime of the running loop: one function, appended by
+#: ``anycore._core._runtime`` when it loads (empty before: no runtime exists).
+runtime_lookup: list[Callable[[], ShutdownSteps | None]] = []
+
+#: Called with the loop of every runtime that opens (logging binds its
+#: handlers' flush to it).
+runtime_open_hooks: list[Callable[[object], None]] = []
+
+
+def running_runtime() -> ShutdownSteps | None:
+    """The runtime bound to the running loop, or ``None`` (without loading it)."""
+    return runtime_lookup[0]() if runtime_lookup else None
+
+
+def runtime_opened(loop: object) -> None:
+    """Announce a runtime opening on ``loop`` to :data:`runtime_open_hooks`."""
+    for hook in list(runtime_open_hooks):
+        hook(loop)

@@ -175,8 +175,7 @@ def child_logging_config(level: int | str | None = None) -> dict[str, Any]:
         "level": int(level),
         "parent_pid": os.getpid(),
     }
-    structured = sys.modules.get("anycore.logging._structured")
-    if structured is not None and structured._formatter is not None:
+    if _lifecycle.structlog_configured:
         cfg["structlog"] = True  # the parent renders; the child only routes
     return cfg
 

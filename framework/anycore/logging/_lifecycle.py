@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import anyio
 
 from .._core import _state
+from .._core._phases import Phase
 
 __all__ = ["aflush_all", "close_all", "flush_all", "register", "unregister"]
 
@@ -48,6 +49,9 @@ private_loops: weakref.WeakSet[Any] = weakref.WeakSet()
 # Called with a timeout before handlers are flushed (the listener reads what
 # children already sent, so that it is flushed too).
 pre_flush_hooks: list[Callable[[float], None]] = []
+# Set by anycore.logging.configure / structured_formatter: records get
+# rendered by structlog in this process (children then only route theirs).
+structlog_configured = False
 
 
 def register(handler: _Managed) -> None:
@@ -81,13 +85,9 @@ def note_loop(loop: object) -> None:
     _last_loop = loop
     if loop in private_loops:
         return
-    # No runtime can exist before its module was imported; importing it here
-    # would cost the loop tens of milliseconds for nothing.
-    runtime_module = sys.modules.get("anycore._core._runtime")
-    if runtime_module is None:
-        return
-    Phase = runtime_module.Phase
-    runtime = runtime_module.current_runtime()
+    # Found through _state: no runtime exists before its module was loaded,
+    # and loading it here would cost the loop tens of milliseconds for nothing.
+    runtime = _state.running_runtime()
     if runtime is None or runtime in _runtimes:
         return
     _runtimes.add(runtime)
@@ -198,3 +198,4 @@ def _maybe_install_mp_hooks() -> None:
 
 
 _install_process_hooks()
+_state.runtime_open_hooks.append(note_loop)

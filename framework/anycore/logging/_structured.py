@@ -38,6 +38,7 @@ import structlog
 from structlog.stdlib import ProcessorFormatter
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from . import _lifecycle
 from ._context import ContextFilter, _component_context, _context as _context_var
 from ._sink import (
     FileHandler,
@@ -506,6 +507,7 @@ def structured_formatter(
 
     with _lock:
         _formatter = formatter
+        _lifecycle.structlog_configured = True
         _state_version += 1
         _processors[:] = [*shared, *tail, _finalize(renderer)]
         structlog.configure(

@@ -291,6 +291,55 @@ def test_no_module_reaches_anycore_by_string() -> None:
     assert not found, found
 
 
+# What anycore always has: its own modules and its runtime dependencies (uvloop
+# only where it installs, so its guards stay).
+_ALWAYS_THERE = ("anycore", "anyio", "structlog")
+
+
+def _guarded_imports(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Try):
+            continue
+        caught = {
+            getattr(e, "id", None)
+            for h in node.handlers
+            for e in (h.type.elts if isinstance(h.type, ast.Tuple) else [h.type])
+        }
+        if not caught & {"ImportError", "ModuleNotFoundError"}:
+            continue
+        for stmt in node.body:
+            for inner in ast.walk(stmt):
+                if isinstance(inner, ast.ImportFrom):
+                    names = ["anycore"] if inner.level else [inner.module or ""]
+                elif isinstance(inner, ast.Import):
+                    names = [a.name for a in inner.names]
+                else:
+                    continue
+                for name in names:
+                    if name.split(".")[0] in _ALWAYS_THERE:
+                        yield f"{path.relative_to(PACKAGE)}:{inner.lineno} guards {name}"
+
+
+def test_no_import_guard_for_what_is_always_installed() -> None:
+    found = [hit for path in PACKAGE.rglob("*.py") for hit in _guarded_imports(path)]
+    assert not found, found
+
+
+def test_no_nowait_method_returns_a_flag() -> None:
+    # One meaning of *_nowait, trio's: it does it or raises WouldBlock (or
+    # QueueEmpty / QueueFull); sync_acquire(blocking=False) is the flag form.
+    found = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.endswith("_nowait")
+        and isinstance(node.returns, ast.Name | ast.Constant)
+        and getattr(node.returns, "id", getattr(node.returns, "value", None)) == "bool"
+    ]
+    assert not found, found
+
+
 # Modules over 800 lines, each with the reason it is still one module (the
 # concepts to split it into are issue 13's).
 LONG_MODULES: dict[str, str] = {

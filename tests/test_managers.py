@@ -22,7 +22,14 @@ from anycore import ChildProcess
 from anycore._messaging._connection import Client
 from anycore._messaging._managers import AsyncProxy, SyncManager, Token, _ClientPool
 from anycore._workers._child import iter_descendants
-from anycore.errors import AuthenticationError, ManagerError, MethodNotExposed, RuntimeStateError
+from anycore.errors import (
+    AuthenticationError,
+    ManagerError,
+    MethodNotExposed,
+    QueueEmpty,
+    QueueFull,
+    RuntimeStateError,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _messaging_children as children
@@ -63,12 +70,12 @@ async def test_sync_manager_types(manager: SyncManager) -> None:
     q = await manager.Queue(2)
     await q.put("a")
     await q.put_nowait("b")
-    with pytest.raises(queue.Full):
+    with pytest.raises(QueueFull):  # also a queue.Full
         await q.put("c", timeout=0.05)
     assert [await q.get(), await q.get_nowait()] == ["a", "b"]
     with pytest.raises(queue.Empty):
         await q.get(block=False)
-    with pytest.raises(queue.Empty):
+    with pytest.raises(QueueEmpty):  # also a queue.Empty, as above
         await q.get(timeout=0.01)
     await q.task_done()
     await q.task_done()

@@ -37,6 +37,7 @@ from anycore.errors import (
     PeerClosed,
     RuntimeStateError,
     TooManyReleases,
+    WouldBlock,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -446,7 +447,8 @@ async def test_process_semaphore_across_processes() -> None:
                 assert await child.result() is True
         assert sem.value == 1
         await sem.acquire()
-        assert not sem.acquire_nowait()
+        with pytest.raises(WouldBlock):
+            sem.acquire_nowait()
 
 
 async def test_lock_semantics() -> None:
@@ -454,7 +456,8 @@ async def test_lock_semantics() -> None:
     try:
         async with lock:
             assert lock.locked()
-            assert not lock.acquire_nowait()
+            with pytest.raises(WouldBlock):
+                lock.acquire_nowait()
         assert not lock.locked()
         with pytest.raises(TooManyReleases):
             lock.release()
@@ -599,7 +602,7 @@ async def test_value_and_array_can_share_one_lock() -> None:
 def test_bounded_semaphore_refuses_an_extra_release() -> None:
     sem = ProcessSemaphore(2, bounded=True)
     try:
-        assert sem.acquire_nowait()
+        sem.acquire_nowait()
         sem.release()
         with pytest.raises(TooManyReleases):
             sem.release()

@@ -23,7 +23,7 @@ from anycore._core._sync import (
     ThreadSafeLock,
     ThreadSafeSemaphore,
 )
-from anycore.errors import AnycoreError, RuntimeStateError, TooManyReleases
+from anycore.errors import AnycoreError, RuntimeStateError, TooManyReleases, WouldBlock
 
 
 async def settle(rounds: int = 10) -> None:
@@ -80,7 +80,7 @@ async def test_rlock_release_by_non_owner_and_nowait() -> None:
     async def intruder() -> None:
         with pytest.raises(RuntimeStateError):
             lock.release()
-        with pytest.raises(anyio.WouldBlock):
+        with pytest.raises(WouldBlock):
             lock.acquire_nowait()
 
     await asyncio.ensure_future(intruder())
@@ -107,7 +107,7 @@ async def test_bounded_semaphore_refuses_over_release() -> None:
     async with sem:
         assert sem.value == 1
         sem.acquire_nowait()
-        with pytest.raises(anyio.WouldBlock):
+        with pytest.raises(WouldBlock):
             sem.acquire_nowait()
         sem.release()
     assert sem.value == 2 == sem.max_value
@@ -229,7 +229,7 @@ async def test_threadsafe_lock_cancelled_waiter_does_not_leak_ownership() -> Non
     await settle()
     assert waiter.cancelled()
     assert not lock.locked()  # the cancelled waiter passed it on (to nobody)
-    assert lock.acquire_nowait()
+    lock.acquire_nowait()
     lock.release()
     with pytest.raises(TooManyReleases):
         lock.release()
@@ -237,7 +237,7 @@ async def test_threadsafe_lock_cancelled_waiter_does_not_leak_ownership() -> Non
 
 async def test_threadsafe_lock_handoff_from_thread_to_cancelled_task() -> None:
     lock = ThreadSafeLock()
-    assert lock.acquire_nowait()
+    lock.acquire_nowait()
     waiters = [asyncio.ensure_future(lock.acquire()) for _ in range(2)]
     await settle()
     waiters[0].cancel()
@@ -250,7 +250,10 @@ async def test_threadsafe_lock_handoff_from_thread_to_cancelled_task() -> None:
 
 async def test_threadsafe_semaphore_sync_timeout_and_fifo() -> None:
     sem = ThreadSafeSemaphore(1)
-    assert sem.acquire_nowait()
+    sem.acquire_nowait()
+    with pytest.raises(WouldBlock) as caught:
+        sem.acquire_nowait()
+    assert isinstance(caught.value, anyio.WouldBlock)
     assert await anyio.to_thread.run_sync(lambda: sem.sync_acquire(timeout=0.01)) is False
     assert await anyio.to_thread.run_sync(lambda: sem.sync_acquire(blocking=False)) is False
     order: list[str] = []

@@ -419,12 +419,9 @@ class _PrefixFormatter(logging.Formatter):
 
 
 def _configure_logging(level: str, fmt: str) -> None:
-    try:
-        from .logging import configure
+    from .logging import configure
 
-        configure(level=level, format=fmt)  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - anycore.logging ships with anycore
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure(level=level, format=fmt)  # type: ignore[arg-type]
 
 
 def _flush_logs() -> None:
@@ -435,26 +432,18 @@ def _flush_logs() -> None:
 
 
 def _stream_handler(stream: Any) -> logging.Handler:
-    try:
-        from .logging import StreamHandler
+    from .logging import StreamHandler
 
-        return StreamHandler(stream)
-    except ImportError:  # pragma: no cover
-        return logging.StreamHandler(stream)
+    return StreamHandler(stream)
 
 
 def _file_handler(path: str) -> logging.Handler:
     # Watched: a file moved or deleted by logrotate is reopened on the next write
     # (checked once per batch by anycore's writer thread), so SIGUSR1 has nothing
     # to race with.
-    try:
-        from .logging import WatchedFileHandler
+    from .logging import WatchedFileHandler
 
-        return WatchedFileHandler(path)
-    except ImportError:  # pragma: no cover
-        import logging.handlers
-
-        return logging.handlers.WatchedFileHandler(path)
+    return WatchedFileHandler(path)
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -842,12 +831,9 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
 def _setup_supervise_logging(args: argparse.Namespace, width: int) -> list[logging.Handler]:
     root = logging.getLogger()
     if args.log_format == "json":
-        try:
-            from .logging import configure
+        from .logging import configure
 
-            return list(configure(level=args.log_level, format="json", file=args.log_file))
-        except ImportError:  # pragma: no cover
-            pass
+        return list(configure(level=args.log_level, format="json", file=args.log_file))
     root.setLevel(args.log_level)
     handlers = [_stream_handler(sys.stdout)]
     if args.log_file:

@@ -47,7 +47,7 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio import CapacityLimiter, Condition, Event, Lock, Semaphore
 
-from ..errors import RuntimeStateError, TooManyReleases
+from ..errors import RuntimeStateError, TooManyReleases, WouldBlock
 from ._backend import running_loop as _get_running_loop
 
 __all__ = [
@@ -137,13 +137,16 @@ class RLock:
         """Acquire without waiting.
 
         Raises:
-            anyio.WouldBlock: another task holds it.
+            WouldBlock: another task holds it (also ``anyio.WouldBlock``).
         """
         me = anyio.get_current_task().id
         if self._owner == me:
             self._count += 1
             return
-        self._lock.acquire_nowait()
+        try:
+            self._lock.acquire_nowait()
+        except anyio.WouldBlock:
+            raise WouldBlock("RLock is held by another task") from None
         self._owner = me
         self._count = 1
 
@@ -204,9 +207,12 @@ class BoundedSemaphore:
         """Decrement without waiting.
 
         Raises:
-            anyio.WouldBlock: the value is zero.
+            WouldBlock: the value is zero (also ``anyio.WouldBlock``).
         """
-        self._sem.acquire_nowait()
+        try:
+            self._sem.acquire_nowait()
+        except anyio.WouldBlock:
+            raise WouldBlock("BoundedSemaphore is at zero") from None
 
     def release(self) -> None:
         """Increment the value.
@@ -443,14 +449,16 @@ class ThreadSafeSemaphore(AcquireContext):
                     self._release_locked()
             raise
 
-    def acquire_nowait(self) -> bool:
+    def acquire_nowait(self) -> None:
         """Acquire if possible without waiting (from anywhere).
 
-        Returns:
-            Whether it was acquired.
+        Raises:
+            WouldBlock: no token is free, or others are queued for one.
         """
         with self._lock:
-            return self._try()
+            if self._try():
+                return
+        raise WouldBlock(f"{type(self).__name__} has no token free")
 
     def sync_acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Acquire in a plain thread (``threading.Semaphore.acquire``'s shape).

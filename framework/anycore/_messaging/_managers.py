@@ -48,7 +48,6 @@ import functools
 import inspect
 import logging
 import os
-import queue as stdlib_queue
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -63,6 +62,8 @@ from ..errors import (
     ManagerError,
     MethodNotExposed,
     PeerClosed,
+    QueueEmpty,
+    QueueFull,
     RuntimeStateError,
 )
 from ._connection import Address, Client, Connection, Listener, Pipe, _fd_readable_now
@@ -197,7 +198,7 @@ class _ManagedQueue:
             while not self._items:
                 await self._wait(self._getters)
             return self.get_nowait()
-        raise stdlib_queue.Empty
+        raise QueueEmpty
 
     async def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if not block:
@@ -206,18 +207,18 @@ class _ManagedQueue:
             while self.full():
                 await self._wait(self._putters)
             return self.put_nowait(item)
-        raise stdlib_queue.Full
+        raise QueueFull
 
     def get_nowait(self) -> Any:
         if not self._items:
-            raise stdlib_queue.Empty
+            raise QueueEmpty
         item = self._items.popleft()
         self._wake(self._putters)
         return item
 
     def put_nowait(self, item: Any) -> None:
         if self.full():
-            raise stdlib_queue.Full
+            raise QueueFull
         self._items.append(item)
         self._unfinished += 1
         self._all_done.clear()

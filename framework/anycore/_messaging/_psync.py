@@ -54,7 +54,7 @@ import weakref
 from typing import Any, Self
 
 from .._core._sync import AcquireContext, _refuse_blocking_in_loop
-from ..errors import ClosedError, RuntimeStateError, TooManyReleases
+from ..errors import ClosedError, RuntimeStateError, TooManyReleases, WouldBlock
 
 __all__ = ["MAX_VALUE", "ProcessEvent", "ProcessLock", "ProcessSemaphore"]
 
@@ -291,13 +291,14 @@ class ProcessSemaphore(_Fifo, AcquireContext):
         """The current value (a snapshot: other processes change it)."""
         return self._pending()
 
-    def acquire_nowait(self) -> bool:
+    def acquire_nowait(self) -> None:
         """Acquire if a token is there, without waiting (from anywhere).
 
-        Returns:
-            Whether it was acquired.
+        Raises:
+            WouldBlock: no token is there.
         """
-        return self._take(1) == 1
+        if self._take(1) != 1:
+            raise WouldBlock(f"{type(self).__name__} has no token free")
 
     async def acquire(self) -> None:
         """Acquire in a task, waiting without blocking the loop.
@@ -307,7 +308,7 @@ class ProcessSemaphore(_Fifo, AcquireContext):
         Raises:
             ClosedError: this copy was closed.
         """
-        while not self.acquire_nowait():
+        while self._take(1) != 1:
             await self._readable()
 
     def sync_acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -323,7 +324,7 @@ class ProcessSemaphore(_Fifo, AcquireContext):
         Raises:
             RuntimeStateError: it would block inside a running event loop.
         """
-        if self.acquire_nowait():
+        if self._take(1) == 1:
             return True
         if not blocking:
             return False
@@ -332,7 +333,7 @@ class ProcessSemaphore(_Fifo, AcquireContext):
         while True:
             if not self._poll(deadline):
                 return False
-            if self.acquire_nowait():
+            if self._take(1) == 1:
                 return True
 
     def release(self) -> None:

@@ -64,13 +64,9 @@ class LogCapture:
 
 def _context() -> dict[str, Any]:
     """The context in force here: structlog's contextvars, then anycore's."""
-    found: dict[str, Any] = {}
-    try:
-        import structlog.contextvars
-    except ImportError:  # pragma: no cover - structlog is a dependency
-        pass
-    else:
-        found.update(structlog.contextvars.get_contextvars())
+    import structlog.contextvars
+
+    found: dict[str, Any] = dict(structlog.contextvars.get_contextvars())
     from ..logging._context import merge_context
 
     merge_context(None, "", found)
@@ -140,11 +136,7 @@ def capture_logs(level: int | str = logging.DEBUG, logger: str = "") -> Iterator
 
 @contextlib.contextmanager
 def _capture_structlog(capture: LogCapture) -> Iterator[None]:
-    try:
-        import structlog
-    except ImportError:  # pragma: no cover - structlog is a dependency
-        yield
-        return
+    import structlog
 
     def record(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
         item: dict[str, Any] = {"event": event_dict.pop("event", None), "level": method_name}

@@ -151,7 +151,7 @@ async def test_retry_with_backoff_until_the_server_appears(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     delays: list[float] = []
-    real_delay = client_module.retry_delay
+    real_delay = client_module.backoff_delay
 
     def delay(attempt: int, backoff: float, max_backoff: float) -> float:
         d = real_delay(attempt, backoff, max_backoff)
@@ -160,7 +160,7 @@ async def test_retry_with_backoff_until_the_server_appears(
             sock.listen(5)  # the server "comes up" after two refusals
         return d
 
-    monkeypatch.setattr(client_module, "retry_delay", delay)
+    monkeypatch.setattr(client_module, "backoff_delay", delay)
     try:
         h = await connect(f"tcp://127.0.0.1:{port}", Echo, retries=5, backoff=0.02)
         assert len(delays) == 2
@@ -175,7 +175,7 @@ async def test_retry_with_backoff_until_the_server_appears(
 
 
 def test_retry_delay_is_capped() -> None:
-    assert client_module.retry_delay(30, 0.1, 2.0) <= 2.5
+    assert client_module.backoff_delay(30, 0.1, 2.0) <= 2.5
 
 
 async def test_connect_rejects_datagram_endpoints() -> None:

@@ -20,6 +20,7 @@ import anyio.abc
 from anyio.streams.tls import TLSStream
 
 from .._core._backend import BackgroundJob
+from .._core._backoff import Backoff
 from ._anyio_driver import _StreamDriver
 from ._endpoints import Endpoint
 from ._handler import Handler
@@ -103,7 +104,7 @@ class PortableEngine:
         self, listener: anyio.abc.SocketListener, ep: Endpoint, ctx: _ssl.SSLContext | None
     ) -> None:
         srv = self.server
-        backoff = 0.0
+        backoff = Backoff(0.01, 1.0, jitter=0)  # accept() out of fds
         scope = anyio.CancelScope()
         self._accept_scopes.append(scope)
         if not self.accepting:
@@ -124,14 +125,15 @@ class PortableEngine:
                 except OSError as exc:
                     srv.counters.accept_errors += 1
                     if exc.errno in _RESOURCE_ERRNOS:
-                        backoff = min(1.0, max(0.01, backoff * 2))
+                        delay = backoff.next()
                         _server_logger.warning(
-                            "accept() on %s failed: %s; retrying in %.2f s", ep, exc, backoff
+                            "accept() on %s failed: %s; retrying in %.2f s", ep, exc, delay
                         )
-                        await anyio.sleep(backoff)
+                        await anyio.sleep(delay)
                         continue
                     raise
-                backoff = 0.0
+                if backoff.attempt:
+                    backoff.reset()
                 if limit is not None and self._live() >= limit:
                     srv.counters.refused += 1
                     _server_logger.warning(

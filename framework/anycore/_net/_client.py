@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import socket
 import ssl as _ssl
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ import anyio
 import anyio.abc
 
 from .._core._backend import current_backend, running_on_asyncio
+from .._core._backoff import backoff_delay
 from ..errors import ConnectError, EndpointError
 from ._anyio_driver import _StreamDriver
 from ._asyncio_driver import _ProtocolDriver
@@ -118,7 +118,7 @@ async def connect(
     last: BaseException | None = None
     for attempt in range(retries + 1):
         if attempt:
-            await asyncio.sleep(retry_delay(attempt, backoff, max_backoff))
+            await asyncio.sleep(backoff_delay(attempt, backoff, max_backoff))
         try:
             if timeout is None:
                 return await _connect_once(
@@ -144,12 +144,6 @@ async def connect(
             last = exc
     what = "timed out" if isinstance(last, TimeoutError) else f"{type(last).__name__}: {last}"
     raise ConnectError(f"cannot connect to {ep} after {retries + 1} attempt(s): {what}") from last
-
-
-def retry_delay(attempt: int, backoff: float, max_backoff: float) -> float:
-    """Exponential backoff with +-25% jitter for retry number ``attempt`` (1-based)."""
-    base = min(max_backoff, backoff * (2 ** (attempt - 1)))
-    return float(base * random.uniform(0.75, 1.25))
 
 
 def client_ssl_context(ep: Endpoint, ssl: _ssl.SSLContext | None) -> _ssl.SSLContext | None:
@@ -316,7 +310,7 @@ async def _connect_portable(
     stream: anyio.abc.ByteStream | None = None
     for attempt in range(retries + 1):
         if attempt:
-            await anyio.sleep(retry_delay(attempt, backoff, max_backoff))
+            await anyio.sleep(backoff_delay(attempt, backoff, max_backoff))
         try:
             with anyio.fail_after(math.inf if timeout is None else timeout):
                 if ep.scheme == "unix":

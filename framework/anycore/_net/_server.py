@@ -43,6 +43,7 @@ import anyio
 import anyio.abc
 
 from .._core._backend import running_on_asyncio
+from .._core._backoff import Backoff
 from .._core._resource import AsyncResource
 from .._core._runtime import Phase, current_runtime
 from ..errors import EndpointError, LoopUnavailable
@@ -127,7 +128,7 @@ class _Listener:
         self.endpoint = endpoint
         self.ssl = ssl
         self.reading = False
-        self.backoff = 0.0
+        self.backoff = Backoff(0.01, _MAX_BACKOFF, jitter=0)  # accept() out of fds
         self.retry: asyncio.TimerHandle | None = None
         self.unix_inode: tuple[int, int] | None = None
 
@@ -611,7 +612,8 @@ class Server(_Owner, AsyncResource):
                 logger.error("accept() on %s failed: %s", listener.endpoint, exc)
                 self._back_off(listener, exc)
                 return
-            listener.backoff = 0.0
+            if listener.backoff.attempt:
+                listener.backoff.reset()
             if limit is not None and self._live() >= limit and not self._shed_one():
                 self._counters.refused += 1
                 self.log_limiter.log(
@@ -679,17 +681,17 @@ class Server(_Owner, AsyncResource):
         return True
 
     def _back_off(self, listener: _Listener, exc: OSError) -> None:
-        listener.backoff = min(_MAX_BACKOFF, max(0.01, listener.backoff * 2))
+        delay = listener.backoff.next()
         logger.warning(
             "accept() on %s failed: %s (%s); retrying in %.2f s",
             listener.endpoint,
             exc.strerror or exc,
             errno.errorcode.get(exc.errno or 0, "?"),
-            listener.backoff,
+            delay,
         )
         self._stop_reading(listener)
         assert self._loop is not None
-        listener.retry = self._loop.call_later(listener.backoff, self._retry_accept, listener)
+        listener.retry = self._loop.call_later(delay, self._retry_accept, listener)
 
     def _retry_accept(self, listener: _Listener) -> None:
         listener.retry = None

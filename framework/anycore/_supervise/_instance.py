@@ -38,7 +38,6 @@ import collections
 import contextlib
 import logging
 import os
-import random
 import re
 import signal
 import socket
@@ -46,6 +45,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from .._core._backoff import backoff_delay
 from ..errors import AnycoreError, ProcessError, RuntimeStateError
 from ..logging._context import bind_context
 from ._control import _HISTORY, _Follower
@@ -266,8 +266,7 @@ class _Instance:
                     return
                 self._restart_times.append(now)
                 attempt = len(self._restart_times)
-                delay = min(p.backoff_max, p.backoff_initial * 2 ** (attempt - 1))
-                delay *= 1 + random.uniform(-p.backoff_jitter, p.backoff_jitter)
+                delay = backoff_delay(attempt, p.backoff_initial, p.backoff_max, p.backoff_jitter)
                 self._set(ProgramState.BACKOFF, f"{why}; restarting in {delay:.2f}s")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_event.wait(), delay)

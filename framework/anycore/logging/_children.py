@@ -40,6 +40,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .._core._backoff import Backoff
 from . import _lifecycle
 from ._context import current_context
 from ._engine import ThreadedHandler
@@ -263,7 +264,7 @@ class ChildForwardingHandler(ThreadedHandler):
 
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + self.connect_timeout
-        delay = 0.01
+        retry = Backoff(0.01, 0.5)  # jittered: many children may wait for one listener
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -271,10 +272,10 @@ class ChildForwardingHandler(ThreadedHandler):
                 return sock
             except OSError:
                 sock.close()
+                delay = retry.next()
                 if time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
-                delay = min(delay * 2, 0.5)
 
     def _write_batch(self, batch: list[Any]) -> None:
         data = b"".join(batch)

@@ -17,9 +17,12 @@ import time
 from email.message import EmailMessage
 from typing import Any
 
+from .._core._backoff import backoff_delay
 from ._engine import Overflow, ThreadedHandler
 
 __all__ = ["MemoryHandler", "SMTPHandler"]
+
+_MAX_RETRY_DELAY = 60.0  # a mail server down for longer is retried with the next batch
 
 
 class SMTPHandler(ThreadedHandler, logging.handlers.SMTPHandler):
@@ -27,7 +30,8 @@ class SMTPHandler(ThreadedHandler, logging.handlers.SMTPHandler):
 
     Same arguments as :class:`logging.handlers.SMTPHandler`; the writer sends
     one message per record, all of a batch over one SMTP session, and retries
-    a failed session ``retries`` times with a doubling delay before counting
+    a failed session ``retries`` times with a doubling delay (from
+    ``retry_delay``, jittered, at most a minute) before counting
     the batch as dropped.
     """
 
@@ -70,7 +74,6 @@ class SMTPHandler(ThreadedHandler, logging.handlers.SMTPHandler):
         return msg
 
     def _write_batch(self, batch: list[Any]) -> None:
-        delay = self.retry_delay
         for attempt in range(self.retries + 1):
             try:
                 self._send_session(batch)
@@ -78,8 +81,7 @@ class SMTPHandler(ThreadedHandler, logging.handlers.SMTPHandler):
             except (OSError, smtplib.SMTPException):
                 if attempt == self.retries or self._closing:
                     raise
-                time.sleep(delay)
-                delay *= 2
+                time.sleep(backoff_delay(attempt + 1, self.retry_delay, _MAX_RETRY_DELAY))
 
     def _send_session(self, batch: list[EmailMessage]) -> None:
         port = self.mailport or smtplib.SMTP_PORT

@@ -30,13 +30,13 @@ import asyncio
 import contextlib
 import logging
 import logging.handlers
-import random
 import socket
 import threading
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from .._core._backoff import Backoff
 from .._core._resource import AsyncResource
 from . import _lifecycle
 from ._records import frame_record
@@ -276,7 +276,7 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
         assert self._wakeup is not None
         assert self._drained is not None
         wakeup, drained = self._wakeup, self._drained
-        backoff = self.backoff_initial
+        retry = Backoff(self.backoff_initial, self.backoff_max, jitter=0.5)
         try:
             while True:
                 if not self._inflight:
@@ -301,7 +301,7 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
                         self._last_error = exc
                         with contextlib.suppress(Exception):
                             self._disconnect()
-                        backoff = await self._backoff(wakeup, backoff)
+                        await self._backoff(wakeup, retry.next())
                         continue
                     self._connected = True
                 batch = self._inflight
@@ -316,21 +316,19 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
                     self._connected = False
                     with contextlib.suppress(Exception):
                         self._disconnect()
-                    backoff = await self._backoff(wakeup, backoff)
+                    await self._backoff(wakeup, retry.next())
                     continue
                 else:
                     self._sent += len(batch)
-                    backoff = self.backoff_initial
+                    retry.reset()
                 finally:
                     self._sending = False
                 self._inflight = []
         finally:
             self._waiting = False
 
-    async def _backoff(self, wakeup: asyncio.Event, backoff: float) -> float:
-        # Wait before the next attempt (jittered), unless close() wakes us;
-        # returns the next, doubled, delay.
-        delay = backoff * (0.5 + random.random())
+    async def _backoff(self, wakeup: asyncio.Event, delay: float) -> None:
+        # Wait before the next attempt, unless close() wakes us.
         if self._closing:
             # Closing: keep trying until aclose()'s deadline cancels us.
             await asyncio.sleep(delay)
@@ -338,7 +336,6 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
             wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing_event(wakeup), delay)
-        return min(backoff * 2, self.backoff_max)
 
     async def _closing_event(self, wakeup: asyncio.Event) -> None:
         # Sleep through a backoff delay unless close() wakes us.

@@ -658,3 +658,19 @@ async def test_wrong_state_raises_runtime_state_error() -> None:
         assert await proc.wait() == 0
     # Still a RuntimeError, for code written against subprocess-style checks.
     assert issubclass(anycore.RuntimeStateError, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("returncode", "words"),
+    [
+        (0, "exited with code 0"),
+        (3, "exited with code 3"),
+        (-9, "killed by SIGKILL"),
+        (-99, "killed by signal 99"),
+    ],
+)
+def test_every_facility_says_how_a_process_ended_the_same_way(returncode: int, words: str) -> None:
+    from anycore.errors import WorkerCrashed, describe_returncode
+
+    assert describe_returncode(returncode) == words
+    assert str(WorkerCrashed(123, returncode)) == f"worker process 123 died ({words})"

@@ -297,13 +297,7 @@ class CalledProcessError(ProcessError):
 
     def __str__(self) -> str:
         if self.returncode < 0:
-            import signal
-
-            try:
-                name = signal.Signals(-self.returncode).name
-            except ValueError:
-                name = f"unknown signal {-self.returncode}"
-            return f"Command {self.cmd!r} died with {name}."
+            return f"Command {self.cmd!r} died with {signal_name(-self.returncode)}."
         return f"Command {self.cmd!r} returned non-zero exit status {self.returncode}."
 
 
@@ -433,7 +427,7 @@ class WorkerCrashed(BrokenError):
     """
 
     def __init__(self, pid: int | None, exitcode: int | None) -> None:
-        how = "unknown status" if exitcode is None else _describe_exit(exitcode)
+        how = "unknown status" if exitcode is None else describe_returncode(exitcode)
         super().__init__(f"worker process {pid} died ({how})")
         self.pid = pid
         self.exitcode = exitcode
@@ -537,15 +531,25 @@ class ManagerError(AnycoreError):
     """A manager server refused a request (unknown type id, unknown object)."""
 
 
-def _describe_exit(exitcode: int) -> str:
-    if exitcode < 0:
-        import signal
+# -- how a process ended, in words (every process facility says it the same way) --
 
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exit status {exitcode}"
+
+def signal_name(signum: int) -> str:
+    """``"SIGTERM"`` for 15; ``"signal 99"`` for a number no signal is named for."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_returncode(returncode: int) -> str:
+    """``"exited with code 3"`` or ``"killed by SIGTERM"``, from a returncode in
+    :class:`subprocess.Popen`'s convention (``-N``: killed by signal N)."""
+    if returncode < 0:
+        return f"killed by {signal_name(-returncode)}"
+    return f"exited with code {returncode}"
 
 
 # -- the anyio-derived classes, published on first use (see the module's note) --

@@ -43,7 +43,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import ExecutableNotFound, NotExecutable
+from ..errors import ExecutableNotFound, NotExecutable, describe_returncode, signal_name
 
 __all__ = [
     "ExitWatcher",
@@ -117,18 +117,11 @@ class ProcessStatus:
     @property
     def signal_name(self) -> str | None:
         """``"SIGKILL"`` and the like, or ``None`` when no signal was involved."""
-        if self.signal is None:
-            return None
-        try:
-            return signal.Signals(self.signal).name
-        except ValueError:
-            return f"signal {self.signal}"
+        return None if self.signal is None else signal_name(self.signal)
 
     def __str__(self) -> str:
-        if self.exit_code is not None:
-            return f"exited with code {self.exit_code}"
         core = " (core dumped)" if self.core_dumped else ""
-        return f"killed by {self.signal_name}{core}"
+        return describe_returncode(self.returncode) + core
 
 
 def _status_from_waitid(pid: int, res: os.waitid_result) -> ProcessStatus:

@@ -46,7 +46,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .._core._backoff import backoff_delay
-from ..errors import AnycoreError, ProcessError, RuntimeStateError
+from ..errors import AnycoreError, ProcessError, RuntimeStateError, describe_returncode
 from ..logging._context import bind_context
 from ._control import _HISTORY, _Follower
 from ._notify import NotifySocket
@@ -56,15 +56,6 @@ if TYPE_CHECKING:
     from ._supervisor import Supervisor
 
 logger = logging.getLogger("anycore.supervisor")
-
-
-def _describe(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 class _Instance:
@@ -248,7 +239,7 @@ class _Instance:
                     break
                 if returncode is not None:
                     self.exit_code = returncode
-                why = self.description if returncode is None else _describe(returncode)
+                why = self.description if returncode is None else describe_returncode(returncode)
                 if p.restart == "never" or (
                     p.restart == "on-failure" and returncode == 0 and was_ready
                 ):

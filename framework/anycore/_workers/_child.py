@@ -30,7 +30,6 @@ import contextlib
 import inspect
 import os
 import pickle
-import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -39,7 +38,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from .._core._backend import require_asyncio
 from .._core._runtime import Phase, current_runtime
-from ..errors import ChildProcessFailed, RuntimeStateError
+from ..errors import ChildProcessFailed, RuntimeStateError, describe_returncode
 from ._start import (
     NoMainGuard,
     ProcessHandle,
@@ -504,7 +503,7 @@ class ChildProcess(Generic[T]):
         if outcome is None:
             err = ChildProcessFailed(
                 f"child process {self.name} (pid {self.pid}) ended without a result: "
-                + _describe(code)
+                + describe_returncode(code)
             )
             if self._outcome_error is not None:
                 raise err from self._outcome_error
@@ -568,18 +567,9 @@ class ChildProcess(Generic[T]):
         state = (
             "initial"
             if self._handle is None
-            else ("started" if self.exitcode is None else _describe(self.exitcode))
+            else ("started" if self.exitcode is None else describe_returncode(self.exitcode))
         )
         return f"<ChildProcess name={self.name!r} pid={self.pid} {state}>"
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def iter_descendants(root: int | None = None) -> Iterable[int]:

@@ -416,3 +416,21 @@ def test_layers_import_only_their_own_and_the_layers_below() -> None:
             if dep_layer is None or dep_layer not in allowed:
                 bad.append((module, dep))
     assert not bad, sorted(bad)
+
+
+def test_every_error_class_is_raised_or_a_base() -> None:
+    # A documented error that nothing raises misleads whoever catches it.
+    import re
+
+    import anycore.errors as errors
+
+    classes = [getattr(errors, name) for name in errors.__all__]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, BaseException)]
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py"))
+    unused = [
+        cls.__name__
+        for cls in classes
+        if not any(other is not cls and issubclass(other, cls) for other in classes)
+        and not re.search(rf"(?<!class )\b{cls.__name__}\(|raise {cls.__name__}\b", sources)
+    ]
+    assert not unused, unused

@@ -66,7 +66,6 @@ __all__ = [
     "LoopUnavailable",
     "BackendNotSupported",
     "RuntimeStateError",
-    "ShutdownTimeout",
     "SignalError",
     "ProtocolError",
     "LocalProtocolError",
@@ -75,7 +74,6 @@ __all__ = [
     "IncompleteFrame",
     "EndpointError",
     "ConnectError",
-    "ConnectionLimitReached",
     "HandlerError",
     "ProcessError",
     "ExecutableNotFound",
@@ -155,18 +153,6 @@ class RuntimeStateError(AnycoreError, RuntimeError):
     """An operation does not fit the runtime's state (no loop, shut down, ...)."""
 
 
-class ShutdownTimeout(AnycoreError):
-    """Shutdown steps that did not finish before their deadline.
-
-    Attributes:
-        unfinished: the names of the steps that were cancelled.
-    """
-
-    def __init__(self, unfinished: list[str]) -> None:
-        super().__init__("shutdown steps did not finish in time: " + ", ".join(unfinished))
-        self.unfinished = unfinished
-
-
 class SignalError(AnycoreError, RuntimeError):
     """A signal handler cannot be installed the way it was asked for."""
 
@@ -218,10 +204,6 @@ class EndpointError(AnycoreError, ValueError):
 
 class ConnectError(AnycoreError, OSError):
     """Connecting failed (after every address and retry was tried)."""
-
-
-class ConnectionLimitReached(AnycoreError):
-    """A server refused a connection because ``max_connections`` was reached."""
 
 
 class HandlerError(AnycoreError, TypeError):

@@ -303,6 +303,18 @@ class _AnycoreBasics:
 _METHOD_TO_LEVEL = {"warn": "warning", "exception": "error"}
 
 
+def _connection_extra(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    # The drivers pass the connection's context as the record extra
+    # ``anycore_connection`` (a line logged from a timer runs outside the
+    # handler's context); it becomes the same top-level keys the context
+    # gives, never a second, nested copy.
+    conn = event_dict.pop("anycore_connection", None)
+    if conn:
+        for key, value in conn.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
 def _format_exc_info(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
     # structlog's format_exc_info, skipped cheaply when there is nothing to do.
     if "exc_info" in event_dict:
@@ -502,7 +514,7 @@ def structured_formatter(
 
     formatter = ProcessorFormatter(
         processors=[ProcessorFormatter.remove_processors_meta, *tail, renderer],
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _connection_extra],
     )
 
     with _lock:

@@ -383,7 +383,9 @@ _LAYERS_BELOW: dict[str, set[str]] = {
     "_messaging": {"_core", "logging", "_proc", "_workers"},
     "_supervise": {"_core", "logging", "_net", "_proc", "_workers"},
 }
-_LEAVES = {"anycore.errors", "anycore._version"}
+# The sans-IO framers are a leaf too (bytes in, frames out; they import only
+# errors): every layer that reads a stream may frame it.
+_LEAVES = {"anycore.errors", "anycore._version", "anycore._net._framing"}
 
 
 def _layer(module: str) -> str | None:

@@ -38,6 +38,7 @@ import types
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from .._net._framing import LengthPrefixFramer
 from ..errors import FrameTooLarge, RemoteError
 
 __all__ = [
@@ -220,53 +221,28 @@ class FrameSocket:
         sock.setblocking(True)
         self.sock = sock
         self.max_frame_size = max_frame_size
-        self._buf = bytearray()
-        self._pos = 0
+        self._framer = LengthPrefixFramer("!I", max_frame_size)
         self.eof = False
 
-    def _take(self) -> bytes | None:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < 4:
-            return None
-        (size,) = _HEADER.unpack_from(buf, pos)
-        if size > self.max_frame_size:
-            raise FrameTooLarge(size, self.max_frame_size)
-        end = pos + 4 + size
-        if end > len(buf):
-            return None
-        frame = bytes(buf[pos + 4 : end])
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        else:
-            self._pos = end
-        return frame
-
-    def _compact(self) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-
     def recv_frame(self) -> bytes | None:
-        """Block until a whole frame arrived; None at EOF."""
+        """Block until a whole frame arrived; None at EOF (a cut frame is dropped)."""
+        framer = self._framer
         while True:
-            frame = self._take()
+            frame = framer.next_frame()
             if frame is not None:
                 return frame
             if self.eof:
                 return None
-            self._compact()
             data = self.sock.recv(262144)
             if not data:
                 self.eof = True
                 continue
-            self._buf += data
+            framer.feed(data)
 
     def poll_frames(self) -> list[bytes]:
         """Return the whole frames available now, without blocking."""
-        frames: list[bytes] = []
+        framer = self._framer
         if not self.eof:
-            self._compact()
             while True:
                 try:
                     data = self.sock.recv(262144, socket.MSG_DONTWAIT)
@@ -275,12 +251,11 @@ class FrameSocket:
                 if not data:
                     self.eof = True
                     break
-                self._buf += data
-        while True:
-            frame = self._take()
-            if frame is None:
-                return frames
+                framer.feed(data)
+        frames: list[bytes] = []
+        while (frame := framer.next_frame()) is not None:
             frames.append(frame)
+        return frames
 
     def send_frame(self, payload: bytes) -> None:
         """Send one frame (blocks while the peer's buffer is full)."""
@@ -297,9 +272,9 @@ class Channel:
     """Loop-side end of a channel: frames in through a callback, out unblocking.
 
     Reads run in an ``add_reader`` callback that hands every complete frame to
-    *on_frame* (a memoryview or bytes, valid during the call only if it is a
-    memoryview).  Writes are queued and flushed once per loop iteration with
-    non-blocking sends, the rest when the socket is writable again.
+    *on_frame* (bytes, cut by the sans-IO :class:`LengthPrefixFramer`).  Writes
+    are queued and flushed once per loop iteration with non-blocking sends, the
+    rest when the socket is writable again.
 
     Args:
         sock: a connected stream socket (made non-blocking).
@@ -312,7 +287,7 @@ class Channel:
     def __init__(
         self,
         sock: socket.socket,
-        on_frame: Callable[[bytes | memoryview], None],
+        on_frame: Callable[[bytes], None],
         on_eof: Callable[[BaseException | None], None],
         max_frame_size: int = DEFAULT_MAX_FRAME,
     ) -> None:
@@ -323,7 +298,7 @@ class Channel:
         self._on_frame = on_frame
         self._on_eof = on_eof
         self.max_frame_size = max_frame_size
-        self._rbuf = bytearray()
+        self._framer = LengthPrefixFramer("!I", max_frame_size)
         self._out: list[bytes] = []
         self._pending = b""
         self._flush_scheduled = False
@@ -354,46 +329,16 @@ class Channel:
         return True
 
     def _feed(self, data: bytes) -> None:
-        limit = self.max_frame_size
+        framer = self._framer
         on_frame = self._on_frame
-        if not self._rbuf:
-            # Fast path: frames straight out of the received bytes.
-            view = memoryview(data)
-            n = len(data)
-            pos = 0
-            while n - pos >= 4:
-                (size,) = _HEADER.unpack_from(data, pos)
-                if size > limit:
-                    self._finish(FrameTooLarge(size, limit))
-                    return
-                end = pos + 4 + size
-                if end > n:
-                    break
-                on_frame(view[pos + 4 : end])
-                pos = end
+        try:
+            framer.feed(data)
+            while (frame := framer.next_frame()) is not None:
+                on_frame(frame)
                 if self.closed:
                     return
-            if pos < n:
-                self._rbuf += view[pos:]
-            return
-        buf = self._rbuf
-        buf += data
-        pos = 0
-        n = len(buf)
-        while n - pos >= 4:
-            (size,) = _HEADER.unpack_from(buf, pos)
-            if size > limit:
-                self._finish(FrameTooLarge(size, limit))
-                return
-            end = pos + 4 + size
-            if end > n:
-                break
-            frame = bytes(buf[pos + 4 : end])
-            pos = end
-            on_frame(frame)
-            if self.closed:
-                return
-        del buf[:pos]
+        except FrameTooLarge as exc:
+            self._finish(exc)
 
     def drain_now(self) -> None:
         """Read and dispatch everything the peer left in the socket, now.

@@ -22,7 +22,8 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
-from ..errors import RemoteProtocolError
+from .._net._framing import LengthPrefixFramer
+from ..errors import FrameTooLarge, RemoteProtocolError
 from ._records import MAX_RECORD_SIZE, dict_to_record, loads_record
 
 __all__ = ["LogReceiver", "open_log_receiver"]
@@ -134,7 +135,7 @@ class LogReceiver:
 class _StreamProtocol(asyncio.Protocol):
     def __init__(self, receiver: LogReceiver) -> None:
         self.receiver = receiver
-        self.buffer = bytearray()
+        self.framer = LengthPrefixFramer(">L", receiver.max_record_size)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,26 +148,17 @@ class _StreamProtocol(asyncio.Protocol):
         rcv._transports.add(transport)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer
-        buf += data
-        limit = self.receiver.max_record_size
-        pos = 0
-        end = len(buf)
-        while end - pos >= 4:
-            (size,) = _LENGTH.unpack_from(buf, pos)
-            if size > limit:
-                self.receiver.rejected += 1
-                logger.warning("log record frame of %d bytes exceeds %d: closing", size, limit)
-                if self.transport is not None:
-                    self.transport.abort()
-                buf.clear()
-                return
-            if end - pos - 4 < size:
-                break
-            self.receiver._deliver(bytes(buf[pos + 4 : pos + 4 + size]))
-            pos += 4 + size
-        if pos:
-            del buf[:pos]
+        framer = self.framer
+        deliver = self.receiver._deliver
+        try:
+            framer.feed(data)
+            while (frame := framer.next_frame()) is not None:
+                deliver(frame)
+        except FrameTooLarge as exc:
+            self.receiver.rejected += 1
+            logger.warning("log record frame of %d bytes exceeds %d: closing", exc.size, exc.limit)
+            if self.transport is not None:
+                self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:

@@ -26,6 +26,7 @@ from anycore.logging import (
     DatagramHandler,
     HTTPHandler,
     MemoryHandler,
+    ReceiverStatistics,
     SMTPHandler,
     SocketHandler,
     SysLogHandler,
@@ -178,6 +179,8 @@ async def test_anycore_datagram_handler_to_receiver(logger: logging.Logger) -> N
         for i in range(20):
             logger.info("dgram %d", i)
         await wait_for(lambda: len(received) == 20)
+        stats = handler.statistics()
+        assert (stats.sent, stats.dropped, stats.buffered) == (20, 0, 0)
         await handler.aclose()
     assert sorted(r.getMessage() for r in received) == sorted(f"dgram {i}" for i in range(20))
 
@@ -201,6 +204,7 @@ async def test_receiver_refuses_pickled_globals() -> None:
         await writer.drain()
         await wait_for(lambda: len(received) == 1)
         assert rcv.rejected == 1
+        assert rcv.statistics() == ReceiverStatistics(received=1, rejected=1, connections=1)
         # A frame announcing more than the limit closes the connection.
         writer.write(struct.pack(">L", 1 << 30))
         await writer.drain()

@@ -101,8 +101,13 @@ async def test_drop_oldest_on_the_loop_drops_and_counts_exactly(logger: logging.
     assert not sink.passed  # we got here while the writer was still stuck
     assert sink.dropped == 90
     assert sink.queued == 10
+    stats = sink.statistics()
+    assert (stats.dropped, stats.queued, stats.written) == (90, 10, 0)
+    assert stats.queued_bytes > 0
     sink.release.set()
     assert await sink.aflush(10)
+    assert sink.statistics().queued == 0
+    assert sink.statistics().written == sink.written >= 11
     assert sink.lines[0] == "rec first"
     assert sink.lines[1:11] == [f"rec {i}" for i in range(90, 100)]
     assert re.match(r"90 log records dropped by BlockingSink", sink.lines[11])

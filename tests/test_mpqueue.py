@@ -125,9 +125,13 @@ async def test_nowait_bounded_and_cancelled_get_leaves_no_reader() -> None:
         blocked = asyncio.ensure_future(q.put(3))
         await asyncio.sleep(0)
         assert not blocked.done()
+        stats = q.statistics()
+        assert (stats.current_size, stats.max_size, stats.closed) == (2, 2, False)
+        assert (stats.tasks_waiting_get, stats.tasks_waiting_put) == (0, 1)
         with anyio.fail_after(10):
             assert await q.get() == 1
             await blocked
+            assert q.statistics().tasks_waiting_put == 0
             assert await q.get() == 2
             assert await q.get() == 3
 

@@ -288,3 +288,24 @@ def test_threadsafe_semaphore_rejects_negative() -> None:
         ThreadSafeSemaphore(-1)
     with pytest.raises(ValueError):
         BoundedSemaphore(-1)
+
+
+async def test_rlock_statistics_name_the_owner_and_the_waiters() -> None:
+    lock = RLock()
+    assert lock.statistics().locked is False
+    async def take_and_give_back() -> None:
+        async with lock:
+            pass
+
+    async with lock, lock:
+        waiter = asyncio.ensure_future(take_and_give_back())
+        await settle()
+        stats = lock.statistics()
+        assert stats.locked
+        assert stats.owner is not None
+        assert stats.owner.id == anyio.get_current_task().id
+        assert stats.tasks_waiting == 1
+        assert lock.level == 2
+    await waiter
+    assert lock.statistics().tasks_waiting == 0
+    assert not lock.statistics().locked

@@ -125,6 +125,7 @@ _LAZY: dict[str, str] = {
     "ThreadSafeStatistics": "._core._sync",
     "ProcessQueue": "._workers._mpqueue",
     "JoinableProcessQueue": "._workers._mpqueue",
+    "ProcessQueueStatistics": "._workers._mpqueue",
     "ChildQueue": "._workers._mpqueue",
     "ProcessLock": "._messaging._psync",
     "ProcessSemaphore": "._messaging._psync",
@@ -370,6 +371,7 @@ if TYPE_CHECKING:
         ChildQueue as ChildQueue,
         JoinableProcessQueue as JoinableProcessQueue,
         ProcessQueue as ProcessQueue,
+        ProcessQueueStatistics as ProcessQueueStatistics,
     )
 
     # -- queues, synchronisation, pools --

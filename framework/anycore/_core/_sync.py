@@ -173,6 +173,10 @@ class RLock:
         """How many times the owner has acquired it (0: free)."""
         return self._count
 
+    def statistics(self) -> anyio.LockStatistics:
+        """anyio's ``LockStatistics``: whether it is held, by which task, who waits."""
+        return self._lock.statistics()
+
     async def __aenter__(self) -> RLock:
         await self.acquire()
         return self

@@ -57,6 +57,7 @@ import queue as _stdlib_queue
 import threading
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
@@ -66,7 +67,7 @@ from .._core._backend import require_asyncio
 from .._core._queues import DEFAULT_MAXSIZE
 from ..errors import QueueClosed, QueueEmpty, QueueFull, TooManyReleases
 
-__all__ = ["ChildQueue", "JoinableProcessQueue", "ProcessQueue"]
+__all__ = ["ChildQueue", "JoinableProcessQueue", "ProcessQueue", "ProcessQueueStatistics"]
 
 T = TypeVar("T")
 
@@ -95,6 +96,25 @@ def _put_end(mpq: Any, joinable: bool) -> None:
     if joinable:
         # The marker is not work: balance the count JoinableQueue.put raised.
         mpq.task_done()
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessQueueStatistics:
+    """A snapshot of a :class:`ProcessQueue`, from :meth:`ProcessQueue.statistics`.
+
+    Attributes:
+        current_size: items in flight, approximately (as ``qsize()``).
+        max_size: the bound (``0``: the platform's limit).
+        closed: whether some process closed the queue.
+        tasks_waiting_get: this loop's tasks in ``await get()``.
+        tasks_waiting_put: this loop's tasks in ``await put()`` on a full queue.
+    """
+
+    current_size: int
+    max_size: int
+    closed: bool
+    tasks_waiting_get: int
+    tasks_waiting_put: int
 
 
 class ProcessQueue(Generic[T]):
@@ -130,6 +150,7 @@ class ProcessQueue(Generic[T]):
         # Items a helper thread received for a task that was cancelled.
         self._leftover: deque[Any] = deque()
         self._get_lock = anyio.Lock()
+        self._putters = 0
         self._released = False
         self._watch: int | None = None
 
@@ -166,6 +187,17 @@ class ProcessQueue(Generic[T]):
         """Whether no item is ready now (approximate, as in multiprocessing)."""
         return not self._leftover and bool(self._mpq.empty())
 
+    def statistics(self) -> ProcessQueueStatistics:
+        """A :class:`ProcessQueueStatistics` snapshot (this process's view)."""
+        lock = self._get_lock.statistics()
+        return ProcessQueueStatistics(
+            current_size=self.qsize(),
+            max_size=self._maxsize,
+            closed=self.closed,
+            tasks_waiting_get=lock.tasks_waiting + (1 if lock.locked else 0),
+            tasks_waiting_put=self._putters,
+        )
+
     # -- put --------------------------------------------------------------------
 
     def put_nowait(self, item: T) -> None:
@@ -199,9 +231,11 @@ class ProcessQueue(Generic[T]):
             except QueueFull:
                 pass
             cancelled = threading.Event()
+            self._putters += 1
             try:
                 await anyio.to_thread.run_sync(self._wait_room, cancelled, abandon_on_cancel=True)
             finally:
+                self._putters -= 1
                 cancelled.set()
 
     def _wait_room(self, cancelled: threading.Event) -> None:

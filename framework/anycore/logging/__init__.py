@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
     "close_all": "._lifecycle",
     # non-blocking handlers
     "ThreadedHandler": "._engine",
+    "HandlerStatistics": "._engine",
     "FileHandler": "._sink",
     "RotatingFileHandler": "._sink",
     "TimedRotatingFileHandler": "._sink",
@@ -44,6 +45,7 @@ _LAZY: dict[str, str] = {
     "StreamHandler": "._sink",
     # network handlers
     "AsyncNetworkHandler": "._net",
+    "NetworkHandlerStatistics": "._net",
     "SocketHandler": "._net",
     "DatagramHandler": "._net",
     "SysLogHandler": "._syslog",
@@ -57,6 +59,7 @@ _LAZY: dict[str, str] = {
     "dumps_record": "._records",
     "open_log_receiver": "._receiver",
     "LogReceiver": "._receiver",
+    "ReceiverStatistics": "._receiver",
     # structured logging
     "configure": "._structured",
     "get_logger": "._structured",
@@ -114,6 +117,7 @@ if TYPE_CHECKING:
         current_context as current_context,
         merge_context as merge_context,
     )
+    from ._engine import HandlerStatistics as HandlerStatistics
     from ._http import HTTPHandler as HTTPHandler
     from ._lag import (
         LagStatistics as LagStatistics,
@@ -129,9 +133,14 @@ if TYPE_CHECKING:
     from ._net import (
         AsyncNetworkHandler as AsyncNetworkHandler,
         DatagramHandler as DatagramHandler,
+        NetworkHandlerStatistics as NetworkHandlerStatistics,
         SocketHandler as SocketHandler,
     )
-    from ._receiver import LogReceiver as LogReceiver, open_log_receiver as open_log_receiver
+    from ._receiver import (
+        LogReceiver as LogReceiver,
+        ReceiverStatistics as ReceiverStatistics,
+        open_log_receiver as open_log_receiver,
+    )
     from ._records import (
         dict_to_record as dict_to_record,
         dumps_record as dumps_record,

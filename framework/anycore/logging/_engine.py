@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_QUEUE_SIZE",
+    "HandlerStatistics",
     "Overflow",
     "ThreadedHandler",
 ]
@@ -89,6 +91,27 @@ HOLD_MIN = 0.01
 # Probes in a row whose helper thread got no CPU in time (each costs the
 # loop slow_write) before the loop writes and times the batch itself.
 PROBE_MISSES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerStatistics:
+    """A snapshot of a file or stream handler, from ``handler.statistics()``.
+
+    Attributes:
+        written: records written so far.
+        dropped: records dropped by a lossy overflow policy or lost to a
+            failing sink.
+        queued: records waiting to be written now.
+        queued_bytes: bytes waiting to be written now.
+        threaded: whether the writer thread does the writing now (the sink
+            was measured slow).
+    """
+
+    written: int
+    dropped: int
+    queued: int
+    queued_bytes: int
+    threaded: bool
 
 
 class ThreadedHandler(logging.Handler):
@@ -536,6 +559,16 @@ class ThreadedHandler(logging.Handler):
     def threaded(self) -> bool:
         """Whether the writer thread does the writing now (the sink is slow)."""
         return not self._direct
+
+    def statistics(self) -> HandlerStatistics:
+        """A :class:`HandlerStatistics` snapshot (any thread)."""
+        return HandlerStatistics(
+            written=self._written,
+            dropped=self._dropped + self._failed,
+            queued=len(self._pending.items),
+            queued_bytes=self._pending.size,
+            threaded=not self._direct,
+        )
 
     # -- the writer thread ------------------------------------------------------
 

@@ -34,6 +34,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .._core._backoff import Backoff
@@ -41,9 +42,27 @@ from .._core._resource import AsyncResource
 from . import _lifecycle
 from ._records import frame_record
 
-__all__ = ["AsyncNetworkHandler", "DatagramHandler", "SocketHandler"]
+__all__ = ["AsyncNetworkHandler", "DatagramHandler", "NetworkHandlerStatistics", "SocketHandler"]
 
 _get_running_loop = asyncio._get_running_loop
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkHandlerStatistics:
+    """A snapshot of a network handler, from ``handler.statistics()``.
+
+    Attributes:
+        sent: records handed to the sink.
+        dropped: records dropped because the buffer was full (the sink was
+            gone) or refused by the sink.
+        buffered: records waiting to be sent.
+        connected: whether the sink is connected now.
+    """
+
+    sent: int
+    dropped: int
+    buffered: int
+    connected: bool
 
 
 class AsyncNetworkHandler(logging.Handler, AsyncResource):
@@ -150,6 +169,15 @@ class AsyncNetworkHandler(logging.Handler, AsyncResource):
     def connected(self) -> bool:
         """Whether the sink is connected now."""
         return self._connected
+
+    def statistics(self) -> NetworkHandlerStatistics:
+        """A :class:`NetworkHandlerStatistics` snapshot."""
+        return NetworkHandlerStatistics(
+            sent=self._sent,
+            dropped=self._dropped,
+            buffered=len(self._buffer) + len(self._inflight),
+            connected=self._connected,
+        )
 
     # -- caller's side ----------------------------------------------------------
 

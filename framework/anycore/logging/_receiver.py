@@ -20,13 +20,14 @@ import logging
 import os
 import struct
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from .._net._framing import LengthPrefixFramer
 from ..errors import FrameTooLarge, RemoteProtocolError
 from ._records import MAX_RECORD_SIZE, dict_to_record, loads_record
 
-__all__ = ["LogReceiver", "open_log_receiver"]
+__all__ = ["LogReceiver", "ReceiverStatistics", "open_log_receiver"]
 
 _LENGTH = struct.Struct(">L")
 logger = logging.getLogger("anycore.logging.receiver")
@@ -39,6 +40,21 @@ def dispatch_locally(record: logging.LogRecord) -> None:
     handlers apply here (``Logger.handle`` does not check levels again).
     """
     logging.getLogger(record.name).handle(record)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverStatistics:
+    """A snapshot of a :class:`LogReceiver`, from :meth:`LogReceiver.statistics`.
+
+    Attributes:
+        received: records received and dispatched.
+        rejected: payloads refused (not a plain record pickle, too large).
+        connections: stream connections open now.
+    """
+
+    received: int
+    rejected: int
+    connections: int
 
 
 class LogReceiver:
@@ -67,6 +83,12 @@ class LogReceiver:
         self._transports: set[asyncio.BaseTransport] = set()
         self._unix_paths: list[str] = []
         self.addresses: dict[str, Any] = {}
+
+    def statistics(self) -> ReceiverStatistics:
+        """A :class:`ReceiverStatistics` snapshot."""
+        return ReceiverStatistics(
+            received=self.received, rejected=self.rejected, connections=len(self._transports)
+        )
 
     # -- records --------------------------------------------------------------
 

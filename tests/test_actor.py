@@ -7,13 +7,9 @@ import asyncio
 import anyio
 import pytest
 
+from _support import settle
 from anycore._workers._actor import Actor
 from anycore.errors import BrokenError, ClosedError, QueueClosed, QueueFull
-
-
-async def settle(rounds: int = 10) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 async def test_messages_are_handled_in_order_and_close_drains() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from _support import wait_for_text
 from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
 
 PY = sys.executable
@@ -25,17 +26,6 @@ CLI = [PY, "-m", "anycore"]
 # The subprocesses import this checkout's anycore whatever their directory.
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "framework")}
 SERVING = re.compile(r"^anycore: pid (\d+) serving on tcp://127\.0\.0\.1:(\d+)$", re.M)
-
-
-def wait_for_text(path: Path, needle: str, timeout: float = 30) -> str:
-    """The file's text once it contains ``needle`` (polled: it is another process's file)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = path.read_text(errors="replace")
-        if needle in text:
-            return text
-        time.sleep(0.02)  # polling a file another process writes, bounded
-    raise AssertionError(f"{needle!r} never written; got:\n{path.read_text()}")
 
 
 async def echo_once(port: int) -> bytes:

@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 
 import anycore
+from _support import wait_until
 from anycore import Handler, LineHandler, NetstringHandler, RawHandler, serve
 from anycore._net._loglimit import LogLimiter
 
@@ -32,12 +33,6 @@ class Big(LineHandler):
         self.send(line * REPLY)
 
 
-async def _until(predicate: object, timeout: float = 10.0) -> None:
-    with anycore.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.005)
-
-
 async def test_one_read_batch_stops_at_write_high_water() -> None:
     """300 one-byte lines in one segment, 256 KiB of reply each, a client that
     does not read yet: the server stops handling lines once the output passed
@@ -46,7 +41,7 @@ async def test_one_read_batch_stops_at_write_high_water() -> None:
     async with serve(Big, "tcp://127.0.0.1:0", write_buffer_limit=None) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"".join(b"%c\n" % (97 + i % 26) for i in range(300)))
-        await _until(
+        await wait_until(
             lambda: server.connections() and server.connections()[0].statistics().writing_paused
         )
         # The kernel buffers take a few MiB on loopback: well under 300 replies.
@@ -141,8 +136,8 @@ async def test_closed_connections_are_freed_without_the_cyclic_gc(
             assert await asyncio.wait_for(reader.readline(), 5) == b"ping\r\n"
             writer.close()
             await writer.wait_closed()
-        await _until(lambda: server.statistics().connections == 0)
-        await _until(lambda: len(Stateful.alive) == 0, timeout=5)
+        await wait_until(lambda: server.statistics().connections == 0)
+        await wait_until(lambda: len(Stateful.alive) == 0, timeout=5)
         assert server.statistics().total_connections == 30
 
 
@@ -163,7 +158,7 @@ async def test_a_closed_client_handler_is_freed_without_the_cyclic_gc(no_gc: Non
         await handler.wait_closed()
         assert handler.connection_id > 0  # still readable after close
         del handler
-        await _until(lambda: ref() is None, timeout=5)
+        await wait_until(lambda: ref() is None, timeout=5)
 
 
 # -- slowloris: frame deadline, receive rate, shedding at max_connections ------
@@ -345,7 +340,9 @@ async def test_a_client_that_never_reads_costs_bounded_memory_and_times_out() ->
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         try:
             sock.sendall(b"a\n" * 200)  # 50 MiB of replies if all were built
-            await _until(lambda: any(h.statistics().writing_paused for h in server.connections()))
+            await wait_until(
+                lambda: any(h.statistics().writing_paused for h in server.connections())
+            )
             with anycore.fail_after(10):
                 while server.statistics().connections:
                     stats = [h.statistics() for h in server.connections()]

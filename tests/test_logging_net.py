@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from _support import wait_until
 from anycore.errors import RemoteProtocolError
 from anycore.logging import (
     DatagramHandler,
@@ -51,12 +52,6 @@ def short_tmp() -> Iterator[str]:
     # Unix socket paths must stay short (108 bytes).
     with tempfile.TemporaryDirectory(prefix="acl-") as d:
         yield d
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 # -- anycore -> the stdlib's receiver (the logging cookbook's, written here) ----------
@@ -111,7 +106,7 @@ async def test_socket_handler_against_stdlib_receiver(
         _ = 1 / 0
     except ZeroDivisionError:
         logger.exception("boom")
-    await wait_for(lambda: len(cookbook_server.records) == 501)
+    await wait_until(lambda: len(cookbook_server.records) == 501)
     got = cookbook_server.records
     assert [r.getMessage() for r in got[:500]] == [f"rec {i} from anycore" for i in range(500)]
     assert got[7].conn == 7  # type: ignore[attr-defined]
@@ -133,7 +128,7 @@ async def test_socket_handler_from_another_thread(
             logger.info("rec %d", i)
 
     await asyncio.to_thread(other_thread)
-    await wait_for(lambda: len(cookbook_server.records) == 100)
+    await wait_until(lambda: len(cookbook_server.records) == 100)
     assert [r.getMessage() for r in cookbook_server.records] == [f"rec {i}" for i in range(100)]
     await handler.aclose()
 
@@ -162,7 +157,7 @@ async def test_stdlib_socket_and_datagram_handlers_against_anycore_receiver() ->
             lg.removeHandler(udp)
 
         await asyncio.to_thread(send)
-        await wait_for(lambda: len(received) == 55)
+        await wait_until(lambda: len(received) == 55)
         tcp.close()
         udp.close()
     messages = [r.getMessage() for r in received]
@@ -178,7 +173,7 @@ async def test_anycore_datagram_handler_to_receiver(logger: logging.Logger) -> N
         logger.addHandler(handler)
         for i in range(20):
             logger.info("dgram %d", i)
-        await wait_for(lambda: len(received) == 20)
+        await wait_until(lambda: len(received) == 20)
         stats = handler.statistics()
         assert (stats.sent, stats.dropped, stats.buffered) == (20, 0, 0)
         await handler.aclose()
@@ -202,7 +197,7 @@ async def test_receiver_refuses_pickled_globals() -> None:
         good = pickle.dumps({"msg": "fine", "name": "x", "levelno": 20, "args": None})
         writer.write(struct.pack(">L", len(bad)) + bad + struct.pack(">L", len(good)) + good)
         await writer.drain()
-        await wait_for(lambda: len(received) == 1)
+        await wait_until(lambda: len(received) == 1)
         assert rcv.rejected == 1
         assert rcv.statistics() == ReceiverStatistics(received=1, rejected=1, connections=1)
         # A frame announcing more than the limit closes the connection.
@@ -230,7 +225,7 @@ async def test_dead_sink_stays_bounded_counts_drops_and_recovers(
     assert handler.dropped >= 900 - handler.max_batch
     received: list[logging.LogRecord] = []
     async with open_log_receiver(tcp=None, unix=path, on_record=received.append):
-        await wait_for(lambda: any(r.getMessage() == "rec 999" for r in received))
+        await wait_until(lambda: any(r.getMessage() == "rec 999" for r in received))
     messages = [r.getMessage() for r in received]
     notice = [m for m in messages if "log records dropped" in m]
     assert notice
@@ -275,7 +270,7 @@ async def test_syslog_udp_matches_the_stdlib_bytes(
     record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "disk %s", ("full",), None)
     ours.handle(record)
     await asyncio.to_thread(theirs.handle, record)
-    await wait_for(lambda: len(proto.packets) == 2)
+    await wait_until(lambda: len(proto.packets) == 2)
     assert proto.packets[0] == proto.packets[1]
     assert proto.packets[0] == f"<155>{logger.name}: disk full\x00".encode()  # local3*8+err
     theirs.close()
@@ -289,7 +284,7 @@ async def test_syslog_rfc5424_over_udp(
     handler = SysLogHandler(addr, rfc=5424, app_name="myapp", hostname="host1", msgid="ID7")
     logger.addHandler(handler)
     logger.warning("héllo %d", 5)
-    await wait_for(lambda: len(proto.packets) == 1)
+    await wait_until(lambda: len(proto.packets) == 1)
     m = RFC5424.fullmatch(proto.packets[0])
     assert m, proto.packets[0]
     pri, stamp, host, app, procid, msgid, msg = m.groups()
@@ -323,7 +318,7 @@ async def test_syslog_tcp_octet_counting(logger: logging.Logger) -> None:
     logger.addHandler(handler)
     for i in range(100):
         logger.info("line %d\nwith a newline", i)
-    await wait_for(lambda: len(frames) == 100)
+    await wait_until(lambda: len(frames) == 100)
     assert frames[3] == b"<14>line 3\nwith a newline"  # RFC 3164 body, RFC 6587 framing
     await handler.aclose()
     await asyncio.wait_for(done.wait(), 10)
@@ -332,7 +327,7 @@ async def test_syslog_tcp_octet_counting(logger: logging.Logger) -> None:
     logger.removeHandler(logger.handlers[0])
     logger.addHandler(handler)
     logger.error("five four two four")
-    await wait_for(lambda: len(frames) == 101)
+    await wait_until(lambda: len(frames) == 101)
     m = RFC5424.fullmatch(frames[-1])
     assert m, frames[-1]
     assert m.group(1) == b"11"  # user.err
@@ -420,7 +415,7 @@ async def test_http_handler_batches_json_and_retries_5xx(logger: logging.Logger)
     logger.addHandler(handler)
     for i in range(300):
         logger.info("http %d", i, extra={"user": f"u{i}"})
-    await wait_for(lambda: sum(len(b) for b in bodies) == 300)
+    await wait_until(lambda: sum(len(b) for b in bodies) == 300)
     records = [r for b in bodies for r in b]
     assert [r["message"] for r in records] == [f"http {i}" for i in range(300)]
     assert records[5]["user"] == "u5"
@@ -534,7 +529,7 @@ async def test_forked_child_drops_the_parents_connection(
     handler = SocketHandler(str(host), int(port))
     logger.addHandler(handler)
     logger.info("before fork")
-    await wait_for(lambda: len(cookbook_server.records) == 1)
+    await wait_until(lambda: len(cookbook_server.records) == 1)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child: no loop here; close() sends synchronously
         try:
@@ -546,7 +541,7 @@ async def test_forked_child_drops_the_parents_connection(
     _, status = await asyncio.to_thread(os.waitpid, pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     logger.info("parent still connected")
-    await wait_for(lambda: len(cookbook_server.records) == 3)
+    await wait_until(lambda: len(cookbook_server.records) == 3)
     assert {r.getMessage() for r in cookbook_server.records} == {
         "before fork",
         "from the child",
@@ -595,7 +590,7 @@ async def test_http_handler_over_tls_with_basic_auth(logger: logging.Logger) -> 
     )
     logger.addHandler(handler)
     logger.warning("over tls")
-    await wait_for(lambda: len(seen) == 1)
+    await wait_until(lambda: len(seen) == 1)
     auth, records = seen[0]
     assert auth == "Basic " + base64.b64encode(b"ann:s3cret").decode()
     assert records[0]["message"] == "over tls"

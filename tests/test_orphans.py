@@ -22,19 +22,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from _support import alive
 from anycore._workers._child import iter_descendants
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
 
 FRAMEWORK = str(Path(__file__).resolve().parent.parent / "framework")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 @contextlib.contextmanager
@@ -85,11 +78,11 @@ def _kill_parent_and_check(proc: subprocess.Popen[bytes], expected: int) -> None
         proc.kill()
         proc.wait(10)
         end = time.monotonic() + 10.0
-        left = {p for p in family if _alive(p)}
+        left = {p for p in family if alive(p)}
         while left and time.monotonic() < end:
             time.sleep(0.02)  # polling /proc, bounded
-            left = {p for p in left if _alive(p)}
-        survivors = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left if _alive(p)}
+            left = {p for p in left if alive(p)}
+        survivors = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left if alive(p)}
         assert not survivors, f"outlived their SIGKILLed parent: {survivors}"
     finally:
         for pid in family:
@@ -201,10 +194,10 @@ async def test_crashed_worker_leaves_no_grandchild(tmp_path: Path) -> None:
             await pool.apply(start_sleep_then_crash, (str(report),))
         grandchild = int(report.read_text())
         end = time.monotonic() + 10.0
-        while _alive(grandchild) and time.monotonic() < end:
+        while alive(grandchild) and time.monotonic() < end:
             await anyio.sleep(0.02)  # polling /proc, bounded
-        alive = _alive(grandchild)
-        if alive:
+        still_alive = alive(grandchild)
+        if still_alive:
             os.kill(grandchild, signal.SIGKILL)
-        assert not alive, "the crashed worker's `sleep` is still running"
+        assert not still_alive, "the crashed worker's `sleep` is still running"
         assert await pool.apply(worker_pid) > 0  # the replacement works

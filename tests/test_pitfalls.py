@@ -34,6 +34,7 @@ import pytest
 
 import anycore
 import anycore.logging as alog
+from _support import io_field, wait_until, wchan
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,30 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _wchan(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return ""
-
-
-def _io_field(pid: int, name: str) -> int:
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == name:
-            return int(value)
-    raise KeyError(name)
-
-
 def _on_uvloop() -> bool:
     return type(asyncio.get_running_loop()).__module__.startswith("uvloop")
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    """Poll OS state (``/proc``, a socket) until ``predicate()``; bounded."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 # -- subprocesses: streaming stdout and stderr together ----------------------------------
@@ -116,10 +95,10 @@ async def test_streaming_stdout_and_stderr_together_stays_bounded() -> None:
             # The child fills the stderr pipe and blocks there: the stdout
             # pump starves, nothing piles up in our process.
             stderr = proc.stderr
-            await _until(
-                lambda: stderr.buffered >= limit and _wchan(proc.pid).endswith("pipe_write"), 20
+            await wait_until(
+                lambda: stderr.buffered >= limit and wchan(proc.pid).endswith("pipe_write"), 20
             )
-            stalled_at = _io_field(proc.pid, "wchar")
+            stalled_at = io_field(proc.pid, "wchar")
             assert proc.stderr.buffered <= limit + slack
             # stdout written ~= stderr written ~= the stderr pipe + our buffer
             assert stalled_at < 2 * (limit + 2 * slack) + 65536
@@ -408,7 +387,7 @@ async def test_sigterm_mid_request_lets_the_request_finish() -> None:
             writer.write(b"job\n")
             assert await proc.stdout.readline() == b"BUSY\n"
             proc.send_signal(signal.SIGTERM)
-            await _until(lambda: _refused(port))  # stopped accepting; still running
+            await wait_until(lambda: _refused(port))  # stopped accepting; still running
             assert proc.returncode is None
             proc.send_signal(signal.SIGUSR1)  # the handler may finish now
             assert await reader.readline() == b"done job\n"

@@ -32,6 +32,7 @@ distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
 
 import _dask_tasks as tasks  # noqa: E402 - after the skip
+from _support import wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_OPTIONS = ["--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
@@ -192,13 +193,6 @@ async def _wait_path(path: Path, timeout: float = 30.0) -> str:
     return path.read_text()
 
 
-async def _until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
-
-
 async def test_cancel_a_job_and_a_whole_map(scheduler: str, tmp_path: Path) -> None:
     release = tmp_path / "release"
     async with _pool(scheduler) as pool:
@@ -213,13 +207,13 @@ async def test_cancel_a_job_and_a_whole_map(scheduler: str, tmp_path: Path) -> N
             whole = await pool.starmap_async(tasks.block, args, chunksize=1)
             # (one worker may still be busy with the cancelled job: it runs
             # on, as a thread cannot be interrupted, until released below)
-            await _until(lambda: any(tmp_path.glob("m*")), 30)
+            await wait_until(lambda: any(tmp_path.glob("m*")), 30)
             assert pool.statistics().running > 0
             whole.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await whole.get(10)
             # the map's jobs are cancelled as its task unwinds
-            await _until(lambda: pool.statistics().running == 0)
+            await wait_until(lambda: pool.statistics().running == 0)
         finally:
             release.touch()
         # the pool goes on
@@ -232,7 +226,7 @@ async def test_cancel_a_job_and_a_whole_map(scheduler: str, tmp_path: Path) -> N
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        await _until(lambda: pool.statistics().running == 0)
+        await wait_until(lambda: pool.statistics().running == 0)
         (tmp_path / "never").touch()
 
 
@@ -427,11 +421,11 @@ async def test_cancelled_while_starting_its_cluster_leaves_nothing() -> None:
     pool = anycore.WorkerPool("dask", workers=2)
     starting = asyncio.ensure_future(pool.start())
     # cancel once a worker process exists: in the middle of the start
-    await _until(lambda: bool(_our_processes() - before) or starting.done(), 60)
+    await wait_until(lambda: bool(_our_processes() - before) or starting.done(), 60)
     starting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await starting
-    await _until(lambda: not _our_processes() - before, 30)
+    await wait_until(lambda: not _our_processes() - before, 30)
     with pytest.raises(PoolClosed):
         await pool.apply(tasks.square, (1,))
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from _support import settle, wait_until
 from anycore._core._queues import DEFAULT_MAXSIZE, LifoQueue, PriorityQueue, Queue
 from anycore.errors import (
     QueueClosed,
@@ -28,12 +29,6 @@ except ImportError:  # pragma: no cover
     uvloop = None  # type: ignore[assignment]
 
 
-async def settle(rounds: int = 10) -> None:
-    """Let every ready callback run (no timing involved)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
 def start_thread(fn: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
     box: list[Any] = []
 
@@ -46,13 +41,6 @@ def start_thread(fn: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
     th = threading.Thread(target=target, daemon=True)
     th.start()
     return th, box
-
-
-async def wait_until(cond: Any, timeout: float = 10.0) -> None:
-    """Bounded wait for a condition set by another thread."""
-    with anyio.fail_after(timeout):
-        while not cond():
-            await asyncio.sleep(0.001)
 
 
 # -- basics ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 import anycore
+from _support import alive, io_field, wchan
 from anycore import (
     DEVNULL,
     PIPE,
@@ -396,20 +397,11 @@ async def test_group_signals_reach_grandchildren() -> None:
         proc.kill(group=True)
         assert await proc.wait() == -signal.SIGKILL
         with anyio.fail_after(5):
-            while _alive(grandchild):
+            while alive(grandchild):
                 await anyio.sleep(0.01)  # polling OS state, bounded
     with pytest.raises(ValueError, match="process group"):
         async with Process(["true"], process_group=None) as shared:
             shared.kill(group=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def _core_dumps_possible(cwd: Path) -> str | None:
@@ -600,31 +592,16 @@ async def test_backpressure_reaches_the_child() -> None:
         assert isinstance(proc.stdout, anycore.ProcessReader)
         await proc.stdout.receive(100)
         with anyio.fail_after(20):
-            while not _wchan(proc.pid).endswith("pipe_write"):
+            while not wchan(proc.pid).endswith("pipe_write"):
                 await anyio.sleep(0.01)  # polling OS state, bounded
-        written = _io_field(proc.pid, "wchar")
+        written = io_field(proc.pid, "wchar")
         assert proc.stdout.buffered <= limit + 256 * 1024
         assert written < 4 * 1024 * 1024
         # It resumes as soon as we read again.
         got = 0
         while got < 1_000_000:
             got += len(await proc.stdout.receive())
-        assert _io_field(proc.pid, "wchar") > written
-
-
-def _wchan(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return ""
-
-
-def _io_field(pid: int, name: str) -> int:
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == name:
-            return int(value)
-    raise KeyError(name)
+        assert io_field(proc.pid, "wchar") > written
 
 
 async def test_stdin_write_after_child_exit_is_broken() -> None:

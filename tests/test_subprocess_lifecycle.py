@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from _support import alive
 from anycore import PIPE, Process, TimeoutExpired, open_runtime, run_process
 
 PY = sys.executable
@@ -28,11 +29,6 @@ def _stat(pid: int) -> list[str] | None:
     except OSError:
         return None
     return text.rsplit(")", 1)[1].split()
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
 
 
 def _group_members(pgid: int) -> set[int]:
@@ -60,9 +56,9 @@ def _zombie_children() -> set[int]:
 async def _until_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
     """Poll /proc (bounded) until none of ``pids`` runs; return the survivors."""
     with anyio.move_on_after(timeout):
-        while any(_alive(p) for p in pids):
+        while any(alive(p) for p in pids):
             await anyio.sleep(0.01)
-    return {p for p in pids if _alive(p)}
+    return {p for p in pids if alive(p)}
 
 
 # A child that starts two grandchildren in its process group and reports them.
@@ -141,7 +137,7 @@ async def test_leftovers_of_a_finished_child_are_killed_at_close() -> None:
         assert proc.stdout is not None
         grandchild = int(await proc.stdout.readline())
         assert await proc.wait() == 0
-        assert _alive(grandchild)
+        assert alive(grandchild)
     assert await _until_gone({grandchild}) == set()
 
 
@@ -151,7 +147,7 @@ async def test_kill_group_false_spares_leftovers() -> None:
         grandchild = int(await proc.stdout.readline())
         await proc.wait()
     try:
-        assert _alive(grandchild)
+        assert alive(grandchild)
     finally:
         os.kill(grandchild, signal.SIGKILL)
     assert await _until_gone({grandchild}) == set()
@@ -291,13 +287,13 @@ def test_force_exit_hook_kills_process_groups(tmp_path: Path) -> None:
     pids = {int(x) for x in done.stdout.split()}
     assert len(pids) == 2
     deadline_left = 100
-    while any(_alive(p) for p in pids) and deadline_left:
+    while any(alive(p) for p in pids) and deadline_left:
         deadline_left -= 1
         os.sched_yield()
         import time
 
         time.sleep(0.02)  # polling OS state, bounded
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 async def test_thread_watcher_fallback_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:

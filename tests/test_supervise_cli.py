@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 
+from _support import wait_for_text
 from anycore._proc._subprocess import PIPE, STDOUT, Process, run_process
 
 PY = sys.executable
@@ -96,17 +97,6 @@ async def test_workers_lines_are_rendered_once_without_pid_none(tmp_path: Path) 
     for line in lines:
         assert len(TIMESTAMP.findall(line)) <= 1, line
         assert "pid=None" not in line, line
-
-
-def wait_for_text(path: Path, needle: str, timeout: float = 30) -> str:
-    """The file's text once it contains ``needle`` (polled: another process writes it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = path.read_text(errors="replace")
-        if needle in text:
-            return text
-        time.sleep(0.02)  # polling a file another process writes, bounded
-    raise AssertionError(f"{needle!r} never written; got:\n{path.read_text()}")
 
 
 async def test_ctl_restart_shows_the_outcome_and_pid_is_the_programs(tmp_path: Path) -> None:

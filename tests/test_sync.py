@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
 
 import anyio
 import pytest
 import trio
 
 import anycore
+from _support import settle, wait_until
 from anycore._core._sync import (
     BoundedSemaphore,
     CapacityLimiter,
@@ -24,17 +24,6 @@ from anycore._core._sync import (
     ThreadSafeSemaphore,
 )
 from anycore.errors import AnycoreError, RuntimeStateError, TooManyReleases, WouldBlock
-
-
-async def settle(rounds: int = 10) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-async def wait_until(cond: Any, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not cond():
-            await asyncio.sleep(0.001)
 
 
 def test_anyio_primitives_are_reexported_unchanged() -> None:
@@ -293,6 +282,7 @@ def test_threadsafe_semaphore_rejects_negative() -> None:
 async def test_rlock_statistics_name_the_owner_and_the_waiters() -> None:
     lock = RLock()
     assert lock.statistics().locked is False
+
     async def take_and_give_back() -> None:
         async with lock:
             pass

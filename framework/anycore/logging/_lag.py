@@ -120,14 +120,18 @@ class LoopLagMonitor:
         self._loop = None
 
     def _schedule(self) -> None:
-        assert self._loop is not None
-        now = time.monotonic()
-        self._last_beat = now
-        self._expected = now + self.interval
-        self._handle = self._loop.call_later(self.interval, self._beat)
+        # Lag is measured on the loop's own clock, the one call_later keeps
+        # (so a virtual clock, anycore.testing.FakeClock, drives it too); the
+        # watchdog thread reads real time.
+        loop = self._loop
+        assert loop is not None
+        self._last_beat = time.monotonic()
+        self._expected = loop.time() + self.interval
+        self._handle = loop.call_later(self.interval, self._beat)
 
     def _beat(self) -> None:
-        lag = time.monotonic() - self._expected
+        assert self._loop is not None
+        lag = self._loop.time() - self._expected
         self._beats += 1
         if lag > self._max_lag:
             self._max_lag = lag

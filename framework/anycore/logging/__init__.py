@@ -37,7 +37,7 @@ _LAZY: dict[str, str] = {
     "close_all": "._lifecycle",
     # non-blocking handlers
     "ThreadedHandler": "._engine",
-    "HandlerStatistics": "._engine",
+    "HandlerStatistics": "._pending",
     "FileHandler": "._sink",
     "RotatingFileHandler": "._sink",
     "TimedRotatingFileHandler": "._sink",
@@ -117,7 +117,6 @@ if TYPE_CHECKING:
         current_context as current_context,
         merge_context as merge_context,
     )
-    from ._engine import HandlerStatistics as HandlerStatistics
     from ._http import HTTPHandler as HTTPHandler
     from ._lag import (
         LagStatistics as LagStatistics,
@@ -136,6 +135,7 @@ if TYPE_CHECKING:
         NetworkHandlerStatistics as NetworkHandlerStatistics,
         SocketHandler as SocketHandler,
     )
+    from ._pending import HandlerStatistics as HandlerStatistics
     from ._receiver import (
         LogReceiver as LogReceiver,
         ReceiverStatistics as ReceiverStatistics,

@@ -40,7 +40,6 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
@@ -56,13 +55,12 @@ from ._access import (
     on_trio,
     write_polled,
 )
-from ._pending import Pending, item_size
+from ._pending import HandlerStatistics, Pending, item_size
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_QUEUE_SIZE",
-    "HandlerStatistics",
     "Overflow",
     "ThreadedHandler",
 ]
@@ -91,27 +89,6 @@ HOLD_MIN = 0.01
 # Probes in a row whose helper thread got no CPU in time (each costs the
 # loop slow_write) before the loop writes and times the batch itself.
 PROBE_MISSES = 10
-
-
-@dataclass(frozen=True, slots=True)
-class HandlerStatistics:
-    """A snapshot of a file or stream handler, from ``handler.statistics()``.
-
-    Attributes:
-        written: records written so far.
-        dropped: records dropped by a lossy overflow policy or lost to a
-            failing sink.
-        queued: records waiting to be written now.
-        queued_bytes: bytes waiting to be written now.
-        threaded: whether the writer thread does the writing now (the sink
-            was measured slow).
-    """
-
-    written: int
-    dropped: int
-    queued: int
-    queued_bytes: int
-    threaded: bool
 
 
 class ThreadedHandler(logging.Handler):

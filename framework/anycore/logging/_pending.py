@@ -5,15 +5,18 @@ message), bounded in items *and* bytes, under one lock held for a few
 bytecodes: append (or refuse), take everything, take up to a byte or an item
 count, give taken items back at the head, and make room by dropping the
 oldest.  Who writes what was taken, and when, is the engine's business
-(:mod:`._engine`); so are the overflow policy and the drop counts.
+(:mod:`._engine`); so are the overflow policy and the drop counts, which
+the engine reports with :class:`HandlerStatistics` (kept here, beside the
+buffer it mostly describes).
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Pending", "item_size"]
+__all__ = ["HandlerStatistics", "Pending", "item_size"]
 
 
 def item_size(item: Any) -> int:
@@ -115,3 +118,24 @@ class Pending:
             else:
                 dropped += 1
             return dropped
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerStatistics:
+    """A snapshot of a file or stream handler, from ``handler.statistics()``.
+
+    Attributes:
+        written: records written so far.
+        dropped: records dropped by a lossy overflow policy or lost to a
+            failing sink.
+        queued: records waiting to be written now.
+        queued_bytes: bytes waiting to be written now.
+        threaded: whether the writer thread does the writing now (the sink
+            was measured slow).
+    """
+
+    written: int
+    dropped: int
+    queued: int
+    queued_bytes: int
+    threaded: bool

@@ -60,12 +60,9 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 from ..errors import ClosedError, LocalProtocolError
-
-if TYPE_CHECKING:
-    from ._datagram_portable import _PortableGlue
 
 __all__ = ["Address", "DatagramHandler", "DatagramStatistics"]
 
@@ -145,7 +142,7 @@ class DatagramHandler:
 
     # Set by the glue; read through the properties below.
     _transport: asyncio.DatagramTransport | None = None
-    _glue: _Glue | _PortableGlue | None = None
+    _glue: DatagramDriver | None = None
 
     # -- hooks ------------------------------------------------------------------
 
@@ -308,15 +305,86 @@ def _sockaddr(addr: Address | None) -> Any:
     return addr
 
 
-class _Glue(asyncio.DatagramProtocol):
-    """The asyncio protocol between a transport and a DatagramHandler."""
+class DatagramDriver:
+    """What both datagram drivers share, and all a :class:`DatagramHandler` sees.
+
+    The asyncio driver (:class:`_Glue`, an ``asyncio.DatagramProtocol``) and
+    the anyio driver (``_datagram_portable._PortableGlue``, a receive task)
+    keep the same counters, report OS errors the same way and answer the
+    handler's calls (``send``, ``wait_writable``, ``close``, ``abort``), so
+    the handler API, servers and clients do not care which one runs.
+    """
+
+    handler: DatagramHandler
+    transport: asyncio.DatagramTransport | None = None
+    sockname: Address | None = None
+    peer: Address | None = None
+    closing = False
+    closed = False
+    paused_writing = False
+
+    def _start_counters(self) -> None:
+        self.datagrams_received = 0
+        self.bytes_received = 0
+        self.datagrams_sent = 0
+        self.bytes_sent = 0
+        self.dropped_too_large = 0
+        self.dropped_backlog = 0
+        self.dropped_write_buffer = 0
+        self.handler_errors = 0
+        self.os_errors = 0
+
+    def queued(self) -> int:
+        """Datagrams waiting for an async handler now."""
+        return 0
+
+    def statistics(self) -> DatagramStatistics:
+        return DatagramStatistics(
+            datagrams_received=self.datagrams_received,
+            bytes_received=self.bytes_received,
+            datagrams_sent=self.datagrams_sent,
+            bytes_sent=self.bytes_sent,
+            dropped_too_large=self.dropped_too_large,
+            dropped_backlog=self.dropped_backlog,
+            dropped_write_buffer=self.dropped_write_buffer,
+            handler_errors=self.handler_errors,
+            os_errors=self.os_errors,
+            queued=self.queued(),
+        )
+
+    def report_os_error(self, exc: OSError) -> None:
+        """Count an OS error and hand it to the handler's ``error_received``."""
+        self.os_errors += 1
+        try:
+            self.handler.error_received(exc)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("error_received of %r failed", self.handler)
+
+    # -- what each driver implements ----------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address | None, size: int) -> None:
+        raise NotImplementedError  # pragma: no cover - both drivers define it
+
+    async def wait_writable(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def close(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def abort(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+
+class _Glue(DatagramDriver, asyncio.DatagramProtocol):
+    """The asyncio driver: the protocol between a transport and a DatagramHandler."""
 
     def __init__(self, handler: DatagramHandler) -> None:
         self.handler = handler
         handler._glue = self
-        self.transport: asyncio.DatagramTransport | None = None
-        self.sockname: Address | None = None
-        self.peer: Address | None = None
+        self.transport = None
+        self.sockname = None
+        self.peer = None
         self.unix = False  # an AF_UNIX socket: addresses are (path,)
         self.loop = asyncio.get_running_loop()
         self._received_cb = handler.datagram_received
@@ -336,16 +404,7 @@ class _Glue(asyncio.DatagramProtocol):
         self.lost = self.loop.create_future()
         self.made = self.loop.create_future()
         self._lost_task: asyncio.Task[None] | None = None
-        # counters
-        self.datagrams_received = 0
-        self.bytes_received = 0
-        self.datagrams_sent = 0
-        self.bytes_sent = 0
-        self.dropped_too_large = 0
-        self.dropped_backlog = 0
-        self.dropped_write_buffer = 0
-        self.handler_errors = 0
-        self.os_errors = 0
+        self._start_counters()
 
     def send(self, data: bytes | bytearray | memoryview, addr: Address | None, size: int) -> None:
         transport = self.transport
@@ -358,19 +417,8 @@ class _Glue(asyncio.DatagramProtocol):
         self.datagrams_sent += 1
         self.bytes_sent += size
 
-    def statistics(self) -> DatagramStatistics:
-        return DatagramStatistics(
-            datagrams_received=self.datagrams_received,
-            bytes_received=self.bytes_received,
-            datagrams_sent=self.datagrams_sent,
-            bytes_sent=self.bytes_sent,
-            dropped_too_large=self.dropped_too_large,
-            dropped_backlog=self.dropped_backlog,
-            dropped_write_buffer=self.dropped_write_buffer,
-            handler_errors=self.handler_errors,
-            os_errors=self.os_errors,
-            queued=len(self._pending),
-        )
+    def queued(self) -> int:
+        return len(self._pending)
 
     # -- asyncio callbacks --------------------------------------------------------
 
@@ -426,12 +474,7 @@ class _Glue(asyncio.DatagramProtocol):
             self._enqueue(_Awaited(result, "datagram_received"))
 
     def error_received(self, exc: Exception) -> None:
-        self.os_errors += 1
-        try:
-            self.handler.error_received(exc if isinstance(exc, OSError) else OSError(str(exc)))
-        except Exception:
-            self.handler_errors += 1
-            log.exception("error_received of %r failed", self.handler)
+        self.report_os_error(exc if isinstance(exc, OSError) else OSError(str(exc)))
 
     def pause_writing(self) -> None:
         self.paused_writing = True

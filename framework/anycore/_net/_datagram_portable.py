@@ -18,12 +18,12 @@ from typing import Any, cast
 import anyio
 import anyio.abc
 
-from ._datagram import Address, DatagramHandler, DatagramStatistics, _address, _sockaddr
+from ._datagram import Address, DatagramDriver, DatagramHandler, _address, _sockaddr
 
 log = logging.getLogger("anycore.datagram")
 
 
-class _PortableGlue:
+class _PortableGlue(DatagramDriver):
     """Runs a DatagramHandler over an anyio UDP socket, on any anyio backend (trio).
 
     The receive loop is a task: each datagram is handled before the next is
@@ -32,8 +32,6 @@ class _PortableGlue:
     ``sendto`` stays synchronous: it writes to the non-blocking socket and
     counts a datagram the kernel has no room for as dropped.
     """
-
-    transport = None  # no asyncio transport on this path
 
     def __init__(
         self, handler: DatagramHandler, sock: Any, raw: socket.socket, *, connected: bool
@@ -52,26 +50,7 @@ class _PortableGlue:
         self._outer = anyio.CancelScope()
         self._receiving: anyio.CancelScope | None = None
         self.lost = anyio.Event()
-        self.datagrams_received = 0
-        self.bytes_received = 0
-        self.datagrams_sent = 0
-        self.bytes_sent = 0
-        self.dropped_too_large = 0
-        self.dropped_write_buffer = 0
-        self.handler_errors = 0
-        self.os_errors = 0
-
-    def statistics(self) -> DatagramStatistics:
-        return DatagramStatistics(
-            datagrams_received=self.datagrams_received,
-            bytes_received=self.bytes_received,
-            datagrams_sent=self.datagrams_sent,
-            bytes_sent=self.bytes_sent,
-            dropped_too_large=self.dropped_too_large,
-            dropped_write_buffer=self.dropped_write_buffer,
-            handler_errors=self.handler_errors,
-            os_errors=self.os_errors,
-        )
+        self._start_counters()
 
     def send(self, data: bytes | bytearray | memoryview, addr: Address | None, size: int) -> None:
         try:
@@ -83,18 +62,10 @@ class _PortableGlue:
             self.dropped_write_buffer += 1
             return
         except OSError as exc:
-            self._error(exc)
+            self.report_os_error(exc)
             return
         self.datagrams_sent += 1
         self.bytes_sent += size
-
-    def _error(self, exc: OSError) -> None:
-        self.os_errors += 1
-        try:
-            self.handler.error_received(exc)
-        except Exception:
-            self.handler_errors += 1
-            log.exception("error_received of %r failed", self.handler)
 
     async def wait_writable(self) -> None:
         return  # never paused: a full kernel buffer drops instead
@@ -133,12 +104,12 @@ class _PortableGlue:
                             break
                         except anyio.BrokenResourceError as broken:
                             if isinstance(broken.__cause__, OSError):
-                                self._error(broken.__cause__)
+                                self.report_os_error(broken.__cause__)
                                 continue
                             exc = broken
                             break
                         except OSError as os_error:
-                            self._error(os_error)
+                            self.report_os_error(os_error)
                             continue
                         finally:
                             self._receiving = None

@@ -306,6 +306,7 @@ class _Instance:
             pass_fds=p.pass_fds,
             register=False,
             die_with_parent=True,  # even a SIGKILLed supervisor leaves no program behind
+            kill_tree=p.kill_tree,
         )
         await proc.start()
         self.proc = proc

@@ -101,6 +101,9 @@ class Program:
         stop_signal: the signal that asks the program to stop (sent to its
             whole process group).
         grace_period: seconds after ``stop_signal`` before SIGKILL.
+        kill_tree: (Linux) run a command under a subreaper keeper, so that
+            stopping it also ends what left its process group (``setsid``
+            daemons, double forks); see ``Process(kill_tree=True)``.
         depends_on: programs that must be ready before this one starts.
         ready_port: readiness: ``port`` or ``"host:port"`` accepts TCP.
         ready_line: readiness: a line of stdout or stderr matches this regex.
@@ -134,6 +137,7 @@ class Program:
     restart_window: float = 60.0
     stop_signal: int = signal.SIGTERM
     grace_period: float = 10.0
+    kill_tree: bool = False
     depends_on: tuple[str, ...] = ()
     ready_port: int | str | None = None
     ready_line: str | None = None
@@ -161,6 +165,11 @@ class Program:
             object.__setattr__(self, "command", tuple(command))
         if isinstance(self.command, (str, tuple)) and not self.command:
             raise ValueError(f"program {self.name!r}: empty command")
+        if self.kill_tree and self.target is not None:
+            raise ValueError(
+                f"program {self.name!r}: kill_tree applies to a command or a server,"
+                " not to a target (a ChildProcess dies with its parent already)"
+            )
         for name in ("binds", "depends_on", "pass_fds"):
             value = getattr(self, name)
             if isinstance(value, str):

@@ -116,7 +116,7 @@ _FLOATS = {
     "min_receive_rate",
 }
 _INTS = {"max_restarts", "numprocs", "max_connections"}
-_BOOLS = {"ready_notify", "capture_output"}
+_BOOLS = {"ready_notify", "capture_output", "kill_tree"}
 _STRS = {"server", "restart", "ready_line", "cwd", "hint", "on_limit"}
 _STR_LISTS = {"binds", "depends_on"}
 
